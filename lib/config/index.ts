@@ -1,0 +1,113 @@
+/**
+ * The beacon's configuration: one field per knob, each with a named default.
+ *
+ * - `cmd/` turns flags and BEACON_* environment variables into a
+ *   `BeaconConfig`; tests build one with `makeConfig`.
+ * - `validateConfig` rejects a config that cannot work and names the field
+ *   and the fix; the beacon never starts half-configured.
+ * - Every resource a stranger can hold has a limit here.
+ */
+import { MAX_NODE_ID } from '../protocol';
+import { type HostPort } from './units';
+
+export * from './units';
+
+export interface BeaconConfig {
+  /** HTTP/WebSocket listener (plain; TLS terminates at Caddy). */
+  bind: HostPort;
+  /** UDP socket for Discover, PunchRequest, Relay and Sync. */
+  udp: HostPort;
+  /** JSON keys file of PROTOCOL.md §4; undefined when none. */
+  keysFile?: string;
+  /** Pilot registry for key lookups; undefined when none. */
+  registry?: HostPort;
+  /** A daemon must complete the handshake within this. */
+  authTimeoutMs: number;
+  /** A peer silent this long (no data, ping or pong) is disconnected. */
+  idleTimeoutMs: number;
+  /** Authenticated peers; upgrades beyond it get HTTP 503. */
+  maxPeers: number;
+  /** Sockets still in the handshake; upgrades beyond it get HTTP 503. */
+  maxHandshakes: number;
+  /** Concurrent sockets (any state) from one client IP; beyond it HTTP 429. */
+  maxPerIp: number;
+  /** Addresses whose X-Forwarded-For is believed (proxy-addr syntax). */
+  trustProxy: string[];
+  /** Bytes queued to one peer before further frames to it are dropped. */
+  sendBufferBytes: number;
+  /** This beacon's ID in Sync packets; required when `peers` is non-empty. */
+  beaconId: number;
+  /** Beacon peers: Sync is sent to and accepted from these addresses only. */
+  peers: HostPort[];
+  syncIntervalMs: number;
+  /** Key cache: how long a found key and an unknown node are remembered. */
+  keyCacheTtlMs: number;
+  keyCacheNegativeTtlMs: number;
+  keyCacheMaxEntries: number;
+  /** UDP endpoints not refreshed within this are forgotten. */
+  udpEndpointTtlMs: number;
+  /** Bound on the UDP endpoint table (anyone can send Discover). */
+  maxUdpEndpoints: number;
+  /** On shutdown, how long peers get to acknowledge the close. */
+  shutdownGraceMs: number;
+  logLevel: string;
+}
+
+export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
+  bind: { host: '127.0.0.1', port: 8443 },
+  udp: { host: '127.0.0.1', port: 9001 },
+  keysFile: undefined,
+  registry: undefined,
+  authTimeoutMs: 10_000,
+  idleTimeoutMs: 90_000,
+  maxPeers: 20_000,
+  // A handshake costs one verify (~0.1 ms); 1024 in flight is far more than
+  // the beacon can verify per auth timeout, so honest storms are not refused.
+  maxHandshakes: 1024,
+  // Corporate NATs put many daemons behind one address; 64 leaves room for
+  // them while keeping one host from holding the beacon's sockets.
+  maxPerIp: 64,
+  // Caddy runs on the same host; X-Forwarded-For from anywhere else is a lie.
+  trustProxy: ['loopback'],
+  // 256 KiB is 16 maximum-size overlay frames, or ~200 typical ones.
+  sendBufferBytes: 256 * 1024,
+  beaconId: 0,
+  peers: [],
+  syncIntervalMs: 10_000,
+  keyCacheTtlMs: 5 * 60_000,
+  keyCacheNegativeTtlMs: 30_000,
+  keyCacheMaxEntries: 100_000,
+  udpEndpointTtlMs: 10 * 60_000,
+  maxUdpEndpoints: 100_000,
+  shutdownGraceMs: 2_000,
+  logLevel: 'info',
+});
+
+/** A full config from defaults and overrides (tests, the library API). */
+export function makeConfig(overrides: Partial<BeaconConfig> = {}): BeaconConfig {
+  const config = { ...DEFAULTS, trustProxy: [...DEFAULTS.trustProxy], peers: [...DEFAULTS.peers], ...overrides };
+  validateConfig(config);
+  return config;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Throws ConfigError naming the first field that cannot work. */
+export function validateConfig(config: BeaconConfig): void {
+  const positive: (keyof BeaconConfig)[] = [
+    'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
+    'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
+    'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs',
+  ];
+  for (const field of positive) {
+    const value = config[field];
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw new ConfigError(`${field} must be a positive number, got ${String(value)}`);
+    }
+  }
+  if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
+    throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * Parsers for the values operators type: durations, sizes, HOST:PORT.
+ * Each throws an Error whose message names the value and the expected form,
+ * so the CLI can print it as is.
+ */
+
+const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+/** `500ms`, `10s`, `2m`, `1h`, or a bare number of milliseconds. */
+export function parseDuration(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
+  if (!match) throw new Error(`"${text}" is not a duration: use a number with ms, s, m or h, e.g. 500ms, 10s, 2m`);
+  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2] ?? 'ms']);
+  if (ms <= 0) throw new Error(`"${text}" is not a positive duration: use e.g. 500ms, 10s, 2m`);
+  return ms;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, kb: 1024, m: 1024 ** 2, mib: 1024 ** 2, mb: 1024 ** 2 };
+
+/** `65536`, `256KiB`, `1MiB` (binary units; K and KB are taken as KiB). */
+export function parseSize(text: string): number {
+  const match = /^\s*(\d+)\s*([a-z]*)\s*$/i.exec(text);
+  const unit = match ? SIZE_UNITS[match[2].toLowerCase()] : undefined;
+  if (!match || unit === undefined) throw new Error(`"${text}" is not a size: use bytes or KiB/MiB, e.g. 262144 or 256KiB`);
+  const bytes = Number(match[1]) * unit;
+  if (bytes <= 0) throw new Error(`"${text}" is not a positive size`);
+  return bytes;
+}
+
+/** A positive integer, at most `max`. */
+export function parsePositiveInt(text: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number`);
+  const n = Number(text);
+  if (n < 1 || n > max) throw new Error(`"${text}" is out of range: use 1 to ${max}`);
+  return n;
+}
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** `127.0.0.1:8443`, `[::1]:9001`, `localhost:0`. */
+export function parseHostPort(text: string): HostPort {
+  const match = /^\s*(?:\[([^\]]+)\]|([^:\s[\]]+)):(\d+)\s*$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    throw new Error(`"${text}" is not HOST:PORT: use e.g. 127.0.0.1:8443 or [::1]:8443 (port 0 to 65535)`);
+  }
+  return { host: match[1] ?? match[2], port };
+}
+
+export function formatHostPort({ host, port }: HostPort): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}

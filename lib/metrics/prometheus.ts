@@ -1,0 +1,87 @@
+/**
+ * Prometheus exposition of BeaconStats (prom-client).
+ *
+ * - One Registry per beacon, so several beacons in one process (tests) never
+ *   share series.
+ * - Values are copied from the plain counters in `collect()` at scrape time,
+ *   so the hot path never touches prom-client.
+ * - Process metrics (event-loop lag, heap, fds) come from prom-client's
+ *   defaults, prefixed `beacon_`.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import {
+  AUTH_FAILURE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
+  type BeaconStats, type LiveGauges,
+} from './stats';
+
+/** A counter whose per-label values are read from `read()` at scrape time. */
+function mirroredCounter<L extends string>(
+  registry: Registry, name: string, help: string, labelNames: readonly L[],
+  read: () => Array<[Partial<Record<L, string>>, number]>,
+): void {
+  new Counter({
+    name, help, labelNames, registers: [registry],
+    collect() {
+      this.reset();
+      for (const [labels, value] of read()) this.inc(labels, value);
+    },
+  });
+}
+
+function mirroredGauge(registry: Registry, name: string, help: string, read: () => number): void {
+  new Gauge({ name, help, registers: [registry], collect() { this.set(read()); } });
+}
+
+function byKey<K extends string>(label: string, values: Record<K, number>, keys: readonly K[]) {
+  return keys.map((k): [Record<string, string>, number] => [{ [label]: k }, values[k]]);
+}
+
+export function createPrometheusRegistry(stats: BeaconStats, gauges: LiveGauges, version: string): Registry {
+  const r = new Registry();
+  collectDefaultMetrics({ register: r, prefix: 'beacon_' });
+
+  new Gauge({ name: 'beacon_build_info', help: 'Build information; always 1.', labelNames: ['version', 'node_version'], registers: [r] })
+    .set({ version, node_version: process.version }, 1);
+
+  mirroredCounter(r, 'beacon_wss_upgrades_total', 'WebSocket upgrade attempts at /v1/compat by result.', ['result'],
+    () => [[{ result: 'ok' }, stats.upgradesOk], [{ result: 'fail' }, stats.upgradesFailed]]);
+  mirroredCounter(r, 'beacon_wss_refused_total', 'Upgrades refused before the WebSocket handshake, by limit.', ['reason'],
+    () => byKey('reason', stats.refused, REFUSAL_REASONS));
+  mirroredCounter(r, 'beacon_wss_auth_total', 'Compat handshakes by result, with the reason of failures.', ['result', 'reason'],
+    () => [[{ result: 'ok', reason: '' }, stats.authOk],
+      ...AUTH_FAILURE_REASONS.map((reason): [Record<string, string>, number] => [{ result: 'fail', reason }, stats.authFailed[reason]])]);
+  mirroredCounter(r, 'beacon_wss_frames_total', 'Binary WebSocket frames by direction.', ['direction'],
+    () => [[{ direction: 'in' }, stats.framesIn], [{ direction: 'out' }, stats.framesOut]]);
+  mirroredCounter(r, 'beacon_wss_idle_disconnects_total', 'Peers disconnected for silence past the idle timeout.', [],
+    () => [[{}, stats.idleDisconnects]]);
+  mirroredCounter(r, 'beacon_wss_replaced_total', 'Peers closed because a newer connection authenticated as the same node.', [],
+    () => [[{}, stats.replacedPeers]]);
+  mirroredCounter(r, 'beacon_wss_revoked_total', 'Peers closed because their key was removed or changed.', [],
+    () => [[{}, stats.revokedPeers]]);
+  mirroredGauge(r, 'beacon_wss_peers', 'Authenticated peers attached over WebSocket.', () => gauges.peers());
+  mirroredGauge(r, 'beacon_wss_handshakes', 'WebSocket connections still in the handshake.', () => gauges.handshakes());
+
+  mirroredCounter(r, 'beacon_udp_packets_total', 'UDP packets received, by packet type.', ['type'],
+    () => byKey('type', stats.udpPackets, UDP_PACKET_TYPES));
+  mirroredCounter(r, 'beacon_udp_sent_total', 'UDP packets sent.', [], () => [[{}, stats.udpSent]]);
+  mirroredGauge(r, 'beacon_udp_endpoints', 'Nodes with a known UDP endpoint.', () => gauges.udpEndpoints());
+
+  mirroredCounter(r, 'beacon_relay_total', 'Relays by the route the router chose.', ['route'],
+    () => byKey('route', stats.relay, RELAY_ROUTES));
+  mirroredCounter(r, 'beacon_dropped_total', 'Packets and frames dropped, by reason.', ['reason'],
+    () => byKey('reason', stats.dropped, DROP_REASONS));
+
+  mirroredCounter(r, 'beacon_sync_total', 'Sync packets by direction.', ['direction'],
+    () => [[{ direction: 'sent' }, stats.syncsSent], [{ direction: 'received' }, stats.syncsReceived]]);
+  mirroredGauge(r, 'beacon_beacon_routes', 'Nodes reachable through a beacon peer.', () => gauges.beaconRoutes());
+
+  mirroredCounter(r, 'beacon_keys_reloads_total', 'Keys file reloads by result.', ['result'],
+    () => [[{ result: 'ok' }, stats.keysReloadsOk], [{ result: 'fail' }, stats.keysReloadsFailed]]);
+  mirroredGauge(r, 'beacon_keys_loaded', 'Public keys in the keys file.', () => gauges.keysLoaded());
+  mirroredCounter(r, 'beacon_registry_lookups_total', 'Registry lookups by result.', ['result'],
+    () => [[{ result: 'found' }, stats.registryLookups.found], [{ result: 'unknown' }, stats.registryLookups.unknown],
+      [{ result: 'error' }, stats.registryLookups.error]]);
+  mirroredCounter(r, 'beacon_key_cache_total', 'Registry key cache lookups by result.', ['result'],
+    () => [[{ result: 'hit' }, stats.keyCacheHits], [{ result: 'miss' }, stats.keyCacheMisses]]);
+  return r;
+}

@@ -1,0 +1,124 @@
+/**
+ * Counters of everything the beacon does, as plain numbers.
+ *
+ * - The hot path only does `stats.x++`: no label hashing, no allocation.
+ * - `snapshot()` is the library's metrics API (tests read it).
+ * - `lib/metrics/prometheus.ts` exposes the same numbers to Prometheus at
+ *   scrape time; one name for one thing in both.
+ */
+
+/** Every reason a packet or frame is dropped; each is a metric label. */
+export const DROP_REASONS = [
+  /** Too short for its type, unknown type, or a zero node ID. */
+  'malformed',
+  /** A type the sender may not send (e.g. RelayDeliver to the beacon). */
+  'unexpected_type',
+  /** Over WebSocket, a sender/node_id/requester other than the peer's own. */
+  'spoofed_sender',
+  /** Over UDP, a packet speaking for a node attached over WebSocket. */
+  'wss_node_over_udp',
+  /** Sync from an address that is not a configured beacon peer. */
+  'stranger_sync',
+  /** Relay to a node attached nowhere we know of. */
+  'unknown_dest',
+  /** Relay received from a beacon peer for a node not attached here. */
+  'beacon_loop',
+  /** The destination peer's send buffer was full (slow reader). */
+  'send_buffer_full',
+  /** An inbound WebSocket message over 64 KiB (the peer is disconnected). */
+  'oversized',
+  /** A message before the handshake finished. */
+  'unauthenticated',
+  /** The UDP endpoint table is full. */
+  'endpoint_table_full',
+  /** The UDP socket refused a send. */
+  'udp_send_error',
+  /** A Sync listed more nodes than fit in one datagram. */
+  'sync_truncated',
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+
+/** Why a handshake failed; each is a `reason` label of beacon_wss_auth_total. */
+export const AUTH_FAILURE_REASONS = [
+  'timeout',
+  'bad_json',
+  'bad_type',
+  'bad_node_id',
+  'bad_signature_encoding',
+  'binary_message',
+  'unknown_node',
+  'bad_signature',
+  'registry_unavailable',
+  'closed',
+] as const;
+export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
+
+/** Why an upgrade was refused before any WebSocket work. */
+export const REFUSAL_REASONS = ['max_peers', 'max_handshakes', 'max_per_ip', 'shutting_down'] as const;
+export type RefusalReason = (typeof REFUSAL_REASONS)[number];
+
+export const UDP_PACKET_TYPES = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;
+export type UdpPacketType = (typeof UDP_PACKET_TYPES)[number];
+
+export const RELAY_ROUTES = ['wss', 'udp', 'beacon', 'unknown'] as const;
+export type RelayRoute = (typeof RELAY_ROUTES)[number];
+
+function zeroes<K extends string>(keys: readonly K[]): Record<K, number> {
+  return Object.fromEntries(keys.map((k) => [k, 0])) as Record<K, number>;
+}
+
+export class BeaconStats {
+  upgradesOk = 0;
+  upgradesFailed = 0;
+  refused = zeroes(REFUSAL_REASONS);
+  authOk = 0;
+  authFailed = zeroes(AUTH_FAILURE_REASONS);
+  framesIn = 0;
+  framesOut = 0;
+  idleDisconnects = 0;
+  replacedPeers = 0;
+  revokedPeers = 0;
+  udpPackets = zeroes(UDP_PACKET_TYPES);
+  udpSent = 0;
+  relay = zeroes(RELAY_ROUTES);
+  dropped = zeroes(DROP_REASONS);
+  syncsSent = 0;
+  syncsReceived = 0;
+  keysReloadsOk = 0;
+  keysReloadsFailed = 0;
+  registryLookups = { found: 0, unknown: 0, error: 0 };
+  keyCacheHits = 0;
+  keyCacheMisses = 0;
+
+  drop(reason: DropReason): void {
+    this.dropped[reason]++;
+  }
+}
+
+/** What the library reports: the counters plus the live gauges. */
+export interface MetricsSnapshot {
+  peers: number;
+  handshakes: number;
+  udpEndpoints: number;
+  beaconRoutes: number;
+  stats: BeaconStats;
+}
+
+/** Gauges read from live state at snapshot/scrape time. */
+export interface LiveGauges {
+  peers(): number;
+  handshakes(): number;
+  udpEndpoints(): number;
+  beaconRoutes(): number;
+  keysLoaded(): number;
+}
+
+export function snapshot(stats: BeaconStats, gauges: LiveGauges): MetricsSnapshot {
+  return {
+    peers: gauges.peers(),
+    handshakes: gauges.handshakes(),
+    udpEndpoints: gauges.udpEndpoints(),
+    beaconRoutes: gauges.beaconRoutes(),
+    stats: structuredClone(stats),
+  };
+}
