@@ -21,8 +21,8 @@ export const DROP_REASONS = [
   'stranger_sync',
   /** Relay to a node attached nowhere we know of. */
   'unknown_dest',
-  /** Relay received from a beacon peer for a node not attached here. */
-  'beacon_loop',
+  /** A PunchRequest that cannot be coordinated: a side has no UDP endpoint. */
+  'punch_unavailable',
   /** The destination peer's send buffer was full (slow reader). */
   'send_buffer_full',
   /** An inbound WebSocket message over 64 KiB (the peer is disconnected). */

@@ -1,0 +1,252 @@
+/**
+ * The composition root: builds a beacon from a BeaconConfig and wires its
+ * parts. `cmd/beacon.ts` and the tests use this and nothing below it.
+ *
+ * - Parts: key sources (lib/auth), the compat WebSocket listener
+ *   (lib/wss), the UDP side (lib/udp), the relay router and beacon peers
+ *   (lib/relay), metrics (lib/metrics) and the ops routes (lib/http).
+ * - Data flows one way: socket -> decode -> route -> encode -> socket.
+ * - `startBeacon` resolves once both sockets listen; the bound addresses
+ *   are on the Beacon, so tests can bind port 0.
+ * - `close()` drains: /health turns 503, upgrades are refused, every socket
+ *   is closed with 1001, then UDP and the listener close.
+ */
+import { EventEmitter } from 'node:events';
+import { lookup } from 'node:dns/promises';
+import type { AddressInfo } from 'node:net';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import { KeysFile, createKeyDirectory, type KeyDirectory } from './auth';
+import { formatHostPort, validateConfig, type BeaconConfig, type HostPort } from './config';
+import { registerOpsRoutes } from './http/ops-routes';
+import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
+import type { NodeId } from './protocol';
+import { BeaconPeers } from './relay/beacon-peers';
+import { RelayRouter } from './relay/router';
+import { udpEndpoint } from './udp/endpoints';
+import { UdpServer } from './udp/udp-server';
+import { CompatServer } from './wss/compat-server';
+import { VERSION } from './version';
+import { createPeerPacketHandler } from './wss/peer-packets';
+
+
+export interface BeaconOptions {
+  /** A pino logger; silent when omitted. */
+  logger?: FastifyBaseLogger;
+}
+
+/** A start-up failure an operator can act on; `message` names the problem and the fix. */
+export class StartError extends Error {
+  override name = 'StartError';
+  constructor(message: string, readonly code: string) {
+    super(message);
+  }
+}
+
+export class Beacon extends EventEmitter {
+  readonly stats = new BeaconStats();
+  httpAddress!: AddressInfo;
+  udpAddress!: AddressInfo;
+  readonly log: FastifyBaseLogger;
+  private readonly app: FastifyInstance;
+  private readonly compat: CompatServer;
+  private readonly udp: UdpServer;
+  private readonly router: RelayRouter;
+  private readonly registry: Registry;
+  private readonly keys: KeyDirectory;
+  private readonly gauges: LiveGauges;
+  private beaconPeers = new BeaconPeers([]);
+  private syncTimer: NodeJS.Timeout | undefined;
+  private closing: Promise<void> | undefined;
+
+  /** Use startBeacon(). */
+  constructor(readonly config: BeaconConfig, private readonly keysFile: KeysFile | undefined, options: BeaconOptions) {
+    super();
+    this.app = options.logger
+      ? Fastify({ loggerInstance: options.logger, ...this.httpOptions() })
+      : Fastify({ logger: false, ...this.httpOptions() });
+    this.log = this.app.log;
+    const { stats } = this;
+    this.keys = createKeyDirectory({ keysFile, registry: config.registry, config, stats });
+    this.router = new RelayRouter({
+      isAttachedOverWss: (id) => this.compat.peers.has(id),
+      writeFrame: (id, packet) => this.compat.writeFrame(id, packet),
+      udpEndpointOf: (id) => this.udp.endpoints.get(id),
+      beaconFor: (id) => this.beaconPeers.routeOf(id),
+      sendDatagram: (packet, to) => this.udp.send(packet, to),
+    }, stats);
+    this.compat = new CompatServer({
+      config, stats, keys: this.keys, log: this.log,
+      onPacket: createPeerPacketHandler(stats, this.router, (peer, packet) => this.compat.sendToPeer(peer, packet)),
+    });
+    this.udp = new UdpServer({
+      config, stats, log: this.log, router: this.router,
+      beaconPeers: () => this.beaconPeers,
+      isAttachedOverWss: (id) => this.compat.peers.has(id),
+    });
+    const gauges: LiveGauges = {
+      peers: () => this.compat.peers.size,
+      handshakes: () => this.compat.handshakesInProgress,
+      udpEndpoints: () => this.udp.endpoints.size,
+      beaconRoutes: () => this.beaconPeers.routeCount,
+      keysLoaded: () => this.keysFile?.size ?? 0,
+    };
+    this.registry = createPrometheusRegistry(stats, gauges, VERSION);
+    this.gauges = gauges;
+  }
+
+  private httpOptions() {
+    return {
+      trustProxy: this.config.trustProxy.length > 0 ? this.config.trustProxy : false,
+      // Connects, disconnects and refusals are logged by the beacon; nothing per request.
+      logController: new LogController({ disableRequestLogging: true }),
+      bodyLimit: 1024,
+      // A socket that has not sent its request headers within the auth
+      // timeout is a stranger holding a slot.
+      requestTimeout: this.config.authTimeoutMs,
+      forceCloseConnections: true,
+    };
+  }
+
+  /** @internal Binds both sockets and wires reloads and Sync. */
+  async start(): Promise<void> {
+    const { config } = this;
+    await this.compat.register(this.app);
+    registerOpsRoutes(this.app, this.registry, {
+      draining: () => this.compat.isDraining,
+      peers: () => this.compat.peers.size,
+    });
+    try {
+      await this.app.listen({ host: config.bind.host, port: config.bind.port });
+    } catch (err) {
+      throw listenError(err, config.bind, '--bind');
+    }
+    this.app.server.headersTimeout = Math.min(this.config.authTimeoutMs, 60_000);
+    this.httpAddress = this.app.server.address() as AddressInfo;
+    try {
+      this.udpAddress = await this.udp.start();
+    } catch (err) {
+      await this.app.close();
+      throw listenError(err, config.udp, '--udp');
+    }
+    this.beaconPeers = new BeaconPeers(await Promise.all(config.peers.map((p) => this.resolvePeer(p))));
+    this.compat.startIdleSweep();
+    if (this.keysFile) {
+      this.keysFile.on('reload', (keys) => {
+        this.stats.keysReloadsOk++;
+        const revoked = this.compat.revokeChangedKeys(keys);
+        this.log.info({ keys: keys.size, revoked }, 'keys file reloaded');
+        this.emit('keysReloaded', revoked);
+      });
+      this.keysFile.on('reloadError', (err: Error) => {
+        this.stats.keysReloadsFailed++;
+        this.log.error({ err: err.message }, 'keys file reload failed; keeping the previous keys');
+        this.emit('keysReloadFailed', err);
+      });
+      this.keysFile.watch();
+    }
+    if (config.peers.length > 0) {
+      this.sendSync();
+      this.syncTimer = setInterval(() => this.sendSync(), config.syncIntervalMs);
+      this.syncTimer.unref();
+    }
+    this.log.info({ bind: formatHostPort(config.bind), udp: this.udpAddress, peers: config.peers.length }, 'beacon listening');
+  }
+
+  /** Sends one binary packet to the peer attached over WebSocket as `dest`. */
+  writeFrame(dest: NodeId, packet: Buffer): boolean {
+    return this.compat.writeFrame(dest, packet);
+  }
+
+  isConnected(nodeId: NodeId): boolean {
+    return this.compat.peers.has(nodeId);
+  }
+
+  peerCount(): number {
+    return this.compat.peers.size;
+  }
+
+  metrics(): MetricsSnapshot {
+    return snapshot(this.stats, this.gauges);
+  }
+
+  /** Prometheus text, as served at /metrics. */
+  metricsText(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Re-reads the keys file (SIGHUP); false if it was invalid and the old keys were kept. */
+  reloadKeys(): boolean {
+    return this.keysFile?.reload() ?? false;
+  }
+
+  /** Graceful shutdown; idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.log.info({ peers: this.compat.peers.size }, 'shutting down');
+    clearInterval(this.syncTimer);
+    await this.compat.shutdown(this.config.shutdownGraceMs);
+    await this.udp.close();
+    this.keysFile?.close();
+    this.keys.close();
+    await this.app.close();
+    this.emit('closed');
+  }
+
+  private sendSync(): void {
+    const local = new Set<NodeId>(this.compat.peers.nodeIds());
+    for (const id of this.udp.endpoints.nodeIds()) local.add(id);
+    const { packet, truncated } = this.beaconPeers.syncPacket(this.config.beaconId, [...local]);
+    if (truncated) this.stats.drop('sync_truncated');
+    for (const peer of this.beaconPeers.peers) {
+      this.stats.syncsSent++;
+      this.udp.send(packet, peer);
+    }
+  }
+
+  private async resolvePeer(peer: HostPort) {
+    try {
+      const { address } = await lookup(peer.host, { family: this.udp.family === 'udp4' ? 4 : 0 });
+      return udpEndpoint(this.udp.wireAddress(address), peer.port);
+    } catch {
+      throw new StartError(`--peer ${formatHostPort(peer)}: cannot resolve "${peer.host}"; use an IP address or a name this host can resolve`, 'EPEERRESOLVE');
+    }
+  }
+}
+
+function listenError(err: unknown, at: HostPort, flag: string): StartError {
+  const code = (err as NodeJS.ErrnoException).code ?? 'ELISTEN';
+  const where = formatHostPort(at);
+  switch (code) {
+    case 'EADDRINUSE':
+      return new StartError(`${flag} ${where}: address already in use; stop the other process or choose another ${flag}`, code);
+    case 'EACCES':
+      return new StartError(`${flag} ${where}: permission denied; use a port above 1023 or grant CAP_NET_BIND_SERVICE`, code);
+    case 'EADDRNOTAVAIL':
+    case 'ENOTFOUND':
+      return new StartError(`${flag} ${where}: no such local address; use an address of this host, e.g. 127.0.0.1`, code);
+    default:
+      return new StartError(`${flag} ${where}: cannot listen (${(err as Error).message})`, code);
+  }
+}
+
+/**
+ * Starts a beacon. Throws StartError (address in use, ...) or KeysFileError
+ * (the keys file is missing or invalid) with a message naming the fix.
+ */
+export async function startBeacon(config: BeaconConfig, options: BeaconOptions = {}): Promise<Beacon> {
+  validateConfig(config);
+  const keysFile = config.keysFile ? KeysFile.open(config.keysFile) : undefined;
+  const beacon = new Beacon(config, keysFile, options);
+  try {
+    await beacon.start();
+  } catch (err) {
+    keysFile?.close();
+    throw err;
+  }
+  return beacon;
+}

@@ -1,0 +1,56 @@
+/**
+ * Beacon peers and the nodes they announce (PROTOCOL.md §1, Sync).
+ *
+ * - Only configured peer addresses are beacon peers: a Sync from anyone
+ *   else is refused, since it could claim nodes and hijack their traffic.
+ * - A Sync replaces everything known from that peer, skipping nodes
+ *   attached here; the table is bounded by peers × 65535.
+ * - Matching a datagram's source is allocation-free: addresses are stored
+ *   in the form the local socket reports them.
+ */
+import { MAX_SYNC_NODES, encodeSync, type NodeId } from '../protocol';
+import type { UdpEndpoint } from '../udp/endpoints';
+
+/** Node IDs that fit in one Sync datagram (65507-byte UDP payload). */
+export const MAX_SYNC_NODES_PER_DATAGRAM = Math.min(MAX_SYNC_NODES, Math.floor((65_507 - 7) / 4));
+
+export class BeaconPeers {
+  private readonly routes = new Map<NodeId, UdpEndpoint>();
+  private readonly announced = new Map<UdpEndpoint, NodeId[]>();
+
+  constructor(readonly peers: readonly UdpEndpoint[]) {}
+
+  get routeCount(): number {
+    return this.routes.size;
+  }
+
+  /** The configured peer a datagram came from, if any. */
+  peerAt(address: string, port: number): UdpEndpoint | undefined {
+    for (const peer of this.peers) {
+      if (peer.port === port && peer.address === address) return peer;
+    }
+    return undefined;
+  }
+
+  /** The beacon peer that announced `nodeId`. */
+  routeOf(nodeId: NodeId): UdpEndpoint | undefined {
+    return this.routes.get(nodeId);
+  }
+
+  /** Replaces what `peer` announced with `nodeIds`, skipping local nodes. */
+  acceptSync(peer: UdpEndpoint, nodeIds: readonly NodeId[], isLocal: (nodeId: NodeId) => boolean): void {
+    for (const nodeId of this.announced.get(peer) ?? []) {
+      if (this.routes.get(nodeId) === peer) this.routes.delete(nodeId);
+    }
+    const kept = nodeIds.filter((nodeId) => !isLocal(nodeId));
+    for (const nodeId of kept) this.routes.set(nodeId, peer);
+    this.announced.set(peer, kept);
+  }
+
+  /** The Sync to send; `truncated` when there were more nodes than fit. */
+  syncPacket(beaconId: number, localNodes: readonly NodeId[]): { packet: Buffer; truncated: boolean } {
+    const truncated = localNodes.length > MAX_SYNC_NODES_PER_DATAGRAM;
+    const ids = truncated ? localNodes.slice(0, MAX_SYNC_NODES_PER_DATAGRAM) : localNodes;
+    return { packet: encodeSync(beaconId, ids), truncated };
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * The relay router: for every Relay, from either transport, decide where it
+ * goes and hand it to that transport (PROTOCOL.md §1, §2).
+ *
+ * - Order: attached over WebSocket -> RelayDeliver via writeFrame; else a
+ *   UDP endpoint -> RelayDeliver datagram; else a node announced by a
+ *   beacon peer -> the original Relay, unchanged, to that beacon; else drop,
+ *   counted as unknown.
+ * - A Relay that came from a beacon peer is never forwarded to a beacon
+ *   again (no loops between beacons).
+ * - Decisions are a pure function; the router never touches sockets, it
+ *   calls the transports through `RelayPorts`.
+ * - The RelayDeliver is the Relay rewritten in place: no copy per packet.
+ */
+import type { BeaconStats } from '../metrics';
+import { relayDest, relayToDeliverInPlace, type NodeId } from '../protocol';
+import type { UdpEndpoint } from '../udp/endpoints';
+
+export type RelayOrigin = 'wss' | 'udp' | 'beacon';
+export type Route = 'wss' | 'udp' | 'beacon' | 'unknown';
+
+export interface RelayPorts {
+  isAttachedOverWss(nodeId: NodeId): boolean;
+  /** Sends to a WebSocket peer; false when it could not (the transport counts why). */
+  writeFrame(nodeId: NodeId, packet: Buffer): boolean;
+  udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
+  beaconFor(nodeId: NodeId): UdpEndpoint | undefined;
+  sendDatagram(packet: Buffer, to: UdpEndpoint): void;
+}
+
+/** Where a Relay to `dest` goes; pure. */
+export function chooseRoute(
+  dest: NodeId, origin: RelayOrigin,
+  ports: Pick<RelayPorts, 'isAttachedOverWss' | 'udpEndpointOf' | 'beaconFor'>,
+): Route {
+  if (ports.isAttachedOverWss(dest)) return 'wss';
+  if (ports.udpEndpointOf(dest)) return 'udp';
+  if (origin !== 'beacon' && ports.beaconFor(dest)) return 'beacon';
+  return 'unknown';
+}
+
+export class RelayRouter {
+  constructor(private readonly ports: RelayPorts, private readonly stats: BeaconStats) {}
+
+  /** Routes a well-formed Relay (checked by the transport). Consumes `relay`. */
+  route(relay: Buffer, origin: RelayOrigin): Route {
+    const { ports, stats } = this;
+    const dest = relayDest(relay);
+    const route = chooseRoute(dest, origin, ports);
+    stats.relay[route]++;
+    switch (route) {
+      case 'wss':
+        ports.writeFrame(dest, relayToDeliverInPlace(relay));
+        break;
+      case 'udp':
+        ports.sendDatagram(relayToDeliverInPlace(relay), ports.udpEndpointOf(dest)!);
+        break;
+      case 'beacon':
+        ports.sendDatagram(relay, ports.beaconFor(dest)!);
+        break;
+      case 'unknown':
+        stats.drop('unknown_dest');
+        break;
+    }
+    return route;
+  }
+}

@@ -1,0 +1,260 @@
+/**
+ * The compat WebSocket listener at /v1/compat (PROTOCOL.md §2, §3).
+ *
+ * - Admission runs in the route's onRequest hook, before any WebSocket
+ *   work: draining, --max-peers, --max-handshakes (HTTP 503) and
+ *   --max-per-ip (HTTP 429), each refusal counted.
+ * - ws enforces the 64 KiB message limit from the first byte
+ *   (`maxPayload`), so no socket, authenticated or not, can make the beacon
+ *   buffer more; an oversized message closes the socket with 1009.
+ * - After the handshake, peers live in a PeerMap (last writer wins); their
+ *   binary messages go to `onPacket`, text messages are ignored.
+ * - Idle: any inbound data, ping or pong is activity; one sweep pings quiet
+ *   peers and disconnects those silent past --idle-timeout.
+ * - This module never decides where a packet goes: that is the router's.
+ */
+import type { IncomingMessage } from 'node:http';
+import fastifyWebsocket from '@fastify/websocket';
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type WebSocket from 'ws';
+import type { KeyDirectory, RegisteredKey } from '../auth/keys';
+import type { BeaconConfig } from '../config';
+import type { BeaconStats } from '../metrics';
+import {
+  AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
+  type NodeId,
+} from '../protocol';
+import { Admission } from './admission';
+import { runHandshake } from './handshake';
+import { Peer } from './peer';
+import { PeerMap } from './peer-map';
+
+/** How long a socket we closed may take to answer the close before it is destroyed. */
+const CLOSE_GRACE_MS = 2_000;
+
+export interface CompatServerDeps {
+  config: BeaconConfig;
+  stats: BeaconStats;
+  keys: KeyDirectory;
+  log: FastifyBaseLogger;
+  /** Called with each binary message of an authenticated peer. */
+  onPacket: (peer: Peer, packet: Buffer) => void;
+}
+
+type SocketSlots = ReturnType<Admission['admit']>;
+
+export class CompatServer {
+  readonly peers = new PeerMap();
+  private readonly admission: Admission;
+  private readonly slots = new WeakMap<IncomingMessage, SocketSlots>();
+  private readonly sockets = new Set<WebSocket>();
+  private draining = false;
+  private idleSweep: NodeJS.Timeout | undefined;
+
+  constructor(private readonly deps: CompatServerDeps) {
+    this.admission = new Admission(deps.config);
+  }
+
+  get handshakesInProgress(): number {
+    return this.admission.handshakesInProgress;
+  }
+
+  async register(app: FastifyInstance): Promise<void> {
+    const { stats } = this.deps;
+    await app.register(fastifyWebsocket, {
+      options: {
+        maxPayload: MAX_MESSAGE_BYTES,
+        perMessageDeflate: false,
+        clientTracking: false,
+        handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
+      },
+      errorHandler: (error, socket) => this.onSocketError(error, socket),
+      // Peers are closed by shutdown(), with the right code, before fastify closes.
+      preClose: (done) => done(),
+    });
+    app.websocketServer.on('wsClientError', (_error: Error, socket: import('node:stream').Duplex) => {
+      stats.upgradesFailed++;
+      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    });
+    app.get(COMPAT_PATH, { websocket: true, onRequest: (req, reply, done) => this.admit(req, reply, done) },
+      (socket, req) => this.onConnection(socket, req));
+  }
+
+  /** Sends one packet to the peer attached as `dest`; false if none or its buffer is full. */
+  writeFrame(dest: NodeId, packet: Buffer): boolean {
+    const peer = this.peers.get(dest);
+    if (!peer) return false;
+    return this.sendToPeer(peer, packet);
+  }
+
+  sendToPeer(peer: Peer, packet: Buffer): boolean {
+    if (!peer.send(packet)) {
+      this.deps.stats.drop('send_buffer_full');
+      return false;
+    }
+    this.deps.stats.framesOut++;
+    return true;
+  }
+
+  /** Closes peers whose key is no longer the registered one (keys file reload). */
+  revokeChangedKeys(fileKeys: ReadonlyMap<NodeId, RegisteredKey>): number {
+    let revoked = 0;
+    for (const peer of this.peers.values()) {
+      const current = fileKeys.get(peer.nodeId);
+      const stillValid = current ? current.raw.equals(peer.key.raw) : peer.key.source !== 'file';
+      if (stillValid) continue;
+      revoked++;
+      this.deps.stats.revokedPeers++;
+      this.peers.detach(peer);
+      this.deps.log.info({ nodeId: peer.nodeId }, 'peer disconnected: key revoked');
+      closeWithGrace(peer.ws, CloseCode.PolicyViolation, CloseReason.keyRevoked);
+    }
+    return revoked;
+  }
+
+  startIdleSweep(): void {
+    const idleMs = this.deps.config.idleTimeoutMs;
+    const intervalMs = Math.max(50, Math.floor(idleMs / 3));
+    this.idleSweep = setInterval(() => this.sweepIdle(idleMs, intervalMs), intervalMs);
+    this.idleSweep.unref();
+  }
+
+  /**
+   * Refuses new upgrades, calls `beforeClose` on each socket, closes it with
+   * 1001, and waits up to `graceMs` for the closes before destroying the rest.
+   */
+  async shutdown(graceMs: number, beforeClose?: (ws: WebSocket) => void): Promise<void> {
+    this.draining = true;
+    clearInterval(this.idleSweep);
+    const closing = [...this.sockets].map((ws) => new Promise<void>((resolve) => {
+      if (ws.readyState === 3) return resolve();
+      ws.once('close', () => resolve());
+      if (ws.readyState === 1) beforeClose?.(ws);
+      ws.close(CloseCode.GoingAway, CloseReason.shuttingDown);
+    }));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(closing), new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
+    clearTimeout(timer);
+    for (const ws of this.sockets) ws.terminate();
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  // ---- admission and handshake -------------------------------------------
+
+  private admit(req: FastifyRequest, reply: FastifyReply, done: () => void): void {
+    if (!req.ws) return done();
+    const { stats, log } = this.deps;
+    const ip = canonicalIp(req.ip);
+    const refusal = this.draining ? 'shutting_down' : this.admission.check(ip, this.peers.size);
+    if (refusal) {
+      stats.refused[refusal]++;
+      stats.upgradesFailed++;
+      log.info({ ip, reason: refusal }, 'upgrade refused');
+      void reply
+        .code(refusal === 'max_per_ip' ? 429 : 503)
+        .header('retry-after', '5')
+        .send({ error: refusal });
+      return;
+    }
+    const slots = this.admission.admit(ip);
+    this.slots.set(req.raw, slots);
+    req.raw.socket.once('close', slots.releaseSocket);
+    done();
+  }
+
+  private onConnection(ws: WebSocket, req: FastifyRequest): void {
+    const { stats, log, config } = this.deps;
+    stats.upgradesOk++;
+    this.sockets.add(ws);
+    ws.once('close', () => this.sockets.delete(ws));
+    const slots = this.slots.get(req.raw);
+    const ip = canonicalIp(req.ip);
+    // Behind a proxy the client's port is unknown (Caddy does not forward it).
+    const direct = ip === canonicalIp(req.socket.remoteAddress ?? '');
+    const port = direct ? req.socket.remotePort ?? 0 : 0;
+
+    runHandshake(ws, { keys: this.deps.keys, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
+      slots?.endHandshake();
+      if (!result.ok) {
+        stats.authFailed[result.reason]++;
+        log.info({ ip, reason: result.reason }, 'auth failed');
+        if (result.reason !== 'closed') closeWithGrace(ws, CloseCode.PolicyViolation, CloseReason.authFailed);
+        return;
+      }
+      if (this.draining) return closeWithGrace(ws, CloseCode.GoingAway, CloseReason.shuttingDown);
+      if (this.peers.size >= config.maxPeers && !this.peers.has(result.nodeId)) {
+        stats.refused.max_peers++;
+        log.info({ ip, nodeId: result.nodeId }, 'peer refused: beacon at capacity');
+        return closeWithGrace(ws, CloseCode.TryAgainLater, CloseReason.atCapacity);
+      }
+      this.attach(new Peer(result.nodeId, ws, result.key, ip, port, config.sendBufferBytes));
+    });
+  }
+
+  private attach(peer: Peer): void {
+    const { stats, log } = this.deps;
+    const { ws } = peer;
+    const previous = this.peers.attach(peer);
+    if (previous) {
+      previous.replaced = true;
+      stats.replacedPeers++;
+      log.info({ nodeId: peer.nodeId }, 'peer replaced by a newer connection');
+      closeWithGrace(previous.ws, CloseCode.Replaced, CloseReason.replaced);
+    }
+    stats.authOk++;
+    ws.send(AUTH_OK_MESSAGE);
+    const onPacket = this.deps.onPacket;
+    ws.on('message', (data, isBinary) => {
+      peer.active = true;
+      if (!isBinary) return; // reserved for control messages; ignored
+      stats.framesIn++;
+      onPacket(peer, data as Buffer);
+    });
+    const touch = () => { peer.active = true; };
+    ws.on('ping', touch);
+    ws.on('pong', touch);
+    ws.once('close', (code) => {
+      if (this.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
+    });
+    log.info({ nodeId: peer.nodeId, ip: peer.clientIp }, 'peer connected');
+  }
+
+  private sweepIdle(idleMs: number, intervalMs: number): void {
+    const now = Date.now();
+    for (const peer of this.peers.values()) {
+      if (peer.active) {
+        peer.active = false;
+        peer.quietSince = now;
+        continue;
+      }
+      const quietFor = now - peer.quietSince;
+      if (quietFor >= idleMs) {
+        this.deps.stats.idleDisconnects++;
+        this.peers.detach(peer);
+        this.deps.log.info({ nodeId: peer.nodeId }, 'peer disconnected: idle timeout');
+        closeWithGrace(peer.ws, CloseCode.GoingAway, CloseReason.idleTimeout);
+      } else if (quietFor >= intervalMs) {
+        peer.ws.ping();
+      }
+    }
+  }
+
+  private onSocketError(error: Error & { code?: string }, ws: WebSocket): void {
+    if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.deps.stats.drop('oversized');
+    this.deps.log.debug({ err: error }, 'websocket error');
+    // ws has already started the close with the right code; make sure it ends.
+    closeWithGrace(ws);
+  }
+}
+
+/** Closes with a code, and destroys the socket if the other side never answers. */
+function closeWithGrace(ws: WebSocket, code?: number, reason?: string): void {
+  if (ws.readyState === 3) return;
+  if (code !== undefined) ws.close(code, reason);
+  const timer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+  timer.unref();
+  ws.once('close', () => clearTimeout(timer));
+}
