@@ -150,7 +150,11 @@ export class Beacon extends EventEmitter {
       this.syncTimer = setInterval(() => this.sendSync(), config.syncIntervalMs);
       this.syncTimer.unref();
     }
-    this.log.info({ bind: formatHostPort(config.bind), udp: this.udpAddress, peers: config.peers.length }, 'beacon listening');
+    this.log.info({
+      bind: formatHostPort({ host: this.httpAddress.address, port: this.httpAddress.port }),
+      udp: formatHostPort({ host: this.udpAddress.address, port: this.udpAddress.port }),
+      beaconPeers: config.peers.length,
+    }, 'beacon listening');
   }
 
   /** Sends one binary packet to the peer attached over WebSocket as `dest`. */
