@@ -78,6 +78,7 @@ export class Beacon extends EventEmitter {
     this.compat = new CompatServer({
       config, stats, keys: this.keys, log: this.log,
       onPacket: createPeerPacketHandler(stats, this.router, (peer, packet) => this.compat.sendToPeer(peer, packet)),
+      onPeerClosed: (peer, code) => this.emit('peerClosed', { nodeId: peer.nodeId, replaced: peer.replaced, code }),
     });
     this.udp = new UdpServer({
       config, stats, log: this.log, router: this.router,

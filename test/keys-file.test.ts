@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
@@ -13,8 +13,15 @@ import { generatePublicKey } from './helpers/fake-registry';
 /** Every wait on an event is bounded: a missing event fails the test, never hangs it. */
 const EVENT_TIMEOUT_MS = 3000;
 
+const tempDirs: string[] = [];
+after(() => {
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
+});
+
 function tempDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-keys-'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-keys-'));
+  tempDirs.push(dir);
+  return dir;
 }
 
 function writeJson(file: string, value: unknown): void {

@@ -8,8 +8,8 @@
  *   emits 'reload', or keeps the old ones and emits 'reloadError'.
  * - `watch()` watches the directory (editors and `beacon keys add` replace the
  *   file by rename), debounced, and skips content identical to the last load.
- * - `writeKeysFileAtomic` writes a temp file, fsyncs it and renames it over.
- * - It does not revoke peers or handle SIGHUP: the beacon listens to 'reload'
+ * - `writeKeysFileAtomic` (temp file, fsync, rename over) serves `beacon keys
+ *   add`. Not here: revoking peers and SIGHUP; the beacon listens to 'reload'
  *   and calls `reload()` itself.
  */
 import { EventEmitter } from 'node:events';
@@ -167,16 +167,22 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
     return this.#load(false);
   }
 
-  /** Reloads automatically when the file changes; idempotent. */
+  /** Reloads automatically when the file changes; idempotent. Throws KeysFileError ('watch_failed'). */
   watch(): void {
     if (this.#watcher) return;
     const name = path.basename(this.path);
     // The directory, not the file: a rename over the file would leave a file
     // watch on the old, unlinked inode. Not persistent: watching alone never
     // keeps the process alive.
-    this.#watcher = fs.watch(path.dirname(path.resolve(this.path)), { persistent: false }, (_event, changed) => {
-      if (changed === null || changed === name) this.#scheduleReload();
-    });
+    const dir = path.dirname(path.resolve(this.path));
+    try {
+      this.#watcher = fs.watch(dir, { persistent: false }, (_event, changed) => {
+        if (changed === null || changed === name) this.#scheduleReload();
+      });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      throw new KeysFileError('watch_failed', this.path, `cannot watch ${dir} (${message}); changes are picked up on SIGHUP only`);
+    }
     this.#watcher.on('error', (err) => {
       this.close();
       this.emit('reloadError', new KeysFileError('watch_failed', this.path,

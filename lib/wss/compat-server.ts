@@ -39,6 +39,8 @@ export interface CompatServerDeps {
   log: FastifyBaseLogger;
   /** Called with each binary message of an authenticated peer. */
   onPacket: (peer: Peer, packet: Buffer) => void;
+  /** Called once a peer's socket has closed and its teardown ran. */
+  onPeerClosed?: (peer: Peer, code: number) => void;
 }
 
 type SocketSlots = ReturnType<Admission['admit']>;
@@ -218,6 +220,7 @@ export class CompatServer {
     ws.on('pong', touch);
     ws.once('close', (code) => {
       if (this.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
+      this.deps.onPeerClosed?.(peer, code);
     });
     log.info({ nodeId: peer.nodeId, ip: peer.clientIp }, 'peer connected');
   }

@@ -4,9 +4,10 @@
  * - Speaks u32-length-prefixed JSON; answers each connection's requests in
  *   order, one after the other, like the real registry.
  * - Knobs: `keys` (node → base64 key), `delayMs` before each answer,
- *   `neverAnswer`, and `replies` to send a chosen answer for a node.
+ *   `neverAnswer`, `replies` (a chosen answer for a node), and
+ *   `dropConnections()` to close every client connection from its side.
  * - Counts requests per node (on receipt) and connections accepted.
- * - It is not a full registry: only `lookup` is understood.
+ * - Not a full registry: only `lookup` is understood. Also here: test keys.
  */
 import { generateKeyPairSync } from 'node:crypto';
 import * as net from 'node:net';
@@ -27,6 +28,7 @@ export interface FakeRegistry {
   connections: number;
   requestsFor(nodeId: number): number;
   totalRequests(): number;
+  dropConnections(): void;
   stop(): Promise<void>;
 }
 
@@ -50,8 +52,11 @@ export async function startFakeRegistry(keys: Map<number, string> = new Map()): 
     connections: 0,
     requestsFor: (nodeId) => fake.requests.get(nodeId) ?? 0,
     totalRequests: () => [...fake.requests.values()].reduce((a, b) => a + b, 0),
-    stop: async () => {
+    dropConnections: () => {
       for (const socket of sockets) socket.destroy();
+    },
+    stop: async () => {
+      fake.dropConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
   };

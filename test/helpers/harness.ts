@@ -82,6 +82,7 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
 export async function openCompat(url: string, options: WebSocket.ClientOptions & { headers?: Record<string, string> } = {}): Promise<{ ws: WebSocket; nonce: string }> {
   const ws = new WebSocket(url, [COMPAT_SUBPROTOCOL], options);
   const first = nextMessage(ws);
+  first.catch(() => {}); // an upgrade failure is reported by `open` below
   await withTimeout(once(ws, 'open'), 3_000, 'the upgrade');
   const { data, isBinary } = await first;
   if (isBinary) throw new Error('challenge was binary');
