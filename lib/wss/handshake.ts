@@ -58,7 +58,10 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
     if (!parsed.ok) return finish({ ok: false, reason: parsed.problem });
     state = 'verifying';
     const nodeId = parsed.reply.node_id;
-    void deps.keys.lookup(nodeId, Math.max(1, deadline - Date.now())).then((lookup) => {
+    // The lookup gives up a little before the handshake does, so a slow
+    // registry is reported as such rather than as a client timeout.
+    const remaining = deadline - Date.now();
+    void deps.keys.lookup(nodeId, Math.max(1, remaining - Math.min(100, remaining / 10))).then((lookup) => {
       if (state !== 'verifying') return;
       if (lookup.status === 'unknown') return finish({ ok: false, reason: 'unknown_node' });
       if (lookup.status === 'unavailable') return finish({ ok: false, reason: 'registry_unavailable' });

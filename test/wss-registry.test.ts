@@ -1,0 +1,80 @@
+/** The handshake with keys from a real (test) Pilot registry over TCP (§4). */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CloseCode, authReplyMessage, encodeRelay } from '../lib/protocol';
+import { startFakeRegistry, closedPort } from './helpers/fake-registry';
+import { makeIdentity, sign } from './helpers/identity';
+import { closed, connectPeer, eventually, nextMessage, openCompat, startTestBeacon, withTimeout } from './helpers/harness';
+
+const alice = makeIdentity(7777);
+const bob = makeIdentity(8888);
+
+test('a node registered only in the registry authenticates; the second handshake is a cache hit', async (t) => {
+  const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
+  t.after(() => registry.stop());
+  const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: registry.port } });
+  t.after(() => tb.close());
+  (await connectPeer(tb.url, alice)).close();
+  (await connectPeer(tb.url, alice)).close();
+  assert.equal(registry.requestsFor(7777), 1);
+  const { stats } = tb.beacon.metrics();
+  assert.equal(stats.keyCacheHits, 1);
+  assert.equal(stats.registryLookups.found, 1);
+  // Bob is in the keys file, which is asked first: the registry never hears of him.
+  (await connectPeer(tb.url, bob)).close();
+  assert.equal(registry.requestsFor(8888), 0);
+});
+
+test('a registry that is down fails the handshake cleanly within the auth timeout', async (t) => {
+  const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: await closedPort() }, authTimeoutMs: 1_000 });
+  t.after(() => tb.close());
+  const { ws, nonce } = await openCompat(tb.url);
+  const started = Date.now();
+  ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${nonce}`) }));
+  assert.deepEqual(await closed(ws), { code: CloseCode.PolicyViolation, reason: 'auth failed' });
+  assert.ok(Date.now() - started < 1_500, 'the failure took longer than the auth timeout');
+  assert.equal(tb.beacon.metrics().stats.authFailed.registry_unavailable, 1);
+});
+
+test('a registry that never answers stalls neither other handshakes nor relays', async (t) => {
+  const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
+  registry.neverAnswer = true;
+  t.after(() => registry.stop());
+  const carol = makeIdentity(9999);
+  const tb = await startTestBeacon([bob, carol], { registry: { host: '127.0.0.1', port: registry.port }, authTimeoutMs: 800 });
+  t.after(() => tb.close());
+  const b = await connectPeer(tb.url, bob);
+  const { ws, nonce } = await openCompat(tb.url);
+  const aliceClosed = closed(ws);
+  ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${nonce}`) }));
+  await eventually(() => registry.requestsFor(7777) === 1, 3_000, 'the registry request');
+  // While Alice's lookup hangs, Carol authenticates and relays to Bob.
+  const c = await connectPeer(tb.url, carol);
+  const got = nextMessage(b);
+  c.send(encodeRelay(9999, 8888, Buffer.from('not stalled')));
+  assert.equal((await got).data.subarray(5).toString(), 'not stalled');
+  assert.equal((await aliceClosed).code, CloseCode.PolicyViolation);
+  assert.equal(tb.beacon.metrics().stats.authFailed.registry_unavailable, 1);
+  b.close(); c.close();
+});
+
+test('binary frames sent while the key is being looked up are dropped and never relayed', async (t) => {
+  const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
+  registry.delayMs = 200;
+  t.after(() => registry.stop());
+  const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: registry.port } });
+  t.after(() => tb.close());
+  const b = await connectPeer(tb.url, bob);
+  const { ws, nonce } = await openCompat(tb.url);
+  const authOk = nextMessage(ws);
+  ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${nonce}`) }));
+  ws.send(encodeRelay(7777, 8888, Buffer.from('too early')));
+  await eventually(() => tb.beacon.metrics().stats.dropped.unauthenticated === 1, 3_000, 'the early frame to be dropped');
+  assert.equal((await authOk).data.toString(), '{"type":"auth_ok"}');
+  // After auth_ok a frame goes through; the early one never arrives before it.
+  const got = nextMessage(b);
+  ws.send(encodeRelay(7777, 8888, Buffer.from('in time')));
+  assert.equal((await withTimeout(got, 3_000, 'the relay')).data.subarray(5).toString(), 'in time');
+  assert.equal(tb.beacon.metrics().stats.relay.wss, 1);
+  ws.close(); b.close();
+});
