@@ -54,7 +54,11 @@ export const AUTH_FAILURE_REASONS = [
 export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
 
 /** Why an upgrade was refused before any WebSocket work. */
-export const REFUSAL_REASONS = ['max_peers', 'max_handshakes', 'max_per_ip', 'shutting_down'] as const;
+export const REFUSAL_REASONS = [
+  'max_peers', 'max_handshakes', 'max_per_ip', 'shutting_down',
+  /** A trusted proxy forwarded a client address that is not an IP. */
+  'bad_forwarded_address',
+] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
 export const UDP_PACKET_TYPES = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;

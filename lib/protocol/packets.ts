@@ -5,7 +5,8 @@
  *   WebSocket (one per binary message).
  * - All integers are big-endian; a node ID is a u32 and 0 is never valid.
  * - Packets too short for their type, unknown types and zero node IDs decode
- *   to `undefined`: the caller drops and counts them, it never throws.
+ *   to `undefined`: the caller drops and counts them, it never throws. (A
+ *   Sync is the exception: a zero entry in its list is skipped.)
  * - The Relay hot path has allocation-free readers (`relaySender`,
  *   `relayDest`) and rewrites a Relay into a RelayDeliver in place.
  */

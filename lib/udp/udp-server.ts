@@ -67,12 +67,16 @@ export class UdpServer {
     return socket.address();
   }
 
-  /** Sends one datagram; failures are counted, never thrown. */
+  /** Sends one datagram; failures (e.g. too large for a datagram) are counted, never thrown. */
   send(packet: Buffer, to: UdpEndpoint): void {
-    if (!this.socket) return;
-    this.deps.stats.udpSent++;
-    this.socket.send(packet, to.port, to.address);
+    this.socket?.send(packet, to.port, to.address, this.onSent);
   }
+
+  /** One callback for every send: without one, Node drops send errors silently. */
+  private readonly onSent = (err: Error | null): void => {
+    if (err) this.deps.stats.drop('udp_send_error');
+    else this.deps.stats.udpSent++;
+  };
 
   /** The address `ip` has on this socket (IPv4 on a udp6 socket is mapped). */
   wireAddress(ip: string): string {

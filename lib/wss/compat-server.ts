@@ -14,12 +14,13 @@
  * - This module never decides where a packet goes: that is the router's.
  */
 import type { IncomingMessage } from 'node:http';
+import { isIP } from 'node:net';
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type WebSocket from 'ws';
 import type { KeyDirectory, RegisteredKey } from '../auth/keys';
 import type { BeaconConfig } from '../config';
-import type { BeaconStats } from '../metrics';
+import type { BeaconStats, RefusalReason } from '../metrics';
 import {
   AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
   type NodeId,
@@ -44,6 +45,15 @@ export interface CompatServerDeps {
 }
 
 type SocketSlots = ReturnType<Admission['admit']>;
+
+/** The HTTP status of each refusal: 503 means the beacon is full, the others are about the client. */
+const REFUSAL_STATUS: Record<RefusalReason, number> = {
+  max_peers: 503,
+  max_handshakes: 503,
+  shutting_down: 503,
+  max_per_ip: 429,
+  bad_forwarded_address: 400,
+};
 
 export class CompatServer {
   readonly peers = new PeerMap();
@@ -150,13 +160,16 @@ export class CompatServer {
     if (!req.ws) return done();
     const { stats, log } = this.deps;
     const ip = canonicalIp(req.ip);
-    const refusal = this.draining ? 'shutting_down' : this.admission.check(ip, this.peers.size);
+    const refusal = this.draining ? 'shutting_down'
+      // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
+      : isIP(ip) === 0 ? 'bad_forwarded_address'
+      : this.admission.check(ip, this.peers.size);
     if (refusal) {
       stats.refused[refusal]++;
       stats.upgradesFailed++;
       log.info({ ip, reason: refusal }, 'upgrade refused');
       void reply
-        .code(refusal === 'max_per_ip' ? 429 : 503)
+        .code(REFUSAL_STATUS[refusal])
         .header('retry-after', '5')
         .send({ error: refusal });
       return;

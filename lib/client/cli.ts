@@ -1,0 +1,184 @@
+/**
+ * The work behind `beacon-client` (cmd/beacon-client.ts only parses flags).
+ *
+ * - `connect`: one CompatClient that stays up (reconnecting on its own);
+ *   RelayDeliver packets go to stdout as `from <sender>: <payload>`, state
+ *   changes to stderr, and with `to` each stdin line is relayed.
+ * - `send`: connect, relay one payload, optionally wait for a reply from
+ *   the destination, exit.
+ * - `discover`: one Discover over UDP, the observed endpoint on stdout.
+ * - The first connection failure of `connect` and `send` ends the command
+ *   with the error's one-line message (wrong scheme, TLS, 503, 429, auth,
+ *   timeout...); once `connect` has been connected it rides out losses.
+ * - Exit codes: 0 done, 1 the beacon could not be reached or did not
+ *   answer as asked, 2 bad input (flags, URL, identity file, CA file).
+ */
+import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { IdentityFileError, loadIdentity } from '../identity';
+import { PacketType, type NodeId } from '../protocol';
+import { CompatClient } from './compat-client';
+import { parseBeaconUrl } from './connect-errors';
+import { ClientError } from './errors';
+import { formatDelivery } from './payload-format';
+import { discoverOverUdp, formatEndpoint } from './udp-discover';
+
+export const ExitCode = { ok: 0, failed: 1, usage: 2 } as const;
+
+export interface CliIo {
+  stdout: NodeJS.WritableStream;
+  stderr: NodeJS.WritableStream;
+  stdin: NodeJS.ReadableStream;
+}
+
+/** Bad input a person must fix before trying again (exit 2). */
+export class CliUsageError extends Error {
+  override name = 'CliUsageError';
+}
+
+export interface ClientFlags {
+  url: string;
+  identityFile: string;
+  nodeId: NodeId;
+  caFile?: string;
+  connectTimeoutMs?: number;
+}
+
+export interface ConnectCommand extends ClientFlags {
+  to?: NodeId;
+  pingIntervalMs?: number;
+  /** Aborted on SIGINT/SIGTERM: close and exit 0. */
+  signal: AbortSignal;
+}
+
+export interface SendCommand extends ClientFlags {
+  to: NodeId;
+  data: string;
+  /** Wait this long for a RelayDeliver from `to`; no wait when undefined. */
+  waitMs?: number;
+}
+
+export interface DiscoverCommand {
+  host: string;
+  port: number;
+  nodeId: NodeId;
+  timeoutMs?: number;
+}
+
+const PREFIX = 'beacon-client: ';
+
+function say(io: CliIo, line: string): void {
+  io.stderr.write(`${PREFIX}${line}\n`);
+}
+
+function makeClient(flags: ClientFlags, extra: { pingIntervalMs?: number } = {}): CompatClient {
+  // The URL first: a wrong scheme is the cheapest mistake to report.
+  parseBeaconUrl(flags.url);
+  let ca: Buffer | undefined;
+  if (flags.caFile !== undefined) {
+    try {
+      ca = readFileSync(flags.caFile);
+    } catch (err) {
+      throw new CliUsageError(`--ca ${flags.caFile}: cannot be read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+    if (!ca.toString('latin1').includes('-----BEGIN CERTIFICATE-----')) {
+      throw new CliUsageError(`--ca ${flags.caFile}: not a PEM certificate (expected -----BEGIN CERTIFICATE-----)`);
+    }
+  }
+  return new CompatClient({
+    url: flags.url, nodeId: flags.nodeId, identity: loadIdentity(flags.identityFile), ca,
+    connectTimeoutMs: flags.connectTimeoutMs, pingIntervalMs: extra.pingIntervalMs,
+  });
+}
+
+/** `beacon-client connect`: runs until `signal` aborts. */
+export async function runConnect(cmd: ConnectCommand, io: CliIo): Promise<number> {
+  const client = makeClient(cmd, { pingIntervalMs: cmd.pingIntervalMs });
+  const where = client.url.href;
+  client.on('connected', () => say(io, `connected to ${where} as node ${cmd.nodeId}`));
+  client.on('disconnected', ({ code, reason }) => {
+    if (client.state !== 'closed') say(io, `disconnected (close ${code}${reason ? `: ${reason}` : ''})`);
+  });
+  client.on('restarting', (n) => say(io, `the beacon announced a restart: reconnecting in about ${n.reconnect_in_ms} ms`));
+  client.on('reconnecting', ({ attempt, delayMs, cause, error }) => {
+    say(io, `reconnecting in ${delayMs} ms (attempt ${attempt}, ${cause.replace('_', ' ')}${error ? `: ${error.message}` : ''})`);
+  });
+  client.on('packet', (packet) => {
+    if (packet.type === PacketType.RelayDeliver) io.stdout.write(`${formatDelivery(packet.sender, packet.payload)}\n`);
+  });
+
+  const stopped = new Promise<void>((resolve) => {
+    if (cmd.signal.aborted) resolve();
+    cmd.signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+  void stopped.then(() => client.close());
+
+  say(io, `connecting to ${where} as node ${cmd.nodeId}`);
+  try {
+    await client.connect({ failFast: true });
+  } catch (err) {
+    if (cmd.signal.aborted) return ExitCode.ok;
+    throw err;
+  }
+
+  let lines: ReturnType<typeof createInterface> | undefined;
+  if (cmd.to !== undefined) {
+    const to = cmd.to;
+    lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
+    lines.on('line', (line) => {
+      try {
+        client.relay(to, line);
+      } catch (err) {
+        say(io, `line not sent: ${(err as Error).message}`);
+      }
+    });
+  }
+  await stopped;
+  lines?.close();
+  await client.close();
+  return ExitCode.ok;
+}
+
+/** `beacon-client send`: one relay, optionally one reply. */
+export async function runSend(cmd: SendCommand, io: CliIo): Promise<number> {
+  const client = makeClient(cmd);
+  try {
+    await client.connect({ failFast: true });
+    const reply = cmd.waitMs === undefined ? undefined : new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ClientError(`no reply from node ${cmd.to} within ${cmd.waitMs} ms`, 'ETIMEDOUT')), cmd.waitMs);
+      client.on('packet', (packet) => {
+        if (packet.type !== PacketType.RelayDeliver || packet.sender !== cmd.to) return;
+        clearTimeout(timer);
+        resolve(formatDelivery(packet.sender, packet.payload));
+      });
+      client.once('disconnected', ({ code, reason }) => {
+        clearTimeout(timer);
+        reject(new ClientError(`the beacon closed the connection (close ${code}${reason ? `: ${reason}` : ''}) before a reply from node ${cmd.to} arrived`, 'ECONNCLOSED'));
+      });
+    });
+    reply?.catch(() => undefined); // awaited below; keeps an early rejection from being "unhandled"
+    const bytes = Buffer.byteLength(cmd.data, 'utf8');
+    client.relay(cmd.to, cmd.data);
+    say(io, `sent ${bytes} bytes to node ${cmd.to} through ${client.url.host}`);
+    if (reply) io.stdout.write(`${await reply}\n`);
+    return ExitCode.ok;
+  } finally {
+    await client.close();
+  }
+}
+
+/** `beacon-client discover`: prints the endpoint the beacon sees. */
+export async function runDiscover(cmd: DiscoverCommand, io: CliIo): Promise<number> {
+  const { endpoint } = await discoverOverUdp({ host: cmd.host, port: cmd.port, nodeId: cmd.nodeId, timeoutMs: cmd.timeoutMs });
+  io.stdout.write(`${formatEndpoint(endpoint)}\n`);
+  return ExitCode.ok;
+}
+
+/** Prints `err` as one line and returns the exit code for it. */
+export function reportError(err: unknown, io: Pick<CliIo, 'stderr'>): number {
+  const message = err instanceof Error ? err.message : String(err);
+  io.stderr.write(`${PREFIX}${message.split('\n')[0]}\n`);
+  if (err instanceof CliUsageError || err instanceof IdentityFileError || err instanceof TypeError || err instanceof RangeError) return ExitCode.usage;
+  if (err instanceof ClientError && err.code === 'EBADURL') return ExitCode.usage;
+  return ExitCode.failed;
+}

@@ -1,0 +1,257 @@
+/**
+ * The UDP side against a real beacon (PROTOCOL.md §1): Discover,
+ * PunchRequest, malformed and unexpected datagrams, and the
+ * beacon_udp_packets_total counter, with real sockets on 127.0.0.1.
+ */
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import { test, type TestContext } from 'node:test';
+import {
+  PacketType, decodePacket, encodeDiscover, encodeDiscoverReply, encodePunchCommand, encodePunchRequest,
+  encodeRelay, encodeRelayDeliver, encodeSync,
+} from '../lib/protocol';
+import { makeIdentity, type TestIdentity } from './helpers/identity';
+import { UdpClient, eventually, startTestBeacon, type TestBeacon } from './helpers/harness';
+import { WsPeer, promValue } from './helpers/wire';
+
+async function beacon(t: TestContext, ids: readonly TestIdentity[] = [], overrides: Parameters<typeof startTestBeacon>[1] = {}): Promise<TestBeacon> {
+  const tb = await startTestBeacon(ids, overrides);
+  t.after(() => tb.close());
+  return tb;
+}
+
+async function udpClient(t: TestContext): Promise<UdpClient> {
+  const client = await UdpClient.open();
+  t.after(() => client.close());
+  return client;
+}
+
+/** Sends a Discover for `nodeId` and returns the reply, checked byte for byte. */
+async function discover(tb: TestBeacon, client: UdpClient, nodeId: number): Promise<void> {
+  client.send(encodeDiscover(nodeId), tb.udpPort);
+  const reply = await client.next();
+  assert.equal(reply.toString('hex'), encodeDiscoverReply({ ip: '127.0.0.1', port: client.port }).toString('hex'));
+}
+
+test('Discover is answered with the observed 127.0.0.1 and the client port, and the endpoint is recorded', async (t) => {
+  const tb = await beacon(t);
+  const client = await udpClient(t);
+  assert.equal(tb.beacon.metrics().udpEndpoints, 0);
+  client.send(encodeDiscover(3333), tb.udpPort);
+  const reply = await client.next();
+  const port = client.port.toString(16).padStart(4, '0');
+  assert.equal(reply.toString('hex'), `02047f000001${port}`, 'DiscoverReply, ip_len 4, 127.0.0.1, client port');
+  assert.deepEqual(decodePacket(reply), { type: PacketType.DiscoverReply, endpoint: { ip: '127.0.0.1', port: client.port } });
+  const m = tb.beacon.metrics();
+  assert.equal(m.udpEndpoints, 1);
+  assert.equal(m.stats.udpPackets.discover, 1);
+  assert.equal(promValue(await tb.beacon.metricsText(), 'beacon_udp_endpoints'), 1);
+
+  // A second node from another socket is a second endpoint; a repeat is not.
+  const other = await udpClient(t);
+  await discover(tb, other, 4444);
+  await discover(tb, client, 3333);
+  assert.equal(tb.beacon.metrics().udpEndpoints, 2);
+});
+
+test('PunchRequest: each side receives a PunchCommand with the other side\'s endpoint', async (t) => {
+  const tb = await beacon(t);
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  await discover(tb, a, 1111);
+  await discover(tb, b, 2222);
+
+  a.send(encodePunchRequest(1111, 2222), tb.udpPort);
+  const toA = await a.next();
+  const toB = await b.next();
+  assert.deepEqual(toA, encodePunchCommand({ ip: '127.0.0.1', port: b.port }));
+  assert.deepEqual(toB, encodePunchCommand({ ip: '127.0.0.1', port: a.port }));
+  assert.equal(toA.toString('hex'), `04047f000001${b.port.toString(16).padStart(4, '0')}`);
+  assert.equal(tb.beacon.metrics().stats.udpPackets.punch_request, 1);
+  assert.equal(tb.beacon.metrics().stats.dropped.punch_unavailable, 0);
+});
+
+test('PunchRequest updates the requester\'s endpoint to the source address', async (t) => {
+  const tb = await beacon(t);
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  await discover(tb, a, 1111);
+  await discover(tb, b, 2222);
+
+  // Node 1111 moved to a new socket (new NAT mapping) and punches from there.
+  const moved = await udpClient(t);
+  moved.send(encodePunchRequest(1111, 2222), tb.udpPort);
+  assert.deepEqual(await moved.next(), encodePunchCommand({ ip: '127.0.0.1', port: b.port }));
+  assert.deepEqual(await b.next(), encodePunchCommand({ ip: '127.0.0.1', port: moved.port }));
+  await a.expectNothing();
+  assert.equal(tb.beacon.metrics().udpEndpoints, 2);
+
+  // And relays to 1111 now go to the new socket.
+  b.send(encodeRelay(2222, 1111, Buffer.from('to the new endpoint')), tb.udpPort);
+  assert.deepEqual(await moved.next(), encodeRelayDeliver(2222, Buffer.from('to the new endpoint')));
+});
+
+test('PunchRequest for an unknown target: nothing is sent, counted punch_unavailable', async (t) => {
+  const tb = await beacon(t);
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  await discover(tb, a, 1111);
+  await discover(tb, b, 2222);
+  // Positive control: the same path works for a known target.
+  a.send(encodePunchRequest(1111, 2222), tb.udpPort);
+  await a.next();
+  await b.next();
+
+  a.send(encodePunchRequest(1111, 9999), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.dropped.punch_unavailable === 1, 3_000, 'punch_unavailable');
+  await a.expectNothing();
+  await b.expectNothing();
+  assert.equal(tb.beacon.metrics().stats.udpPackets.punch_request, 2);
+});
+
+test('PunchRequest for a node attached over WebSocket is not coordinated', async (t) => {
+  const alice = makeIdentity(7777);
+  const tb = await beacon(t, [alice]);
+  const peer = await WsPeer.connect(tb.url, alice);
+  t.after(() => peer.close());
+  const a = await udpClient(t);
+  await discover(tb, a, 1111);
+
+  a.send(encodePunchRequest(1111, 7777), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.dropped.punch_unavailable === 1, 3_000, 'punch_unavailable');
+  await a.expectNothing();
+  await peer.expectNothing();
+});
+
+test('malformed and unknown-type datagrams are counted, never answered, and the beacon keeps serving', async (t) => {
+  const tb = await beacon(t);
+  const client = await udpClient(t);
+  await discover(tb, client, 3333); // positive control: this socket gets answers
+
+  const malformed: Buffer[] = [
+    Buffer.alloc(0),                                     // empty
+    Buffer.from([PacketType.Discover, 0, 0, 1]),         // short Discover
+    encodeDiscover(0),                                   // zero node ID
+    Buffer.from([PacketType.PunchRequest, 0, 0, 0, 1]),  // short PunchRequest
+    encodePunchRequest(0, 3333),                         // zero requester
+    encodePunchRequest(3333, 0),                         // zero target
+    Buffer.from([PacketType.Relay, 0, 0, 0x0d, 0x05]),   // short Relay
+    encodeRelay(3333, 0, Buffer.from('x')),              // zero dest
+    encodeRelay(0, 3333, Buffer.from('x')),              // zero sender
+    Buffer.from('0700000001000500000001', 'hex'),        // Sync count larger than the data
+    Buffer.from([0x00, 1, 2, 3, 4, 5, 6, 7, 8]),         // unknown type 0x00
+    Buffer.from([0x08, 0, 0, 0x0d, 0x05]),               // unknown type 0x08
+    Buffer.from([0xff]),                                 // unknown type 0xff
+    Buffer.from([PacketType.DiscoverReply, 5, 1, 2, 3, 4, 5, 0, 1]), // ip_len 5
+  ];
+  const unexpected: Buffer[] = [
+    encodeDiscoverReply({ ip: '127.0.0.1', port: 1 }),
+    encodePunchCommand({ ip: '::1', port: 2 }),
+    encodeRelayDeliver(3333, Buffer.from('a deliver sent to the beacon')),
+  ];
+  for (const packet of [...malformed, ...unexpected]) client.send(packet, tb.udpPort);
+
+  await eventually(() => {
+    const { dropped } = tb.beacon.metrics().stats;
+    return dropped.malformed === malformed.length && dropped.unexpected_type === unexpected.length;
+  }, 3_000, 'malformed and unexpected_type drops');
+  await client.expectNothing();
+  const m = tb.beacon.metrics();
+  assert.equal(m.stats.dropped.malformed, malformed.length);
+  assert.equal(m.stats.dropped.unexpected_type, unexpected.length);
+  assert.equal(m.stats.relay.unknown + m.stats.relay.udp + m.stats.relay.wss + m.stats.relay.beacon, 0, 'nothing routed');
+  assert.equal(m.udpEndpoints, 1, 'nothing registered');
+
+  // Still serving.
+  await discover(tb, client, 3333);
+  const other = await udpClient(t);
+  await discover(tb, other, 4444);
+  const text = await tb.beacon.metricsText();
+  assert.equal(promValue(text, 'beacon_dropped_total', { reason: 'malformed' }), malformed.length);
+  assert.equal(promValue(text, 'beacon_dropped_total', { reason: 'unexpected_type' }), unexpected.length);
+});
+
+test('beacon_udp_packets_total counts by type, in metrics() and in the Prometheus text', async (t) => {
+  const tb = await beacon(t);
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  const types = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;
+  const before = await tb.beacon.metricsText();
+  for (const type of types) assert.equal(promValue(before, 'beacon_udp_packets_total', { type }), 0, type);
+
+  await discover(tb, a, 1111);                                         // discover 1
+  await discover(tb, b, 2222);                                         // discover 2
+  a.send(encodePunchRequest(1111, 2222), tb.udpPort);                  // punch_request 1
+  await a.next();
+  await b.next();
+  a.send(encodeRelay(1111, 2222, Buffer.from('r1')), tb.udpPort);      // relay 1
+  assert.deepEqual(await b.next(), encodeRelayDeliver(1111, Buffer.from('r1')));
+  b.send(encodeRelay(2222, 1111, Buffer.from('r2')), tb.udpPort);      // relay 2
+  assert.deepEqual(await a.next(), encodeRelayDeliver(2222, Buffer.from('r2')));
+  a.send(encodeRelay(1111, 2222, Buffer.from('r3')), tb.udpPort);      // relay 3
+  await b.next();
+  a.send(encodeSync(5, [1234]), tb.udpPort);                           // sync 1 (a stranger's)
+  a.send(encodeRelayDeliver(1111, Buffer.from('x')), tb.udpPort);      // other 1
+  a.send(Buffer.from([0x42, 0, 0, 0, 0]), tb.udpPort);                 // other 2
+
+  const expected = { discover: 2, punch_request: 1, relay: 3, sync: 1, other: 2 };
+  await eventually(() => {
+    const got = tb.beacon.metrics().stats.udpPackets;
+    return types.every((type) => got[type] === expected[type]);
+  }, 3_000, 'udp packet counters');
+  assert.deepEqual({ ...tb.beacon.metrics().stats.udpPackets }, expected);
+  const text = await tb.beacon.metricsText();
+  for (const type of types) {
+    assert.equal(promValue(text, 'beacon_udp_packets_total', { type }), expected[type], `prometheus ${type}`);
+  }
+  // Sent: 2 DiscoverReply + 2 PunchCommand + 3 RelayDeliver.
+  assert.equal(tb.beacon.metrics().stats.udpSent, 7);
+  assert.equal(promValue(text, 'beacon_udp_sent_total'), 7);
+});
+
+test('a full endpoint table refuses new nodes (endpoint_table_full) but keeps refreshing known ones', async (t) => {
+  const tb = await beacon(t, [], { maxUdpEndpoints: 1 });
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  await discover(tb, a, 1111);
+  b.send(encodeDiscover(2222), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.dropped.endpoint_table_full === 1, 3_000, 'endpoint_table_full');
+  assert.equal(tb.beacon.metrics().udpEndpoints, 1);
+  await discover(tb, a, 1111); // a known node still refreshes
+  assert.equal(tb.beacon.metrics().stats.dropped.endpoint_table_full, 1);
+  a.send(encodeRelay(1111, 2222, Buffer.from('x')), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.relay.unknown === 1, 3_000, '2222 is not routable');
+});
+
+test('dual-stack socket: IPv4 clients are answered as IPv4 (4 bytes), IPv6 clients as IPv6 (16 bytes)', async (t) => {
+  const tb = await beacon(t, [], { udp: { host: '::', port: 0 } });
+  const v4 = await udpClient(t);
+  await discover(tb, v4, 1111); // source seen as ::ffff:127.0.0.1, carried as 127.0.0.1
+  assert.equal(tb.beacon.metrics().udpEndpoints, 1);
+
+  const v6 = dgram.createSocket('udp6');
+  t.after(() => v6.close());
+  await new Promise<void>((resolve) => v6.bind(0, '::1', resolve));
+  const v6Port = v6.address().port;
+  const fromV6: Buffer[] = [];
+  v6.on('message', (msg) => { fromV6.push(msg); });
+  const nextV6 = async (): Promise<Buffer> => {
+    await eventually(() => fromV6.length > 0, 3_000, 'a datagram on ::1');
+    return fromV6.shift()!;
+  };
+  v6.send(encodeDiscover(2222), tb.udpPort, '::1');
+  const reply = await nextV6();
+  assert.equal(reply.toString('hex'), `0210${'00'.repeat(15)}01${v6Port.toString(16).padStart(4, '0')}`);
+
+  // PunchCommand across families: each side gets the other's address in its own form.
+  v6.send(encodePunchRequest(2222, 1111), tb.udpPort, '::1');
+  assert.deepEqual(await nextV6(), encodePunchCommand({ ip: '127.0.0.1', port: v4.port }));
+  assert.deepEqual(await v4.next(), encodePunchCommand({ ip: '::1', port: v6Port }));
+
+  // Relays cross families.
+  v4.send(encodeRelay(1111, 2222, Buffer.from('to v6')), tb.udpPort);
+  assert.deepEqual(await nextV6(), encodeRelayDeliver(1111, Buffer.from('to v6')));
+  v6.send(encodeRelay(2222, 1111, Buffer.from('to v4')), tb.udpPort, '::1');
+  assert.deepEqual(await v4.next(), encodeRelayDeliver(2222, Buffer.from('to v4')));
+  assert.deepEqual({ ...tb.beacon.metrics().stats.relay }, { wss: 0, udp: 2, beacon: 0, unknown: 0 });
+});
