@@ -20,7 +20,7 @@ import { KeysFile, createKeyDirectory, type KeyDirectory } from './auth';
 import { formatHostPort, validateConfig, type BeaconConfig, type HostPort } from './config';
 import { registerOpsRoutes } from './http/ops-routes';
 import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
-import type { NodeId } from './protocol';
+import { restartingMessage, type NodeId } from './protocol';
 import { BeaconPeers } from './relay/beacon-peers';
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
@@ -194,7 +194,10 @@ export class Beacon extends EventEmitter {
   private async shutdown(): Promise<void> {
     this.log.info({ peers: this.compat.peers.size }, 'shutting down');
     clearInterval(this.syncTimer);
-    await this.compat.shutdown(this.config.shutdownGraceMs);
+    // Tell daemons when to come back, so a restart is not a reconnect storm
+    // (Go daemons ignore unknown text messages, so this is safe for them).
+    const notice = restartingMessage({ reconnect_in_ms: this.config.restartDelayMs, try_for_ms: this.config.restartWindowMs });
+    await this.compat.shutdown(this.config.shutdownGraceMs, (ws) => ws.send(notice));
     await this.udp.close();
     this.keysFile?.close();
     this.keys.close();

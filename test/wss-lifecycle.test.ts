@@ -118,9 +118,10 @@ test('an invalid keys file on reload keeps the old keys and every peer', async (
   a.close();
 });
 
-test('graceful shutdown: /health turns 503, upgrades are refused, peers get 1001', async (t) => {
-  const tb = await startTestBeacon([alice, bob], { shutdownGraceMs: 2_000 });
+test('graceful shutdown: a restarting notice, then 1001; /health turns 503 and upgrades are refused', async (t) => {
+  const tb = await startTestBeacon([alice, bob], { shutdownGraceMs: 2_000, restartDelayMs: 1_500, restartWindowMs: 4_000 });
   const a = await connectPeer(tb.url, alice);
+  const notice = nextMessage(a);
   const b = await connectPeer(tb.url, bob);
   assert.equal((await fetch(`${tb.httpBase}/health`)).status, 200);
   // Bob stops reading, so he cannot acknowledge the close: the beacon waits for him.
@@ -129,6 +130,9 @@ test('graceful shutdown: /health turns 503, upgrades are refused, peers get 1001
   const aliceClosed = closed(a);
   const closing = tb.beacon.close();
   t.after(() => closing);
+  const { data, isBinary } = await notice;
+  assert.equal(isBinary, false);
+  assert.deepEqual(JSON.parse(data.toString()), { type: 'restarting', reconnect_in_ms: 1_500, try_for_ms: 4_000 });
   assert.deepEqual(await aliceClosed, { code: CloseCode.GoingAway, reason: 'shutting down' });
   const health = await fetch(`${tb.httpBase}/health`);
   assert.equal(health.status, 503);

@@ -50,6 +50,10 @@ export interface BeaconConfig {
   maxUdpEndpoints: number;
   /** On shutdown, how long peers get to acknowledge the close. */
   shutdownGraceMs: number;
+  /** (ours) Sent in the `restarting` notice: when clients should start reconnecting... */
+  restartDelayMs: number;
+  /** ...and over how long they should spread their reconnects. */
+  restartWindowMs: number;
   logLevel: string;
 }
 
@@ -80,6 +84,9 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   udpEndpointTtlMs: 10 * 60_000,
   maxUdpEndpoints: 100_000,
   shutdownGraceMs: 2_000,
+  // A systemd restart is the drain (--shutdown-grace) plus Node's start-up.
+  restartDelayMs: 3_000,
+  restartWindowMs: 10_000,
   logLevel: 'info',
 });
 
@@ -99,7 +106,7 @@ export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
     'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
-    'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs',
+    'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
   ];
   for (const field of positive) {
     const value = config[field];
