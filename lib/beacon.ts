@@ -35,6 +35,9 @@ export interface BeaconOptions {
   logger?: FastifyBaseLogger;
 }
 
+/** Connections beyond peers and handshakes kept for /health and /metrics. */
+const HTTP_ROOM = 64;
+
 /** A start-up failure an operator can act on; `message` names the problem and the fix. */
 export class StartError extends Error {
   override name = 'StartError';
@@ -122,7 +125,11 @@ export class Beacon extends EventEmitter {
     } catch (err) {
       throw listenError(err, config.bind, '--bind');
     }
-    this.app.server.headersTimeout = Math.min(this.config.authTimeoutMs, 60_000);
+    const server = this.app.server;
+    server.headersTimeout = Math.min(config.authTimeoutMs, 60_000);
+    // Bound raw TCP sockets too, before any headers are read: peers, sockets
+    // in the handshake, and a little room for /health and /metrics.
+    server.maxConnections = config.maxPeers + config.maxHandshakes + HTTP_ROOM;
     this.httpAddress = this.app.server.address() as AddressInfo;
     try {
       this.udpAddress = await this.udp.start();

@@ -1,0 +1,103 @@
+#!/usr/bin/env node
+/**
+ * beacon-client: checks a beacon deployment end to end from the daemon's
+ * side. Parses flags and calls lib/client/cli.ts; nothing else lives here.
+ *
+ *   beacon-client connect URL --identity FILE --node-id N [--to DEST] [--ca FILE]
+ *   beacon-client send URL --identity FILE --node-id N --to DEST --data TEXT [--wait DURATION] [--ca FILE]
+ *   beacon-client discover HOST:PORT --node-id N [--listen] [--to DEST]
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { ExitCode, reportError, runConnect, runDiscover, runSend, type CliIo } from '../lib/client/cli';
+import { parseDuration, parseHostPort, parsePositiveInt } from '../lib/config/units';
+import { MAX_NODE_ID } from '../lib/protocol';
+import { VERSION } from '../lib/version';
+
+const io: CliIo = { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin };
+
+/** Wraps a parser so commander reports its message as an invalid argument. */
+function arg<T>(parse: (text: string) => T): (text: string) => T {
+  return (text) => {
+    try {
+      return parse(text);
+    } catch (err) {
+      throw new InvalidArgumentError((err as Error).message);
+    }
+  };
+}
+const nodeId = arg((text) => parsePositiveInt(text, MAX_NODE_ID));
+const duration = arg(parseDuration);
+
+interface ClientOpts { identity: string; nodeId: number; ca?: string; timeout: number }
+
+function clientOptions(cmd: Command): Command {
+  return cmd
+    .requiredOption('--identity <file>', 'identity file of this node (beacon keygen --out FILE)')
+    .requiredOption('--node-id <n>', 'node ID to authenticate as', nodeId)
+    .option('--ca <file>', 'PEM certificate of the CA to trust for wss:// (a private or self-signed CA)')
+    .addOption(new Option('--timeout <duration>', 'give up connecting after this (upgrade, challenge and auth_ok)').default(10_000, '10s').argParser(duration));
+}
+
+async function main(argv: string[]): Promise<number> {
+  const program = new Command('beacon-client')
+    .description('Talk to a Pilot beacon as a daemon would: over the compat WebSocket, or over UDP')
+    .version(VERSION)
+    .exitOverride();
+  let result: Promise<number> = Promise.resolve(ExitCode.ok);
+
+  clientOptions(program.command('connect')
+    .description('connect, print each relayed packet as "from <sender>: <payload>", relay stdin lines to --to')
+    .argument('<url>', 'ws://HOST:PORT/v1/compat or wss://HOST/v1/compat')
+    .option('--to <dest>', 'relay each line read from stdin to this node', nodeId))
+    .action((url: string, opts: ClientOpts & { to?: number }) => {
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      process.once('SIGTERM', () => stop.abort());
+      result = runConnect({
+        url, identityFile: opts.identity, nodeId: opts.nodeId, caFile: opts.ca, connectTimeoutMs: opts.timeout,
+        to: opts.to, signal: stop.signal,
+      }, io);
+    });
+
+  clientOptions(program.command('send')
+    .description('connect, relay one payload to --to, optionally wait for a reply, exit 0 or 1')
+    .argument('<url>', 'ws://HOST:PORT/v1/compat or wss://HOST/v1/compat')
+    .requiredOption('--to <dest>', 'node to relay to', nodeId)
+    .requiredOption('--data <text>', 'payload (UTF-8 text)')
+    .option('--wait <duration>', 'wait this long for a reply from --to and print it', duration))
+    .action((url: string, opts: ClientOpts & { to: number; data: string; wait?: number }) => {
+      result = runSend({
+        url, identityFile: opts.identity, nodeId: opts.nodeId, caFile: opts.ca, connectTimeoutMs: opts.timeout,
+        to: opts.to, data: opts.data, waitMs: opts.wait,
+      }, io);
+    });
+
+  program.command('discover')
+    .description('send Discover over UDP and print the endpoint the beacon sees (IP:PORT); with --listen, stay attached over UDP')
+    .argument('<host:port>', "the beacon's UDP address (its --udp)", arg(parseHostPort))
+    .requiredOption('--node-id <n>', 'node ID to discover as', nodeId)
+    .option('--listen', 'stay attached over UDP and print each relayed packet as "from <sender>: <payload>"')
+    .option('--to <dest>', 'relay each line read from stdin to this node over UDP (implies --listen)', nodeId)
+    .addOption(new Option('--timeout <duration>', 'give up waiting for the DiscoverReply after this').default(3_000, '3s').argParser(duration))
+    .action((at: { host: string; port: number }, opts: { nodeId: number; timeout: number; listen?: boolean; to?: number }) => {
+      const stop = new AbortController();
+      process.once('SIGINT', () => stop.abort());
+      process.once('SIGTERM', () => stop.abort());
+      result = runDiscover({
+        host: at.host, port: at.port, nodeId: opts.nodeId, timeoutMs: opts.timeout, listen: opts.listen, to: opts.to, signal: stop.signal,
+      }, io);
+    });
+
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+    throw err;
+  }
+  return result;
+}
+
+main(process.argv).then(
+  (code) => process.exit(code),
+  (err: unknown) => process.exit(reportError(err, io)),
+);

@@ -1,0 +1,196 @@
+/**
+ * The flags of `beacon [options]`: one per BeaconConfig field.
+ *
+ * - Defaults come from DEFAULTS in lib/config (the one source of truth) and
+ *   are formatted back into the operator's units for --help.
+ * - Every flag is also read from BEACON_<FLAG_IN_UPPER_SNAKE> (BEACON_PEERS
+ *   for --peer, comma-separated); a flag on the command line wins.
+ * - Values are parsed at the boundary with lib/config's parsers; a bad one
+ *   is a usage error that names the flag (or the variable) and the form.
+ * - Cross-field checks (--peer needs --beacon-id) are validateConfig's job.
+ */
+import { InvalidArgumentError, Option } from 'commander';
+import ipaddr from 'ipaddr.js';
+import {
+  DEFAULTS, formatHostPort, parseDuration, parseHostPort, parsePositiveInt, parseSize,
+  type BeaconConfig, type HostPort,
+} from '../lib/config';
+import { MAX_NODE_ID } from '../lib/protocol';
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+/** proxy-addr's names for address ranges, accepted by --trust-proxy. */
+const TRUST_PROXY_KEYWORDS = ['loopback', 'linklocal', 'uniquelocal'];
+
+/** The keys file used when --keys is not given, if it exists in the working directory. */
+export const DEFAULT_KEYS_FILE = 'keys.json';
+
+/** The parsed values of the run flags, as commander's opts() holds them. */
+export interface RunFlags {
+  bind: HostPort;
+  udp: HostPort;
+  keys?: string;
+  registry?: HostPort;
+  authTimeout: number;
+  idleTimeout: number;
+  maxPeers: number;
+  maxHandshakes: number;
+  maxPerIp: number;
+  trustProxy: string[];
+  sendBuffer: number;
+  beaconId: number;
+  peer: HostPort[];
+  syncInterval: number;
+  keyCacheTtl: number;
+  keyCacheNegativeTtl: number;
+  keyCacheSize: number;
+  udpEndpointTtl: number;
+  maxUdpEndpoints: number;
+  shutdownGrace: number;
+  restartDelay: number;
+  restartWindow: number;
+  logLevel: string;
+}
+
+/** The run flags, in --help order. */
+export function runOptions(): Option[] {
+  const d = DEFAULTS;
+  return [
+    flag('--bind <host:port>', 'HTTP/WebSocket listener: /v1/compat, /health, /metrics (plain HTTP; TLS terminates at the reverse proxy)',
+      parseHostPort, d.bind, formatHostPort(d.bind)),
+    flag('--udp <host:port>', 'UDP socket for Discover, PunchRequest, Relay and Sync', parseHostPort, d.udp, formatHostPort(d.udp)),
+    flag('--keys <file>', `JSON keys file {"<node id>": "<base64 public key>"}, reloaded on change and on SIGHUP; without it, ./${DEFAULT_KEYS_FILE} if that exists`,
+      (text) => text),
+    flag('--registry <host:port>', 'Pilot registry to look up keys not in the keys file; none by default', parseHostPort),
+    flag('--auth-timeout <duration>', 'a daemon must complete the handshake within this', parseDuration, d.authTimeoutMs, formatDuration(d.authTimeoutMs)),
+    flag('--idle-timeout <duration>', 'a peer silent this long (no data, ping or pong) is disconnected', parseDuration, d.idleTimeoutMs, formatDuration(d.idleTimeoutMs)),
+    flag('--max-peers <n>', 'authenticated peers; upgrades beyond it get HTTP 503', positiveInt, d.maxPeers, String(d.maxPeers)),
+    flag('--max-handshakes <n>', 'sockets still in the handshake; upgrades beyond it get HTTP 503', positiveInt, d.maxHandshakes, String(d.maxHandshakes)),
+    flag('--max-per-ip <n>', 'sockets from one client IP (any state); upgrades beyond it get HTTP 429', positiveInt, d.maxPerIp, String(d.maxPerIp)),
+    flag('--trust-proxy <list>', 'comma-separated addresses, CIDRs or loopback/linklocal/uniquelocal whose X-Forwarded-For is believed; "none" for nobody',
+      parseTrustProxy, d.trustProxy, formatTrustProxy(d.trustProxy)),
+    flag('--send-buffer <size>', 'bytes queued to one peer before further frames to it are dropped', parseSize, d.sendBufferBytes, formatSize(d.sendBufferBytes)),
+    flag('--beacon-id <n>', `this beacon's ID in Sync packets (1 to ${MAX_NODE_ID}); required with --peer`,
+      (text) => parsePositiveInt(text, MAX_NODE_ID), d.beaconId, d.beaconId === 0 ? 'none' : String(d.beaconId)),
+    flag('--peer <host:port>', 'a beacon peer to Sync with (repeatable, or comma-separated)', parsePeers, d.peers,
+      d.peers.length === 0 ? 'none' : d.peers.map(formatHostPort).join(','), 'BEACON_PEERS'),
+    flag('--sync-interval <duration>', 'how often the attached node IDs are sent to beacon peers', parseDuration, d.syncIntervalMs, formatDuration(d.syncIntervalMs)),
+    flag('--key-cache-ttl <duration>', 'how long a key found in the registry is remembered', parseDuration, d.keyCacheTtlMs, formatDuration(d.keyCacheTtlMs)),
+    flag('--key-cache-negative-ttl <duration>', 'how long a node unknown to the registry is remembered', parseDuration, d.keyCacheNegativeTtlMs, formatDuration(d.keyCacheNegativeTtlMs)),
+    flag('--key-cache-size <n>', 'registry answers kept in the key cache', positiveInt, d.keyCacheMaxEntries, String(d.keyCacheMaxEntries)),
+    flag('--udp-endpoint-ttl <duration>', 'UDP endpoints not refreshed within this are forgotten', parseDuration, d.udpEndpointTtlMs, formatDuration(d.udpEndpointTtlMs)),
+    flag('--max-udp-endpoints <n>', 'bound on the UDP endpoint table', positiveInt, d.maxUdpEndpoints, String(d.maxUdpEndpoints)),
+    flag('--shutdown-grace <duration>', 'on shutdown, how long peers get to acknowledge the close', parseDuration, d.shutdownGraceMs, formatDuration(d.shutdownGraceMs)),
+    flag('--restart-delay <duration>', 'on shutdown, peers are told to start reconnecting after this', parseDuration, d.restartDelayMs, formatDuration(d.restartDelayMs)),
+    flag('--restart-window <duration>', 'on shutdown, peers are told to spread their reconnects over this', parseDuration, d.restartWindowMs, formatDuration(d.restartWindowMs)),
+    new Option('--log-level <level>', 'JSON logs on stdout at this level and above')
+      .choices(LOG_LEVELS).default(d.logLevel).env(envName('--log-level')),
+  ];
+}
+
+/** The BeaconConfig the flags describe (not yet validated). */
+export function configFromFlags(flags: RunFlags, keysFile: string | undefined): BeaconConfig {
+  return {
+    bind: flags.bind,
+    udp: flags.udp,
+    keysFile,
+    registry: flags.registry,
+    authTimeoutMs: flags.authTimeout,
+    idleTimeoutMs: flags.idleTimeout,
+    maxPeers: flags.maxPeers,
+    maxHandshakes: flags.maxHandshakes,
+    maxPerIp: flags.maxPerIp,
+    trustProxy: [...flags.trustProxy],
+    sendBufferBytes: flags.sendBuffer,
+    beaconId: flags.beaconId,
+    peers: [...flags.peer],
+    syncIntervalMs: flags.syncInterval,
+    keyCacheTtlMs: flags.keyCacheTtl,
+    keyCacheNegativeTtlMs: flags.keyCacheNegativeTtl,
+    keyCacheMaxEntries: flags.keyCacheSize,
+    udpEndpointTtlMs: flags.udpEndpointTtl,
+    maxUdpEndpoints: flags.maxUdpEndpoints,
+    shutdownGraceMs: flags.shutdownGrace,
+    restartDelayMs: flags.restartDelay,
+    restartWindowMs: flags.restartWindow,
+    logLevel: flags.logLevel,
+  };
+}
+
+/** `--auth-timeout` -> `BEACON_AUTH_TIMEOUT`. */
+export function envName(longFlag: string): string {
+  return `BEACON_${longFlag.replace(/^--/, '').replace(/-/g, '_').toUpperCase()}`;
+}
+
+/** A flag with its parser, its BEACON_* variable and, when it has one, its default as shown in --help. */
+function flag<T>(
+  flags: string, description: string, parse: (text: string, previous: T) => T,
+  defaultValue?: T, shownDefault?: string, env?: string,
+): Option {
+  const longFlag = flags.split(' ')[0];
+  const option = new Option(flags, description).env(env ?? envName(longFlag)).argParser(usageParser(parse));
+  if (defaultValue !== undefined) option.default(defaultValue, shownDefault);
+  return option;
+}
+
+/** Turns a parser's Error into commander's InvalidArgumentError (a usage error naming the flag). */
+export function usageParser<T>(parse: (text: string, previous: T) => T): (text: string, previous: T) => T {
+  return (text, previous) => {
+    try {
+      return parse(text, previous);
+    } catch (err) {
+      throw new InvalidArgumentError(err instanceof Error ? err.message : String(err));
+    }
+  };
+}
+
+function positiveInt(text: string): number {
+  return parsePositiveInt(text);
+}
+
+/** Repeated --peer flags accumulate; one value (or BEACON_PEERS) may hold several, comma-separated. */
+function parsePeers(text: string, previous: HostPort[]): HostPort[] {
+  const added = text.split(',').map((part) => part.trim()).filter(Boolean).map(parseHostPort);
+  if (added.length === 0) throw new Error(`"${text}" names no beacon peer: use HOST:PORT, e.g. 10.0.0.2:9001`);
+  return [...previous, ...added];
+}
+
+export function parseTrustProxy(text: string): string[] {
+  if (text.trim() === 'none') return [];
+  const entries = text.split(',').map((part) => part.trim()).filter(Boolean);
+  if (entries.length === 0) throw new Error(`"${text}" is empty: use addresses, CIDRs or loopback, or "none"`);
+  for (const entry of entries) {
+    if (!isTrustProxyEntry(entry)) {
+      throw new Error(`"${entry}" is not an IP address, CIDR (10.0.0.0/8) or one of ${TRUST_PROXY_KEYWORDS.join(', ')}; use "none" to trust no proxy`);
+    }
+  }
+  return entries;
+}
+
+function isTrustProxyEntry(entry: string): boolean {
+  if (TRUST_PROXY_KEYWORDS.includes(entry) || ipaddr.isValid(entry) || ipaddr.isValidCIDR(entry)) return true;
+  // proxy-addr also takes ADDRESS/NETMASK, e.g. 10.0.0.0/255.0.0.0.
+  const [address, mask, extra] = entry.split('/');
+  return extra === undefined && mask !== undefined
+    && ipaddr.IPv4.isValidFourPartDecimal(address) && ipaddr.IPv4.isValidFourPartDecimal(mask);
+}
+
+function formatTrustProxy(list: readonly string[]): string {
+  return list.length === 0 ? 'none' : list.join(',');
+}
+
+/** The largest unit parseDuration reads back exactly: 90000 -> 90s, 300000 -> 5m. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+/** 262144 -> 256KiB, as parseSize reads it back. */
+export function formatSize(bytes: number): string {
+  for (const [unit, size] of [['MiB', 1024 ** 2], ['KiB', 1024]] as const) {
+    if (bytes >= size && bytes % size === 0) return `${bytes / size}${unit}`;
+  }
+  return String(bytes);
+}

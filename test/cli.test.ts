@@ -1,0 +1,473 @@
+/**
+ * The real `beacon` CLI (dist/cmd/beacon.js) as a child process: flags and
+ * environment, one-line usage errors with exit code 2, signals, and the
+ * key-management subcommands.
+ *
+ * Every child runs in its own temporary directory (so no ./keys.json leaks
+ * in) with the BEACON_* variables of this process removed, binds port 0, and
+ * is waited on by its log lines or its exit, never by sleeping. Every wait
+ * is bounded; every child still running at the end is killed by its PID.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, test } from 'node:test';
+import WebSocket from 'ws';
+import { loadKeysFile } from '../lib/auth/keys-file';
+import { DEFAULTS } from '../lib/config';
+import { loadIdentity, publicKeyBase64, saveIdentity } from '../lib/identity';
+import { CloseCode, COMPAT_PATH } from '../lib/protocol';
+import { VERSION } from '../lib/version';
+import { closed, connectPeer, withTimeout } from './helpers/harness';
+import { keysFileJson, makeIdentity } from './helpers/identity';
+
+const CLI = join(__dirname, '..', 'cmd', 'beacon.js');
+/** Port 0 everywhere, and timeouts short enough that nothing waits on production defaults. */
+const FAST = ['--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--auth-timeout', '2s', '--shutdown-grace', '500ms'];
+const BASE_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BEACON_')));
+
+const running = new Set<ChildProcessWithoutNullStreams>();
+const dirs: string[] = [];
+const sockets: WebSocket[] = [];
+
+after(() => {
+  for (const child of running) child.kill('SIGKILL'); // by its PID: ChildProcess.kill signals child.pid
+  for (const ws of sockets) ws.terminate();
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), 'beacon-cli-'));
+  dirs.push(dir);
+  return dir;
+}
+
+interface LogLine {
+  level: number;
+  msg: string;
+  [field: string]: unknown;
+}
+
+interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+interface SpawnOptions {
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+/** One `beacon` child: its JSON log lines (stdout), its stderr, its exit. */
+class BeaconProcess {
+  readonly child: ChildProcessWithoutNullStreams;
+  readonly logs: LogLine[] = [];
+  stdout = '';
+  stderr = '';
+  readonly exited: Promise<Exit>;
+  private readonly onLine = new Set<() => void>();
+
+  constructor(args: string[], options: SpawnOptions = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args], {
+      cwd: options.cwd ?? tempDir(),
+      env: { ...BASE_ENV, ...options.env },
+      stdio: 'pipe',
+    });
+    running.add(this.child);
+    createInterface({ input: this.child.stdout }).on('line', (line) => {
+      this.stdout += `${line}\n`;
+      try {
+        this.logs.push(JSON.parse(line) as LogLine);
+      } catch {
+        return; // --help, keygen and keys add print text
+      }
+      for (const notify of [...this.onLine]) notify();
+    });
+    this.child.stderr.setEncoding('utf8').on('data', (text: string) => { this.stderr += text; });
+    this.exited = once(this.child, 'close').then(([code, signal]) => {
+      running.delete(this.child);
+      return { code: code as number | null, signal: signal as NodeJS.Signals | null };
+    });
+  }
+
+  /** The first log line matching `predicate`, already logged or to come; rejects at exit or after `ms`. */
+  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
+    let notify: (() => void) | undefined;
+    const found = new Promise<LogLine>((resolve, reject) => {
+      notify = () => {
+        const line = this.logs.find(predicate);
+        if (line) resolve(line);
+      };
+      this.onLine.add(notify);
+      notify();
+      void this.exited.then(({ code, signal }) => {
+        notify?.();
+        reject(new Error(`beacon exited (${code ?? signal}) before logging ${what}; stderr: ${this.stderr}`));
+      });
+    });
+    return withTimeout(found, ms, what).finally(() => { if (notify) this.onLine.delete(notify); });
+  }
+
+  /** Resolves with the exit; rejects after `ms`. */
+  exit(ms = 10_000): Promise<Exit> {
+    return withTimeout(this.exited, ms, 'the beacon to exit');
+  }
+
+  signal(signal: NodeJS.Signals): void {
+    assert.ok(this.child.kill(signal), `could not send ${signal} to pid ${this.child.pid}`);
+  }
+}
+
+/** A running beacon and the addresses it logged in its 'beacon listening' line. */
+interface Running {
+  proc: BeaconProcess;
+  listening: LogLine;
+  bind: string;
+  url: string;
+  httpBase: string;
+}
+
+async function startCli(args: string[], options: SpawnOptions = {}): Promise<Running> {
+  const proc = new BeaconProcess(args, options);
+  const listening = await proc.waitForLog((l) => l.msg === 'beacon listening', "'beacon listening'");
+  const bind = String(listening.bind);
+  return { proc, listening, bind, url: `ws://${bind}${COMPAT_PATH}`, httpBase: `http://${bind}` };
+}
+
+/** Runs a command that exits by itself; resolves with its exit and output. */
+async function runCli(args: string[], options: SpawnOptions = {}): Promise<Exit & { stdout: string; stderr: string }> {
+  const proc = new BeaconProcess(args, options);
+  const exit = await proc.exit();
+  return { ...exit, stdout: proc.stdout, stderr: proc.stderr };
+}
+
+/** Exit code 2 and exactly one stderr line `beacon: ...` containing every `needle`; no stack trace. */
+function assertUsageError(result: Exit & { stderr: string }, ...needles: string[]): void {
+  assert.equal(result.code, 2, `exit code; stderr: ${result.stderr}`);
+  const lines = result.stderr.split('\n').filter((line) => line.length > 0);
+  assert.equal(lines.length, 1, `one stderr line, got: ${result.stderr}`);
+  assert.match(lines[0], /^beacon: \S/);
+  assert.doesNotMatch(lines[0], /\bat .+:\d+:\d+/);
+  for (const needle of needles) assert.ok(lines[0].includes(needle), `stderr names ${needle}: ${lines[0]}`);
+}
+
+async function stopCli(proc: BeaconProcess): Promise<void> {
+  proc.signal('SIGTERM');
+  assert.deepEqual(await proc.exit(5_000), { code: 0, signal: null });
+}
+
+function assertRunning(proc: BeaconProcess): void {
+  assert.equal(proc.child.exitCode, null, `beacon exited; stderr: ${proc.stderr}`);
+}
+
+// ---- help, version ----------------------------------------------------------
+
+test('--help exits 0 and shows every default from DEFAULTS and its BEACON_* variable', async () => {
+  const { code, stdout, stderr } = await runCli(['--help']);
+  assert.equal(code, 0, stderr);
+  const help = stdout.replace(/\s+/g, ' ');
+  for (const shown of [
+    `default: ${DEFAULTS.bind.host}:${DEFAULTS.bind.port}`, 'env: BEACON_BIND',
+    `default: ${DEFAULTS.authTimeoutMs / 1000}s`, 'env: BEACON_AUTH_TIMEOUT',
+    `default: ${DEFAULTS.sendBufferBytes / 1024}KiB`, 'env: BEACON_SEND_BUFFER',
+    `default: ${DEFAULTS.maxPeers}`, 'env: BEACON_PEERS', 'env: BEACON_LOG_LEVEL', 'default: loopback',
+    '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', 'keygen', 'keys',
+  ]) {
+    assert.ok(help.includes(shown), `--help shows "${shown}"`);
+  }
+});
+
+test('--version prints the package version and exits 0', async () => {
+  const { code, stdout } = await runCli(['--version']);
+  assert.equal(code, 0);
+  assert.equal(stdout.trim(), VERSION);
+});
+
+// ---- running ----------------------------------------------------------------
+
+test('starts, logs the bound addresses and serves /health; SIGTERM exits 0', async () => {
+  const { proc, listening, httpBase } = await startCli(FAST);
+  assert.match(String(listening.bind), /^127\.0\.0\.1:\d+$/);
+  assert.match(String(listening.udp), /^127\.0\.0\.1:\d+$/);
+  assert.notEqual(String(listening.bind), '127.0.0.1:0');
+  const res = await withTimeout(fetch(`${httpBase}/health`), 3_000, '/health');
+  assert.equal(res.status, 200);
+  assert.equal(((await res.json()) as { status: string }).status, 'ok');
+  await stopCli(proc);
+});
+
+test('BEACON_BIND configures --bind', async () => {
+  // Without the variable the beacon would bind the default port 8443.
+  const { proc, bind } = await startCli(['--udp', '127.0.0.1:0'], { env: { BEACON_BIND: '127.0.0.1:0' } });
+  assert.match(bind, /^127\.0\.0\.1:\d+$/);
+  assert.notEqual(bind, `127.0.0.1:${DEFAULTS.bind.port}`);
+  await stopCli(proc);
+});
+
+test('a flag beats its environment variable (the variable is not even parsed)', async () => {
+  // With BEACON_LOG_LEVEL=silent winning there would be no 'beacon listening' line.
+  const { proc, bind } = await startCli([...FAST, '--log-level', 'info'], {
+    env: { BEACON_BIND: 'not-an-address', BEACON_LOG_LEVEL: 'silent' },
+  });
+  assert.match(bind, /^127\.0\.0\.1:\d+$/);
+  await stopCli(proc);
+  // The other way round: a valid variable does not rescue a bad flag.
+  const result = await runCli([...FAST, '--max-peers', 'x'], { env: { BEACON_MAX_PEERS: '5' } });
+  assertUsageError(result, "'--max-peers <n>' argument 'x'");
+});
+
+test('BEACON_PEERS takes a comma-separated list of beacon peers', async () => {
+  const { proc, listening } = await startCli([...FAST, '--beacon-id', '1'], {
+    env: { BEACON_PEERS: '127.0.0.1:9901, 127.0.0.1:9902' },
+  });
+  assert.equal(listening.beaconPeers, 2);
+  await stopCli(proc);
+});
+
+test('--peer is repeatable', async () => {
+  const { proc, listening } = await startCli([...FAST, '--beacon-id', '1', '--peer', '127.0.0.1:9901', '--peer', '127.0.0.1:9902', '--peer', '127.0.0.1:9903']);
+  assert.equal(listening.beaconPeers, 3);
+  await stopCli(proc);
+});
+
+// ---- bad input: one line, exit 2 --------------------------------------------
+
+const badFlags: [string, string[], Record<string, string>, string[]][] = [
+  ['unknown flag', ['--frobnicate'], {}, ['--frobnicate']],
+  ['bad duration', ['--auth-timeout', '5x'], {}, ['--auth-timeout', '5x']],
+  ['bad address', ['--bind', 'nope'], {}, ['--bind', 'nope']],
+  ['bad size', ['--send-buffer', '12XB'], {}, ['--send-buffer']],
+  ['bad number', ['--max-peers', '0'], {}, ['--max-peers']],
+  ['bad log level', ['--log-level', 'loud'], {}, ['--log-level', 'loud']],
+  ['bad trust proxy', ['--trust-proxy', 'example.com'], {}, ['--trust-proxy']],
+  ['--peer without --beacon-id', ['--peer', '127.0.0.1:9901'], {}, ['--beacon-id']],
+  ['bad environment variable', [], { BEACON_IDLE_TIMEOUT: 'forever' }, ['BEACON_IDLE_TIMEOUT', 'forever']],
+];
+for (const [name, args, env, needles] of badFlags) {
+  test(`${name} -> exit 2 and one line naming it`, async () => {
+    assertUsageError(await runCli([...FAST, ...args], { env }), ...needles);
+  });
+}
+
+test('--bind address in use -> exit 2 and one line naming --bind', async (t) => {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await withTimeout(once(server, 'listening'), 3_000, 'the port to be occupied');
+  t.after(() => server.close());
+  const { port } = server.address() as AddressInfo;
+  const result = await runCli(['--bind', `127.0.0.1:${port}`, '--udp', '127.0.0.1:0']);
+  assertUsageError(result, '--bind', `127.0.0.1:${port}`, 'in use');
+});
+
+test('invalid keys file -> exit 2 and one line naming the file and the entry', async () => {
+  const dir = tempDir();
+  const keys = join(dir, 'keys.json');
+  writeFileSync(keys, JSON.stringify({ 1: makeIdentity(1).publicKeyB64, 7777: 'not-a-key' }));
+  assertUsageError(await runCli([...FAST, '--keys', keys]), keys, '"7777"');
+});
+
+test('missing --keys file -> exit 2 and one line naming it', async () => {
+  const keys = join(tempDir(), 'missing.json');
+  assertUsageError(await runCli([...FAST, '--keys', keys]), keys, 'not found');
+});
+
+test('an invalid ./keys.json is not skipped silently -> exit 2', async () => {
+  const dir = tempDir();
+  writeFileSync(join(dir, 'keys.json'), '{"7777": ');
+  assertUsageError(await runCli(FAST, { cwd: dir }), 'keys.json', 'JSON');
+});
+
+// ---- keys at start ------------------------------------------------------------
+
+test('no keys file and no registry: a warning says how to add a key', async () => {
+  const { proc } = await startCli(FAST);
+  const warning = await proc.waitForLog((l) => l.level === 40 && l.msg.includes('beacon keys add --keys keys.json --node-id N --public-key B64'), 'the no-keys warning');
+  assert.match(warning.msg, /no daemon can authenticate/);
+  await stopCli(proc);
+});
+
+test('with --registry there is no no-keys warning', async () => {
+  const { proc } = await startCli([...FAST, '--registry', '127.0.0.1:1']);
+  await stopCli(proc);
+  assert.deepEqual(proc.logs.filter((l) => l.level >= 40), []);
+});
+
+test('./keys.json in the working directory is used without --keys', async () => {
+  const alice = makeIdentity(4242);
+  const dir = tempDir();
+  writeFileSync(join(dir, 'keys.json'), keysFileJson([alice]));
+  const { proc, url } = await startCli(FAST, { cwd: dir });
+  const ws = await connectPeer(url, alice);
+  sockets.push(ws);
+  const done = closed(ws);
+  await stopCli(proc);
+  assert.equal((await done).code, CloseCode.GoingAway);
+  assert.deepEqual(proc.logs.filter((l) => l.level >= 40), []);
+});
+
+// ---- signals ---------------------------------------------------------------------
+
+test('SIGTERM: an authenticated peer is told when to come back, closed with 1001, exit 0', async () => {
+  const alice = makeIdentity(7777);
+  const dir = tempDir();
+  const keys = join(dir, 'keys.json');
+  writeFileSync(keys, keysFileJson([alice]));
+  const { proc, url } = await startCli([...FAST, '--keys', keys, '--restart-delay', '1234ms', '--restart-window', '5s']);
+  const ws = await connectPeer(url, alice);
+  sockets.push(ws);
+  const texts: string[] = [];
+  ws.on('message', (data, isBinary) => { if (!isBinary) texts.push(data.toString()); });
+  const done = closed(ws);
+  const started = Date.now();
+  proc.signal('SIGTERM');
+  assert.equal((await done).code, CloseCode.GoingAway);
+  assert.deepEqual(await proc.exit(5_000), { code: 0, signal: null });
+  assert.ok(Date.now() - started < 5_000);
+  assert.deepEqual(texts.map((t) => JSON.parse(t) as unknown), [{ type: 'restarting', reconnect_in_ms: 1234, try_for_ms: 5000 }]);
+});
+
+test('a second SIGTERM while closing exits 1 at once', async () => {
+  const alice = makeIdentity(7777);
+  const keys = join(tempDir(), 'keys.json');
+  writeFileSync(keys, keysFileJson([alice]));
+  // A long grace and a peer that never reads its close frame keep the beacon closing.
+  const { proc, url } = await startCli([...FAST, '--keys', keys, '--shutdown-grace', '30s']);
+  const ws = await connectPeer(url, alice);
+  sockets.push(ws);
+  ws.pause();
+  proc.signal('SIGTERM');
+  await proc.waitForLog((l) => l.msg === 'shutting down', "'shutting down'");
+  proc.signal('SIGTERM');
+  assert.deepEqual(await proc.exit(3_000), { code: 1, signal: null });
+  ws.terminate();
+});
+
+test('SIGHUP reloads the keys file: a peer whose key was removed is closed with 1008', async () => {
+  const alice = makeIdentity(7777);
+  const bob = makeIdentity(8888);
+  // The beacon also watches the keys file's directory and would reload on
+  // its own. --keys is a symlink into another directory, so editing the
+  // target is invisible to that watch and only SIGHUP can pick it up.
+  const real = join(tempDir(), 'keys.json');
+  const link = join(tempDir(), 'keys.json');
+  writeFileSync(real, keysFileJson([alice, bob]));
+  symlinkSync(real, link);
+  const { proc, url } = await startCli([...FAST, '--keys', link]);
+  const a = await connectPeer(url, alice);
+  const b = await connectPeer(url, bob);
+  sockets.push(a, b);
+  const aliceClosed = closed(a);
+  writeFileSync(real, keysFileJson([bob]));
+  assert.equal(a.readyState, WebSocket.OPEN);
+  proc.signal('SIGHUP');
+  assert.equal((await aliceClosed).code, CloseCode.PolicyViolation);
+  const reloaded = await proc.waitForLog((l) => l.msg === 'keys file reloaded', "'keys file reloaded'");
+  assert.equal(reloaded.revoked, 1);
+  assert.equal(b.readyState, WebSocket.OPEN);
+
+  // An invalid file on SIGHUP is logged and the previous keys stay.
+  writeFileSync(real, '{"8888": ');
+  proc.signal('SIGHUP');
+  const failed = await proc.waitForLog((l) => l.msg.startsWith('keys file reload failed'), "'keys file reload failed'");
+  assert.equal(failed.level, 50);
+  assert.equal(b.readyState, WebSocket.OPEN);
+  assertRunning(proc);
+  await stopCli(proc);
+});
+
+// ---- keygen ------------------------------------------------------------------------
+
+test('keygen writes a 0600 identity that lib/identity loads, prints its key, and refuses to overwrite', async () => {
+  const out = join(tempDir(), 'daemon.json');
+  const result = await runCli(['keygen', '--out', out]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.equal(statSync(out).mode & 0o777, 0o600);
+  const publicKey = publicKeyBase64(loadIdentity(out));
+  assert.ok(result.stdout.includes(`public key: ${publicKey}`), result.stdout);
+  assert.ok(result.stdout.includes(`beacon keys add --keys keys.json --node-id N --public-key ${publicKey}`), result.stdout);
+
+  const before = readFileSync(out, 'utf8');
+  assertUsageError(await runCli(['keygen', '--out', out]), out, 'already exists');
+  assert.equal(readFileSync(out, 'utf8'), before);
+});
+
+test('keygen without --out -> exit 2', async () => {
+  assertUsageError(await runCli(['keygen']), '--out');
+});
+
+// ---- keys add --------------------------------------------------------------------------
+
+test('keys add with --identity and with --public-key; the beacon then accepts both nodes', async () => {
+  const dir = tempDir();
+  const keys = join(dir, 'keys.json');
+  const alice = makeIdentity(1001);
+  const bob = makeIdentity(1002);
+  const identityFile = join(dir, 'alice.json');
+  saveIdentity(identityFile, alice);
+
+  const first = await runCli(['keys', 'add', '--keys', keys, '--node-id', '1001', '--identity', identityFile]);
+  assert.equal(first.code, 0, first.stderr);
+  assert.match(first.stdout, /added node 1001/);
+  assert.match(first.stdout, /SIGHUP/);
+  const second = await runCli(['keys', 'add', '--keys', keys, '--node-id', '1002', '--public-key', bob.publicKeyB64]);
+  assert.equal(second.code, 0, second.stderr);
+  assert.match(second.stdout, /added node 1002/);
+
+  const loaded = loadKeysFile(keys);
+  assert.deepEqual([...loaded.keys()].sort(), [1001, 1002]);
+  assert.equal(loaded.get(1001)?.raw.toString('base64'), alice.publicKeyB64);
+
+  const { proc, url } = await startCli([...FAST, '--keys', keys]);
+  const a = await connectPeer(url, alice);
+  const b = await connectPeer(url, bob);
+  sockets.push(a, b);
+  await stopCli(proc);
+});
+
+test('keys add replaces the key of a node already in the file', async () => {
+  const keys = join(tempDir(), 'keys.json');
+  const old = makeIdentity(5);
+  const renewed = makeIdentity(5);
+  writeFileSync(keys, keysFileJson([old, makeIdentity(6)]));
+  const result = await runCli(['keys', 'add', '--keys', keys, '--node-id', '5', '--public-key', renewed.publicKeyB64]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /replaced the key of node 5/);
+  const loaded = loadKeysFile(keys);
+  assert.equal(loaded.size, 2);
+  assert.equal(loaded.get(5)?.raw.toString('base64'), renewed.publicKeyB64);
+});
+
+const goodKey = makeIdentity(1).publicKeyB64;
+const badKeysAdd: [string, string[], string[]][] = [
+  ['a key that is not base64 of 32 bytes', ['--node-id', '7', '--public-key', 'abc'], ['--public-key', 'abc']],
+  ['a 31-byte key', ['--node-id', '7', '--public-key', Buffer.alloc(31, 1).toString('base64')], ['--public-key', '32 bytes']],
+  ['node ID 0', ['--node-id', '0', '--public-key', goodKey], ['--node-id', '4294967295']],
+  ['node ID 2^32', ['--node-id', '4294967296', '--public-key', goodKey], ['--node-id', '4294967295']],
+  ['a node ID that is not a number', ['--node-id', 'seven', '--public-key', goodKey], ['--node-id']],
+  ['both --identity and --public-key', ['--node-id', '7', '--identity', 'x.json', '--public-key', goodKey], ['--identity', '--public-key']],
+  ['neither --identity nor --public-key', ['--node-id', '7'], ['--identity', '--public-key']],
+  ['no --node-id', ['--public-key', goodKey], ['--node-id']],
+  ['a missing identity file', ['--node-id', '7', '--identity', 'missing.json'], ['missing.json', 'not found']],
+];
+for (const [name, args, needles] of badKeysAdd) {
+  test(`keys add with ${name} -> exit 2, nothing written`, async () => {
+    const dir = tempDir();
+    const keys = join(dir, 'keys.json');
+    assertUsageError(await runCli(['keys', 'add', '--keys', keys, ...args], { cwd: dir }), ...needles);
+    assert.equal(existsSync(keys), false);
+  });
+}
+
+test('keys add refuses to rewrite an invalid keys file -> exit 2, file unchanged', async () => {
+  const dir = tempDir();
+  mkdirSync(join(dir, 'etc'));
+  const keys = join(dir, 'etc', 'keys.json');
+  writeFileSync(keys, '{"12": "short"}');
+  assertUsageError(await runCli(['keys', 'add', '--keys', keys, '--node-id', '7', '--public-key', goodKey]), keys, '"12"');
+  assert.equal(readFileSync(keys, 'utf8'), '{"12": "short"}');
+});
