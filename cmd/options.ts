@@ -82,7 +82,7 @@ export function runOptions(): Option[] {
     flag('--max-udp-endpoints <n>', 'bound on the UDP endpoint table', positiveInt, d.maxUdpEndpoints, String(d.maxUdpEndpoints)),
     flag('--shutdown-grace <duration>', 'on shutdown, how long peers get to acknowledge the close', parseDuration, d.shutdownGraceMs, formatDuration(d.shutdownGraceMs)),
     flag('--restart-delay <duration>', 'on shutdown, peers are told to start reconnecting after this', parseDuration, d.restartDelayMs, formatDuration(d.restartDelayMs)),
-    flag('--restart-window <duration>', 'on shutdown, peers are told to spread their reconnects over this', parseDuration, d.restartWindowMs, formatDuration(d.restartWindowMs)),
+    flag('--restart-window <duration>', 'on shutdown, peers are told to keep trying this long after the delay (first attempts spread over its first half)', parseDuration, d.restartWindowMs, formatDuration(d.restartWindowMs)),
     new Option('--log-level <level>', 'JSON logs on stdout at this level and above')
       .choices(LOG_LEVELS).default(d.logLevel).env(envName('--log-level')),
   ];

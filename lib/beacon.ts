@@ -90,6 +90,7 @@ export class Beacon extends EventEmitter {
     });
     const gauges: LiveGauges = {
       peers: () => this.compat.peers.size,
+      maxPeers: () => config.maxPeers,
       handshakes: () => this.compat.handshakesInProgress,
       udpEndpoints: () => this.udp.endpoints.size,
       beaconRoutes: () => this.beaconPeers.routeCount,

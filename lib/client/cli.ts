@@ -6,7 +6,8 @@
  *   changes to stderr, and with `to` each stdin line is relayed.
  * - `send`: connect, relay one payload, optionally wait for a reply from
  *   the destination, exit.
- * - `discover`: one Discover over UDP, the observed endpoint on stdout.
+ * - `discover`: one Discover over UDP, the observed endpoint on stdout;
+ *   with `listen` (or `to`) it then stays attached over UDP like `connect`.
  * - The first connection failure of `connect` and `send` ends the command
  *   with the error's one-line message (wrong scheme, TLS, 503, 429, auth,
  *   timeout...); once `connect` has been connected it rides out losses.
@@ -21,7 +22,7 @@ import { CompatClient } from './compat-client';
 import { parseBeaconUrl } from './connect-errors';
 import { ClientError } from './errors';
 import { formatDelivery } from './payload-format';
-import { discoverOverUdp, formatEndpoint } from './udp-discover';
+import { UdpNode, formatEndpoint } from './udp-discover';
 
 export const ExitCode = { ok: 0, failed: 1, usage: 2 } as const;
 
@@ -63,6 +64,12 @@ export interface DiscoverCommand {
   port: number;
   nodeId: NodeId;
   timeoutMs?: number;
+  /** Stay attached over UDP and print RelayDeliver packets. */
+  listen?: boolean;
+  /** Relay each stdin line over UDP to this node (implies listen). */
+  to?: NodeId;
+  /** Aborted on SIGINT/SIGTERM when listening. */
+  signal?: AbortSignal;
 }
 
 const PREFIX = 'beacon-client: ';
@@ -167,11 +174,44 @@ export async function runSend(cmd: SendCommand, io: CliIo): Promise<number> {
   }
 }
 
-/** `beacon-client discover`: prints the endpoint the beacon sees. */
+/**
+ * `beacon-client discover`: prints the endpoint the beacon sees. With
+ * `listen`, stays attached over UDP until `signal` aborts: prints each
+ * RelayDeliver, and with `to` relays each stdin line over UDP.
+ */
 export async function runDiscover(cmd: DiscoverCommand, io: CliIo): Promise<number> {
-  const { endpoint } = await discoverOverUdp({ host: cmd.host, port: cmd.port, nodeId: cmd.nodeId, timeoutMs: cmd.timeoutMs });
-  io.stdout.write(`${formatEndpoint(endpoint)}\n`);
-  return ExitCode.ok;
+  const listen = cmd.listen === true || cmd.to !== undefined;
+  const node = await UdpNode.open({ host: cmd.host, port: cmd.port, nodeId: cmd.nodeId, keepaliveMs: listen ? undefined : 0 });
+  try {
+    const endpoint = await node.discover(cmd.timeoutMs);
+    io.stdout.write(`${formatEndpoint(endpoint)}\n`);
+    if (!listen) return ExitCode.ok;
+    say(io, `attached to ${node.where} over UDP as node ${cmd.nodeId} (from local port ${node.localPort}); Ctrl-C to stop`);
+    node.on('packet', (packet) => {
+      if (packet.type === PacketType.RelayDeliver) io.stdout.write(`${formatDelivery(packet.sender, packet.payload)}\n`);
+    });
+    node.on('error', (err) => say(io, err.message));
+    let lines: ReturnType<typeof createInterface> | undefined;
+    if (cmd.to !== undefined) {
+      const to = cmd.to;
+      lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
+      lines.on('line', (line) => {
+        try {
+          node.relay(to, line);
+        } catch (err) {
+          say(io, `line not sent: ${(err as Error).message}`);
+        }
+      });
+    }
+    await new Promise<void>((resolve) => {
+      if (cmd.signal?.aborted) resolve();
+      cmd.signal?.addEventListener('abort', () => resolve(), { once: true });
+    });
+    lines?.close();
+    return ExitCode.ok;
+  } finally {
+    node.close();
+  }
 }
 
 /** Prints `err` as one line and returns the exit code for it. */

@@ -23,8 +23,10 @@
  *       waits the cap, so two processes with one identity take turns every
  *       `maxDelayMs` instead of fighting in a loop.
  *     a `restarting` notice before the close: the next try waits
- *       `reconnect_in_ms` plus jitter (at most `restartJitterMs`, and at
- *       most half of `try_for_ms`), and the backoff starts over.
+ *       `reconnect_in_ms` plus jitter spread over the first half of
+ *       `try_for_ms` (so thousands of daemons do not come back in the same
+ *       millisecond, and a failed first try still has half the window to
+ *       retry in), and the backoff starts over.
  * - `send` never queues: while not connected it throws NotConnectedError
  *   (ENOTCONNECTED) at once; past `maxBufferedBytes` of unsent data it
  *   throws EBUFFERFULL. The caller's own retries decide.
@@ -75,7 +77,12 @@ export interface CompatClientOptions {
   jitter?: Jitter;
   /** Uniform in [0, 1); injectable for tests. Default Math.random. */
   random?: () => number;
-  /** Most jitter added to a `restarting` notice's reconnect_in_ms. Default 1 s. */
+  /**
+   * Most jitter added to a `restarting` notice's reconnect_in_ms. The jitter
+   * is spread over the first half of the notice's try_for_ms window (the
+   * second half leaves room for a retry); this caps it further. Default: no
+   * further cap.
+   */
   restartJitterMs?: number;
   /** Unsent bytes beyond which `send` throws EBUFFERFULL. Default 1 MiB (64 maximum-size packets). */
   maxBufferedBytes?: number;
@@ -91,7 +98,7 @@ export const CLIENT_DEFAULTS = Object.freeze({
   initialDelayMs: 250,
   maxDelayMs: 30_000,
   jitter: 'equal' as Jitter,
-  restartJitterMs: 1_000,
+  restartJitterMs: Infinity,
   maxBufferedBytes: 1024 * 1024,
   closeTimeoutMs: 1_000,
   discoverTimeoutMs: 5_000,
@@ -177,6 +184,8 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
   private readonly failureHooks = new Set<(err: ConnectError) => void>();
   private discoverWaiters: Array<{ resolve: (e: Endpoint) => void; reject: (err: Error) => void; timer: NodeJS.Timeout }> = [];
   private lastFailure: ConnectError | undefined;
+  /** Set by any inbound traffic; the ping timer drops a socket that stayed silent a whole period. */
+  private alive = false;
 
   /** Throws ConnectError EBADURL for a URL that is not ws:// or wss://, TypeError for other bad options. */
   constructor(options: CompatClientOptions) {
@@ -196,6 +205,7 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
       const v = settings[key];
       if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw new TypeError(`${key} must be a positive number, got ${String(v)}`);
     }
+    if (!['equal', 'full', 'none'].includes(settings.jitter)) throw new TypeError(`jitter must be 'equal', 'full' or 'none', got ${String(settings.jitter)}`);
     if (!(settings.restartJitterMs >= 0)) throw new TypeError(`restartJitterMs must be 0 or more, got ${String(settings.restartJitterMs)}`);
     if (settings.initialDelayMs > settings.maxDelayMs) {
       throw new TypeError(`initialDelayMs (${settings.initialDelayMs}) must not exceed maxDelayMs (${settings.maxDelayMs})`);
@@ -339,13 +349,22 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
     const attempt = ++this.attempts;
     const { settings, url } = this;
     this.currentState = 'connecting';
-    const ws = new WebSocket(url, [COMPAT_SUBPROTOCOL], {
-      maxPayload: MAX_MESSAGE_BYTES,
-      perMessageDeflate: false,
-      followRedirects: false,
-      ca: settings.ca,
-      headers: settings.headers,
-    });
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(url, [COMPAT_SUBPROTOCOL], {
+        maxPayload: MAX_MESSAGE_BYTES,
+        perMessageDeflate: false,
+        followRedirects: false,
+        ca: settings.ca,
+        headers: settings.headers,
+      });
+    } catch (err) {
+      // Bad headers and the like: an attempt that fails, reported like any other.
+      this.emit('connecting', { attempt, url: url.href });
+      const error = new ConnectError(`cannot open a WebSocket to ${url.host}: ${(err as Error).message}`, 'ENETWORK');
+      process.nextTick(() => { if (this.currentState === 'connecting') this.onAttemptFailed(error); });
+      return;
+    }
     this.ws = ws;
     let phase: HandshakePhase | 'open' = 'upgrade';
     let failure: ConnectError | undefined;
@@ -435,9 +454,6 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
     });
     this.emit('connecting', { attempt, url: url.href });
   }
-
-  /** Set by any inbound traffic; the ping timer drops a socket that stayed silent a whole period. */
-  private alive = false;
 
   private onConnected(ws: WebSocket, attempt: number, setLostReason: (why: string) => void): void {
     this.currentState = 'connected';

@@ -52,7 +52,7 @@ export interface BeaconConfig {
   shutdownGraceMs: number;
   /** (ours) Sent in the `restarting` notice: when clients should start reconnecting... */
   restartDelayMs: number;
-  /** ...and over how long they should spread their reconnects. */
+  /** ...and how long they keep trying; first attempts are spread over its first half. */
   restartWindowMs: number;
   logLevel: string;
 }

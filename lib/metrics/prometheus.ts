@@ -59,6 +59,7 @@ export function createPrometheusRegistry(stats: BeaconStats, gauges: LiveGauges,
   mirroredCounter(r, 'beacon_wss_revoked_total', 'Peers closed because their key was removed or changed.', [],
     () => [[{}, stats.revokedPeers]]);
   mirroredGauge(r, 'beacon_wss_peers', 'Authenticated peers attached over WebSocket.', () => gauges.peers());
+  mirroredGauge(r, 'beacon_wss_max_peers', 'The peer limit (--max-peers); upgrades beyond it get HTTP 503.', () => gauges.maxPeers());
   mirroredGauge(r, 'beacon_wss_handshakes', 'WebSocket connections still in the handshake.', () => gauges.handshakes());
 
   mirroredCounter(r, 'beacon_udp_packets_total', 'UDP packets received, by packet type.', ['type'],

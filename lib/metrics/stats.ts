@@ -111,6 +111,8 @@ export interface MetricsSnapshot {
 /** Gauges read from live state at snapshot/scrape time. */
 export interface LiveGauges {
   peers(): number;
+  /** The configured peer limit, so alerts can compare against it. */
+  maxPeers(): number;
   handshakes(): number;
   udpEndpoints(): number;
   beaconRoutes(): number;

@@ -13,7 +13,9 @@
  * - The RelayDeliver is the Relay rewritten in place: no copy per packet.
  */
 import type { BeaconStats } from '../metrics';
-import { relayDest, relayToDeliverInPlace, type NodeId } from '../protocol';
+// From the module itself, not the '../protocol' index: the index's
+// re-exports are getters, a call's worth of cost on every packet.
+import { relayDest, relayToDeliverInPlace, type NodeId } from '../protocol/packets';
 import type { UdpEndpoint } from '../udp/endpoints';
 
 export type RelayOrigin = 'wss' | 'udp' | 'beacon';

@@ -11,16 +11,52 @@
  *   answered. Nothing is logged per packet.
  */
 import dgram from 'node:dgram';
+import dns from 'node:dns';
 import { isIP, type AddressInfo } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import type { BeaconConfig } from '../config';
 import type { BeaconStats } from '../metrics';
+// From the module itself, not the '../protocol' index: the index's
+// re-exports are getters, a call's worth of cost on every packet.
 import {
   PacketType, decodePacket, encodeDiscoverReply, encodePunchCommand, isRelay, relaySender, type NodeId,
-} from '../protocol';
+} from '../protocol/packets';
 import type { BeaconPeers } from '../relay/beacon-peers';
 import type { RelayRouter } from '../relay/router';
 import { EndpointTable, type UdpEndpoint } from './endpoints';
+
+/**
+ * dgram resolves the address of every send through dns.lookup, which for an
+ * IP literal still costs a call, a closure and a tick per packet. Every
+ * address the beacon sends to is a literal (a datagram's source, a resolved
+ * beacon peer): answer those at once; names (the bind host) go to DNS.
+ */
+function lookupLiteral(
+  address: string, family: dns.LookupOneOptions | number,
+  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  const literal = isIP(address);
+  if (literal !== 0) return callback(null, address, literal);
+  dns.lookup(address, family as dns.LookupOneOptions, callback);
+}
+
+/**
+ * Kernel buffers of the UDP socket. The default receive buffer (~208 KiB)
+ * holds about a millisecond of relays at full rate: any pause of the event
+ * loop (a GC, a big WebSocket batch) overflows it and the kernel drops.
+ * Linux caps these at net.core.rmem_max / wmem_max.
+ */
+const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024;
+const UDP_SEND_BUFFER_BYTES = 1024 * 1024;
+
+function setBufferSizes(socket: dgram.Socket, log: FastifyBaseLogger): void {
+  try {
+    socket.setRecvBufferSize(UDP_RECV_BUFFER_BYTES);
+    socket.setSendBufferSize(UDP_SEND_BUFFER_BYTES);
+  } catch (err) {
+    log.debug({ err }, 'udp socket buffer sizes left at the system default');
+  }
+}
 
 export interface UdpServerDeps {
   config: BeaconConfig;
@@ -47,7 +83,7 @@ export class UdpServer {
 
   async start(): Promise<AddressInfo> {
     const { host, port } = this.deps.config.udp;
-    const socket = dgram.createSocket({ type: this.family });
+    const socket = dgram.createSocket({ type: this.family, lookup: lookupLiteral });
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
       socket.bind(port, host, () => {
@@ -55,6 +91,7 @@ export class UdpServer {
         resolve();
       });
     });
+    setBufferSizes(socket, this.deps.log);
     socket.on('error', (err) => {
       this.deps.stats.drop('udp_send_error');
       this.deps.log.debug({ err }, 'udp socket error');

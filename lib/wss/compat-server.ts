@@ -13,7 +13,8 @@
  *   peers and disconnects those silent past --idle-timeout.
  * - This module never decides where a packet goes: that is the router's.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -46,6 +47,18 @@ export interface CompatServerDeps {
 
 type SocketSlots = ReturnType<Admission['admit']>;
 
+/** An authenticated peer's socket carries its Peer, for the shared handlers. */
+const PEER = Symbol('peer');
+type PeerSocket = WebSocket & { [PEER]: Peer };
+
+function peerOf(ws: WebSocket): Peer {
+  return (ws as PeerSocket)[PEER];
+}
+
+function touchPeer(this: WebSocket): void {
+  peerOf(this).active = true;
+}
+
 /** The HTTP status of each refusal: 503 means the beacon is full, the others are about the client. */
 const REFUSAL_STATUS: Record<RefusalReason, number> = {
   max_peers: 503,
@@ -63,8 +76,35 @@ export class CompatServer {
   private draining = false;
   private idleSweep: NodeJS.Timeout | undefined;
 
+  /** Shared by all peers; `this` is the peer's socket. */
+  private readonly onPeerMessage: (this: WebSocket, data: WebSocket.RawData, isBinary: boolean) => void;
+  private readonly onPeerClose: (this: WebSocket, code: number) => void;
+  /** Shared by all sockets; `this` is the socket that failed, or closed. */
+  private readonly onWsError: (this: WebSocket, error: Error) => void;
+  private readonly forgetSocket: (this: WebSocket) => void;
+
   constructor(private readonly deps: CompatServerDeps) {
     this.admission = new Admission(deps.config);
+    const { stats, log, onPacket } = deps;
+    const server = this;
+    this.onPeerMessage = function onPeerMessage(data, isBinary) {
+      const peer = peerOf(this);
+      peer.active = true;
+      if (!isBinary) return; // reserved for control messages; ignored
+      stats.framesIn++;
+      onPacket(peer, data as Buffer);
+    };
+    this.onPeerClose = function onPeerClose(code) {
+      const peer = peerOf(this);
+      if (server.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
+      server.deps.onPeerClosed?.(peer, code);
+    };
+    this.onWsError = function onWsError(error) {
+      server.onSocketError(error, this);
+    };
+    this.forgetSocket = function forgetSocket() {
+      server.sockets.delete(this);
+    };
   }
 
   get handshakesInProgress(): number {
@@ -183,13 +223,15 @@ export class CompatServer {
   private onConnection(ws: WebSocket, req: FastifyRequest): void {
     const { stats, log, config } = this.deps;
     stats.upgradesOk++;
+    this.releaseUpgradeState(ws, req);
     this.sockets.add(ws);
-    ws.once('close', () => this.sockets.delete(ws));
+    ws.on('close', this.forgetSocket); // shared, not a closure per socket: memory per peer
     const slots = this.slots.get(req.raw);
     const ip = canonicalIp(req.ip);
-    // Behind a proxy the client's port is unknown (Caddy does not forward it).
-    const direct = ip === canonicalIp(req.socket.remoteAddress ?? '');
-    const port = direct ? req.socket.remotePort ?? 0 : 0;
+    // Behind a trusted proxy the client's port is unknown (Caddy does not
+    // forward it); `ips` lists the hops when a forwarded address was used.
+    const forwarded = (req.ips?.length ?? 0) > 1;
+    const port = forwarded ? 0 : req.socket.remotePort ?? 0;
 
     runHandshake(ws, { keys: this.deps.keys, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
       slots?.endHandshake();
@@ -221,20 +263,14 @@ export class CompatServer {
     }
     stats.authOk++;
     ws.send(AUTH_OK_MESSAGE);
-    const onPacket = this.deps.onPacket;
-    ws.on('message', (data, isBinary) => {
-      peer.active = true;
-      if (!isBinary) return; // reserved for control messages; ignored
-      stats.framesIn++;
-      onPacket(peer, data as Buffer);
-    });
-    const touch = () => { peer.active = true; };
-    ws.on('ping', touch);
-    ws.on('pong', touch);
-    ws.once('close', (code) => {
-      if (this.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
-      this.deps.onPeerClosed?.(peer, code);
-    });
+    // Memory per peer: the handlers are shared by all peers and find theirs
+    // on the socket, instead of closures per peer; 'close' fires once, so
+    // `on` spares the wrapper `once` would allocate.
+    (ws as PeerSocket)[PEER] = peer;
+    ws.on('message', this.onPeerMessage);
+    ws.on('ping', touchPeer);
+    ws.on('pong', touchPeer);
+    ws.on('close', this.onPeerClose);
     log.info({ nodeId: peer.nodeId, ip: peer.clientIp }, 'peer connected');
   }
 
@@ -256,6 +292,21 @@ export class CompatServer {
         peer.ws.ping();
       }
     }
+  }
+
+  /**
+   * Memory per peer: @fastify/websocket leaves the upgrade's request and
+   * response reachable from every open socket for its whole life (the
+   * response stays assigned to the TCP socket, and the 'error' listener it
+   * adds closes over request and reply): about 3 KB of heap per peer.
+   * Detach the response and swap in a listener that holds nothing; errors
+   * still reach onSocketError.
+   */
+  private releaseUpgradeState(ws: WebSocket, req: FastifyRequest): void {
+    const socket = req.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
+    socket._httpMessage?.detachSocket(socket);
+    ws.removeAllListeners('error');
+    ws.on('error', this.onWsError);
   }
 
   private onSocketError(error: Error & { code?: string }, ws: WebSocket): void {

@@ -12,7 +12,9 @@
  *   does not send.
  */
 import type { BeaconStats } from '../metrics';
-import { PacketType, decodePacket, encodeDiscoverReply, isRelay, relaySender } from '../protocol';
+// From the module itself, not the '../protocol' index: the index's
+// re-exports are getters, a call's worth of cost on every packet.
+import { PacketType, decodePacket, encodeDiscoverReply, isRelay, relaySender } from '../protocol/packets';
 import type { RelayRouter } from '../relay/router';
 import type { Peer } from './peer';
 

@@ -1,0 +1,157 @@
+/**
+ * `npm run bench`: measures the beacon against a naive baseline relay, in
+ * the same run, scenario by scenario (issue 6).
+ *
+ *   npm run bench                     full run (< 5 min)
+ *   npm run bench -- --quick          smaller and shorter (< 1 min; UDP with 64 B payloads only)
+ *   npm run bench -- --json FILE      also write the results as JSON
+ *   npm run bench -- --md FILE        also write the results as a Markdown table
+ *   npm run bench -- --only 1,5       only these scenarios (numbers or names)
+ *   npm run bench -- --runs N         repetitions (default 3; medians need >= 3)
+ *   npm run bench -- --profile DIR    CPU profile of each beacon process (under load, not start-up) into DIR,
+ *                                     with a summary of the top functions
+ *   npm run bench -- --baseline-dist DIR   run another beacon build (its dist/) in the
+ *                                     baseline slot: ratios become this build / that one
+ *   npm run bench -- --baseline-env K=V   environment of the baseline slot's process (repeatable),
+ *                                     e.g. --baseline-dist dist --baseline-env WS_NO_BUFFER_UTIL=1
+ *
+ * - Every server runs in its own process on core 0, every load generator
+ *   in its own process on core 1 (taskset, when present). Nothing is
+ *   measured on the server's event loop.
+ * - All traffic goes to 127.0.0.1. Every phase is bounded in count and time;
+ *   the whole run has a hard deadline.
+ * - Printed per figure: beacon median [min-max], baseline median [min-max],
+ *   and beacon/baseline ratio median [min-max], computed run by run.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { hasTaskset, stopLeftovers } from './common/child';
+import { makeIdentities, writeIdentityFiles } from './common/identities';
+import type { BenchSettings, Row } from './scenarios/context';
+import { handshakeStorm } from './scenarios/handshake-storm';
+import { memoryPerPeer } from './scenarios/memory';
+import { mixedRoutes } from './scenarios/mixed';
+import { relayThroughput } from './scenarios/relay-throughput';
+import { slowReader } from './scenarios/slow-reader';
+import { summarizeProfiles } from './profile-summary';
+import { markdownTable, printRows } from './report';
+
+interface Scenario {
+  id: string;
+  name: string;
+  run: (settings: BenchSettings) => Promise<Row[]>;
+}
+
+function parseArgs(argv: readonly string[]) {
+  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string> };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const value = () => {
+      const v = argv[++i];
+      if (v === undefined) throw new Error(`${a} needs a value`);
+      return v;
+    };
+    if (a === '--quick') args.quick = true;
+    else if (a === '--json') args.json = value();
+    else if (a === '--md') args.md = value();
+    else if (a === '--only') args.only = value().split(',');
+    else if (a === '--runs') args.runs = Number(value());
+    else if (a === '--profile') args.profile = value();
+    else if (a === '--baseline-dist') args.baselineDist = value();
+    else if (a === '--baseline-env') {
+      const [k, ...v] = value().split('=');
+      args.baselineEnv[k!] = v.join('=');
+    }
+    else throw new Error(`unknown option ${a}; see the top of test/bench/run.ts`);
+  }
+  if (!Number.isInteger(args.runs) || args.runs < 1 || args.runs > 20) throw new Error('--runs must be 1..20');
+  return args;
+}
+
+async function main(): Promise<void> {
+  const args = parseArgs(process.argv.slice(2));
+  const quick = args.quick;
+  const started = Date.now();
+  // A hard bound on the whole run, whatever happens inside.
+  const deadline = setTimeout(() => {
+    console.error(`bench: over the ${quick ? 2 : 8} min hard limit; stopping`);
+    process.exit(2);
+  }, (quick ? 2 : 8) * 60_000);
+  deadline.unref();
+
+  const memoryPeers = quick ? [300, 1_000] : [1_000, 10_000];
+  const stormSize = quick ? 600 : 3_000;
+  const identityCount = Math.max(...memoryPeers) + stormSize + 200;
+  const dir = mkdtempSync(join(tmpdir(), 'beacon-bench-'));
+  const settings: BenchSettings = {
+    quick, runs: args.runs, profileDir: args.profile, baselineDist: args.baselineDist, baselineEnv: args.baselineEnv,
+    identitiesPath: join(dir, 'identities.json'), keysPath: join(dir, 'keys.json'), identityCount,
+    log: (line) => console.log(line),
+  };
+  const t0 = Date.now();
+  writeIdentityFiles(makeIdentities(identityCount), settings.identitiesPath, settings.keysPath);
+  console.log(`bench: ${quick ? 'quick' : 'full'} run, ${args.runs} runs per figure, ${identityCount} identities (${Date.now() - t0} ms)`);
+  console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, node ${process.version}, ${hasTaskset ? 'servers pinned to core 0, load to core 1' : 'no taskset: processes NOT pinned'}`);
+
+  const windowMs = quick ? 200 : 1_000;
+  const scenarios: Scenario[] = [
+    { id: '1', name: 'wss', run: (s) => relayThroughput(s, { via: 'wss', pairs: 32, payloads: [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3, latencyWindowMs: quick ? 200 : 1_000 }) },
+    { id: '2', name: 'udp', run: (s) => relayThroughput(s, { via: 'udp', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3, latencyWindowMs: 0 }) },
+    { id: '3', name: 'mixed', run: (s) => mixedRoutes(s, { pairs: 16, payload: 64, windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3 }) },
+    { id: '4', name: 'storm', run: (s) => handshakeStorm(s, { established: 100, stormSize, storm0: Math.max(...memoryPeers) + 101, steadyRatePerFlow: 100, windowMs: quick ? 250 : 1_500 }) },
+    { id: '5', name: 'memory', run: (s) => memoryPerPeer(s, { counts: memoryPeers }) },
+    { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 250 : 1_500 }) },
+  ];
+  const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
+    || (args.only.includes('6') && s.id === '1'));
+  const rows: Row[] = [];
+  const failures: string[] = [];
+  try {
+    for (const scenario of selected) {
+      const t = Date.now();
+      console.log(`\n== scenario ${scenario.id} (${scenario.name}) ==`);
+      try {
+        const got = await scenario.run(settings);
+        rows.push(...got);
+        printRows(got);
+      } catch (err) {
+        failures.push(`${scenario.name}: ${(err as Error).message}`);
+        console.error(`scenario ${scenario.name} failed: ${(err as Error).stack}`);
+      } finally {
+        const left = await stopLeftovers();
+        if (left) console.error(`stopped ${left} process(es) the scenario left running`);
+      }
+      console.log(`(${((Date.now() - t) / 1000).toFixed(1)} s)`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  console.log(`\n== summary (${quick ? 'quick' : 'full'}, ${args.runs} runs, ${((Date.now() - started) / 1000).toFixed(0)} s) ==`);
+  printRows(rows);
+  if (args.profile) summarizeProfiles(args.profile);
+  if (args.json) {
+    writeFileSync(args.json, `${JSON.stringify({
+      date: new Date().toISOString(), quick, runs: args.runs, node: process.version,
+      cpus: cpus().length, cpu: cpus()[0]?.model, pinned: hasTaskset, rows, failures,
+    }, null, 2)}\n`);
+    console.log(`results written to ${args.json}`);
+  }
+  if (args.md) {
+    const pinning = hasTaskset ? 'beacon/baseline on core 0, load generators on core 1 (taskset)' : 'not pinned (no taskset)';
+    writeFileSync(args.md, `Machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, Node ${process.version}, ${pinning}.\n` +
+      `Command: \`npm run bench${quick ? ' -- --quick' : ''}\`, ${args.runs} runs, ${new Date().toISOString().slice(0, 10)}; ` +
+      'cells are median [min-max], the ratio is computed run by run.\n\n' + markdownTable(rows));
+    console.log(`results written to ${args.md}`);
+  }
+  if (failures.length) {
+    console.error(`\n${failures.length} scenario(s) failed:\n  ${failures.join('\n  ')}`);
+    process.exitCode = 1;
+  }
+}
+
+main().catch((err: Error) => {
+  console.error(`bench: ${err.message}`);
+  process.exit(1);
+});

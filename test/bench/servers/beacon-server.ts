@@ -1,0 +1,40 @@
+/**
+ * The beacon under test, in its own process: `startBeacon` with a keys file
+ * and the config overrides the scenario passes (as JSON in argv[2]).
+ *
+ * - Prints nothing per packet: the beacon runs without a logger.
+ * - Answers `stats` (counters, memory), `gc` (collect, then memory),
+ *   `heapSnapshot` and `profileStart` (CPU profile, written to `profileDir`
+ *   on exit) over IPC; the orchestrator reads CPU time and RSS from /proc instead while
+ *   the beacon is busy.
+ */
+import { startBeacon } from '../../../lib/beacon';
+import { makeConfig, type BeaconConfig } from '../../../lib/config';
+import { serve, sendReady } from '../common/serve';
+import { writeHeapSnapshot } from 'node:v8';
+import { collect } from './memory';
+import { startProfiling, stopProfiling } from './profiler';
+
+async function main(): Promise<void> {
+  const { profileDir, ...overrides } = JSON.parse(process.argv[2] ?? '{}') as Partial<BeaconConfig> & { profileDir?: string };
+  const beacon = await startBeacon(makeConfig({
+    bind: { host: '127.0.0.1', port: 0 },
+    udp: { host: '127.0.0.1', port: 0 },
+    ...overrides,
+  }));
+  serve({
+    stats: () => ({ stats: beacon.metrics().stats, peers: beacon.peerCount(), memory: process.memoryUsage() }),
+    gc: () => collect(),
+    heapSnapshot: (args: { file: string }) => writeHeapSnapshot(args.file),
+    profileStart: () => startProfiling(),
+  }, async () => {
+    if (profileDir) await stopProfiling(profileDir);
+    await beacon.close();
+  });
+  sendReady({ http: beacon.httpAddress.port, udp: beacon.udpAddress.port });
+}
+
+main().catch((err: Error) => {
+  console.error(`beacon-server: ${err.stack ?? err.message}`);
+  process.exit(1);
+});
