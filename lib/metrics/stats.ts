@@ -25,6 +25,8 @@ export const DROP_REASONS = [
   'punch_unavailable',
   /** The destination peer's send buffer was full (slow reader). */
   'send_buffer_full',
+  /** The destination peer's socket was already closing. */
+  'peer_closing',
   /** An inbound WebSocket message over 64 KiB (the peer is disconnected). */
   'oversized',
   /** A message before the handshake finished. */

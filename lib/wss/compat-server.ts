@@ -141,7 +141,7 @@ export class CompatServer {
 
   sendToPeer(peer: Peer, packet: Buffer): boolean {
     if (!peer.send(packet)) {
-      this.deps.stats.drop('send_buffer_full');
+      this.deps.stats.drop(peer.ws.readyState === 1 ? 'send_buffer_full' : 'peer_closing');
       return false;
     }
     this.deps.stats.framesOut++;
