@@ -14,7 +14,7 @@ import {
   encodeRelay, encodeRelayDeliver, encodeSync,
 } from '../lib/protocol';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
-import { UdpClient, eventually, startTestBeacon, type TestBeacon } from './helpers/harness';
+import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
 import { WsPeer, freeUdpPort, promValue } from './helpers/wire';
 
 const alice = makeIdentity(7777);
@@ -22,17 +22,8 @@ const bob = makeIdentity(8888);
 const carolId = 3333; // UDP nodes have no key: UDP is unauthenticated
 const daveId = 4444;
 
-async function beacon(t: TestContext, ids: readonly TestIdentity[], overrides: Partial<BeaconConfig> = {}): Promise<TestBeacon> {
-  const tb = await startTestBeacon(ids, overrides);
-  t.after(() => tb.close());
-  return tb;
-}
-
-async function udpClient(t: TestContext): Promise<UdpClient> {
-  const client = await UdpClient.open();
-  t.after(() => client.close());
-  return client;
-}
+const beacon = beaconFor;
+const udpClient = udpClientFor;
 
 async function wsPeer(t: TestContext, tb: TestBeacon, id: TestIdentity, headers: Record<string, string> = {}): Promise<WsPeer> {
   const peer = await WsPeer.connect(tb.url, id, headers);

@@ -5,26 +5,17 @@
  */
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import {
   PacketType, decodePacket, encodeDiscover, encodeDiscoverReply, encodePunchCommand, encodePunchRequest,
   encodeRelay, encodeRelayDeliver, encodeSync,
 } from '../lib/protocol';
-import { makeIdentity, type TestIdentity } from './helpers/identity';
-import { UdpClient, eventually, startTestBeacon, type TestBeacon } from './helpers/harness';
+import { makeIdentity } from './helpers/identity';
+import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
 import { WsPeer, promValue } from './helpers/wire';
 
-async function beacon(t: TestContext, ids: readonly TestIdentity[] = [], overrides: Parameters<typeof startTestBeacon>[1] = {}): Promise<TestBeacon> {
-  const tb = await startTestBeacon(ids, overrides);
-  t.after(() => tb.close());
-  return tb;
-}
-
-async function udpClient(t: TestContext): Promise<UdpClient> {
-  const client = await UdpClient.open();
-  t.after(() => client.close());
-  return client;
-}
+const beacon = beaconFor;
+const udpClient = udpClientFor;
 
 /** Sends a Discover for `nodeId` and returns the reply, checked byte for byte. */
 async function discover(tb: TestBeacon, client: UdpClient, nodeId: number): Promise<void> {

@@ -128,18 +128,8 @@ export async function runConnect(cmd: ConnectCommand, io: CliIo): Promise<number
     throw err;
   }
 
-  let lines: ReturnType<typeof createInterface> | undefined;
-  if (cmd.to !== undefined) {
-    const to = cmd.to;
-    lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
-    lines.on('line', (line) => {
-      try {
-        client.relay(to, line);
-      } catch (err) {
-        say(io, `line not sent: ${(err as Error).message}`);
-      }
-    });
-  }
+  const to = cmd.to;
+  const lines = to === undefined ? undefined : relayStdinLines(io, (line) => client.relay(to, line));
   await stopped;
   lines?.close();
   await client.close();
@@ -191,18 +181,8 @@ export async function runDiscover(cmd: DiscoverCommand, io: CliIo): Promise<numb
       if (packet.type === PacketType.RelayDeliver) io.stdout.write(`${formatDelivery(packet.sender, packet.payload)}\n`);
     });
     node.on('error', (err) => say(io, err.message));
-    let lines: ReturnType<typeof createInterface> | undefined;
-    if (cmd.to !== undefined) {
-      const to = cmd.to;
-      lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
-      lines.on('line', (line) => {
-        try {
-          node.relay(to, line);
-        } catch (err) {
-          say(io, `line not sent: ${(err as Error).message}`);
-        }
-      });
-    }
+    const to = cmd.to;
+    const lines = to === undefined ? undefined : relayStdinLines(io, (line) => node.relay(to, line));
     await new Promise<void>((resolve) => {
       if (cmd.signal?.aborted) resolve();
       cmd.signal?.addEventListener('abort', () => resolve(), { once: true });
@@ -221,4 +201,17 @@ export function reportError(err: unknown, io: Pick<CliIo, 'stderr'>): number {
   if (err instanceof CliUsageError || err instanceof IdentityFileError || err instanceof TypeError || err instanceof RangeError) return ExitCode.usage;
   if (err instanceof ClientError && err.code === 'EBADURL') return ExitCode.usage;
   return ExitCode.failed;
+}
+
+/** Relays each line of stdin with `relay`; a line that cannot be sent is reported, not fatal. */
+function relayStdinLines(io: CliIo, relay: (line: string) => void): ReturnType<typeof createInterface> {
+  const lines = createInterface({ input: io.stdin, crlfDelay: Infinity });
+  lines.on('line', (line) => {
+    try {
+      relay(line);
+    } catch (err) {
+      say(io, `line not sent: ${(err as Error).message}`);
+    }
+  });
+  return lines;
 }

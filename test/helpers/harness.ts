@@ -3,6 +3,7 @@
  * gives tests real WebSocket and UDP clients for it.
  */
 import { once } from 'node:events';
+import type { TestContext } from 'node:test';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -155,3 +156,17 @@ export async function eventually(predicate: () => boolean, ms = 3_000, what = 'a
 }
 
 export type { NodeId };
+
+/** startTestBeacon, closed when the test `t` ends. */
+export async function beaconFor(t: TestContext, ids: readonly TestIdentity[] = [], overrides: Partial<BeaconConfig> = {}): Promise<TestBeacon> {
+  const tb = await startTestBeacon(ids, overrides);
+  t.after(() => tb.close());
+  return tb;
+}
+
+/** A UdpClient, closed when the test `t` ends. */
+export async function udpClientFor(t: TestContext): Promise<UdpClient> {
+  const client = await UdpClient.open();
+  t.after(() => client.close());
+  return client;
+}
