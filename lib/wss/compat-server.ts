@@ -55,6 +55,15 @@ function peerOf(ws: WebSocket): Peer {
   return (ws as PeerSocket)[PEER];
 }
 
+/**
+ * Frames accepted for a peer earlier in this turn are written when the turn
+ * ends (Peer batches them); one the beacon closes now gets them first, so
+ * they precede the close frame as they did when each frame was its own write.
+ */
+function flushBeforeClose(ws: WebSocket): void {
+  (ws as Partial<PeerSocket>)[PEER]?.flush();
+}
+
 function touchPeer(this: WebSocket): void {
   peerOf(this).active = true;
 }
@@ -181,6 +190,7 @@ export class CompatServer {
     const closing = [...this.sockets].map((ws) => new Promise<void>((resolve) => {
       if (ws.readyState === 3) return resolve();
       ws.once('close', () => resolve());
+      flushBeforeClose(ws);
       if (ws.readyState === 1) beforeClose?.(ws);
       ws.close(CloseCode.GoingAway, CloseReason.shuttingDown);
     }));
@@ -320,7 +330,10 @@ export class CompatServer {
 /** Closes with a code, and destroys the socket if the other side never answers. */
 function closeWithGrace(ws: WebSocket, code?: number, reason?: string): void {
   if (ws.readyState === 3) return;
-  if (code !== undefined) ws.close(code, reason);
+  if (code !== undefined) {
+    flushBeforeClose(ws);
+    ws.close(code, reason);
+  }
   const timer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
   timer.unref();
   ws.once('close', () => clearTimeout(timer));

@@ -9,8 +9,9 @@
  *   buffer: they are framed here (binary, unmasked, RFC 6455 §5.2) and
  *   written on the next tick. Per frame that spares ws.send's options,
  *   header allocation and two stream writes, and writev's iovec per chunk.
- *   Everything else (text, ping, close) still goes through ws, in order:
- *   a batch is written only while the socket is open.
+ *   Everything else (text, ping, close) still goes through ws; a batch is
+ *   written only while the socket is open, and the beacon flushes it before
+ *   closing a peer, so frames accepted before the close go out before it.
  */
 import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
@@ -59,7 +60,10 @@ export class Peer {
     return true;
   }
 
-  /** @internal Writes this turn's frames as one buffer. */
+  /**
+   * Writes this turn's frames as one buffer: at the end of the turn, or
+   * right before the beacon closes the socket (so they precede the close).
+   */
   flush(): void {
     const frames = this.batch;
     const bytes = this.batchBytes;

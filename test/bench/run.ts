@@ -3,7 +3,7 @@
  * the same run, scenario by scenario (issue 6).
  *
  *   npm run bench                     full run (< 5 min)
- *   npm run bench -- --quick          smaller and shorter (< 1 min; UDP with 64 B payloads only)
+ *   npm run bench -- --quick          smaller and shorter (< 1 min; 64 B payloads only)
  *   npm run bench -- --json FILE      also write the results as JSON
  *   npm run bench -- --md FILE        also write the results as a Markdown table
  *   npm run bench -- --only 1,5       only these scenarios (numbers or names)
@@ -80,7 +80,7 @@ async function main(): Promise<void> {
   }, (quick ? 2 : 8) * 60_000);
   deadline.unref();
 
-  const memoryPeers = quick ? [300, 1_000] : [1_000, 10_000];
+  const memoryPeers = quick ? [200, 600] : [1_000, 10_000];
   const stormSize = quick ? 600 : 3_000;
   const identityCount = Math.max(...memoryPeers) + stormSize + 200;
   const dir = mkdtempSync(join(tmpdir(), 'beacon-bench-'));
@@ -96,12 +96,12 @@ async function main(): Promise<void> {
 
   const windowMs = quick ? 200 : 1_000;
   const scenarios: Scenario[] = [
-    { id: '1', name: 'wss', run: (s) => relayThroughput(s, { via: 'wss', pairs: 32, payloads: [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3, latencyWindowMs: quick ? 200 : 1_000 }) },
-    { id: '2', name: 'udp', run: (s) => relayThroughput(s, { via: 'udp', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3, latencyWindowMs: 0 }) },
-    { id: '3', name: 'mixed', run: (s) => mixedRoutes(s, { pairs: 16, payload: 64, windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 2 : 3 }) },
-    { id: '4', name: 'storm', run: (s) => handshakeStorm(s, { established: 100, stormSize, storm0: Math.max(...memoryPeers) + 101, steadyRatePerFlow: 100, windowMs: quick ? 250 : 1_500 }) },
+    { id: '1', name: 'wss', run: (s) => relayThroughput(s, { via: 'wss', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 1 : 3, latencyWindowMs: quick ? 150 : 1_000 }) },
+    { id: '2', name: 'udp', run: (s) => relayThroughput(s, { via: 'udp', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 1 : 3, latencyWindowMs: 0 }) },
+    { id: '3', name: 'mixed', run: (s) => mixedRoutes(s, { pairs: 16, payload: 64, windowMs: quick ? 150 : windowMs, searchWindowMs: quick ? 100 : 600, searchSteps: quick ? 1 : 3 }) },
+    { id: '4', name: 'storm', run: (s) => handshakeStorm(s, { established: 100, stormSize, storm0: Math.max(...memoryPeers) + 101, steadyRatePerFlow: 100, windowMs: quick ? 200 : 1_500 }) },
     { id: '5', name: 'memory', run: (s) => memoryPerPeer(s, { counts: memoryPeers }) },
-    { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 250 : 1_500 }) },
+    { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 200 : 1_500 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
     || (args.only.includes('6') && s.id === '1'));

@@ -23,6 +23,7 @@ export interface MemoryPlan {
 
 export const LOOPBACK_SOURCES = Array.from({ length: 8 }, (_, i) => `127.0.0.${i + 2}`);
 const GOAL_BYTES = 6 * 1024;
+const GOAL_PEERS = 10_000;
 
 async function rssAfterGc(server: Server): Promise<{ rss: number; heapUsed: number }> {
   const m = await server.child.request<NodeJS.MemoryUsage>('gc');
@@ -49,7 +50,8 @@ export async function memoryPerPeer(settings: BenchSettings, plan: MemoryPlan): 
   const figures = new Figures('5 memory per idle peer');
   const largest = Math.max(...plan.counts);
   for (const count of plan.counts) {
-    figures.define(`RSS per peer at ${count}`, 'bytes', 'lower', count === largest
+    // The goal is about 10,000 peers; with fewer, fixed costs dominate (--quick).
+    figures.define(`RSS per peer at ${count}`, 'bytes', 'lower', count === largest && count >= GOAL_PEERS
       ? (b) => ({ text: `beacon <= ${GOAL_BYTES} B at ${count}`, met: b.median <= GOAL_BYTES })
       : undefined);
     figures.define(`heap per peer at ${count}`, 'bytes', 'lower');

@@ -9,8 +9,8 @@
  * - Both at once: the same rate offered in both directions, 95% of half
  *   the slower direction's saturation, then lower shares until neither
  *   direction loses anything: the delivered rates of the first step give
- *   the balance at equal offered rates, the first lossless step the
- *   zero-loss rate.
+ *   the balance at equal offered rates, the lossless steps the zero-loss
+ *   rate (as achieved, per direction).
  */
 import type { Child } from '../common/child';
 import {
@@ -104,10 +104,9 @@ export async function mixedRoutes(settings: BenchSettings, plan: MixedPlan): Pro
             tries.push(`delivered WSS->UDP ${fmt(toUdp)}/s, UDP->WSS ${fmt(toWss)}/s, cpu ${(z.cpuShare * 100).toFixed(0)}%`);
           }
           tries.push(`${fmt(rate)}: ${lossless(z) ? 'ok' : `lost ${z.lost}, sent ${((z.sent / z.offered) * 100).toFixed(0)}%`}`);
-          if (lossless(z)) {
-            zeroLoss = rate;
-            break;
-          }
+          // Per direction, at the rate achieved without loss (as in zeroLossRate).
+          if (z.lost <= 0) zeroLoss = Math.max(zeroLoss, z.sent / 2 / (z.ms / 1000));
+          if (lossless(z)) break;
         }
         figures.add('zero-loss rate per direction, both at once', kind, zeroLoss);
         settings.log(`  mixed run ${run + 1} ${kind}: alone WSS->UDP ${fmt(alone[0]!)}/s (cpu ${(aloneCpu[0]! * 100).toFixed(0)}%), UDP->WSS ${fmt(alone[1]!)}/s (cpu ${(aloneCpu[1]! * 100).toFixed(0)}%); both at once, each offered ${fmt(top * ZERO_LOSS_LADDER[0]!)}/s: ${tries.join('; ')}`);

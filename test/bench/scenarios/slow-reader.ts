@@ -6,6 +6,8 @@
  * - Phase B: a fresh receiver connects and stops reading (its socket is
  *   paused, so TCP fills up), and its sender sends to it, open loop, at the
  *   others' per-pair rate of phase A, while the others relay as in phase A.
+ *   Before that, the sender fills the reader's TCP buffers alone, as fast
+ *   as it can, for one window.
  * - Reported: the others' throughput in B over A (goal: lose < 10%), the
  *   server's RSS growth over phase B (read from /proc every 100 ms; goal:
  *   flat, the beacon's send buffer is bounded), and the beacon's drops with
@@ -110,6 +112,9 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
           worker: slow, ratePerFlow: a.deliveredPerSec / plan.pairs,
           flows: [{ from: slowSender, to: slowReceiver, via: 'wss', openLoop: true }],
         };
+        // The slow reader's TCP buffers (megabytes on loopback) are filled first, as fast as
+        // its sender can, so that phase B sees a reader that is stuck, not one still absorbing.
+        await measure(server, [{ ...slowFlow, ratePerFlow: 0 }], [], { ...options, durationMs: plan.windowMs });
         const b = await measure(server, [...bulk, slowFlow], receivers, options);
         sampling = false;
         await sampler;
