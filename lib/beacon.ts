@@ -143,7 +143,7 @@ export class Beacon extends EventEmitter {
     if (this.keysFile) {
       this.keysFile.on('reload', (keys) => {
         this.stats.keysReloadsOk++;
-        const revoked = this.compat.revokeChangedKeys(keys);
+        const revoked = this.compat.revokeChangedKeys();
         this.log.info({ keys: keys.size, revoked }, 'keys file reloaded');
         this.emit('keysReloaded', revoked);
       });

@@ -81,14 +81,14 @@ for (const v of RFC8032) {
   });
 }
 
-test('the beacon verifies what the client signs (compat_auth message, tweetnacl vs native)', () => {
+test('the beacon verifies what the client signs (compat_auth message, tweetnacl vs native)', async () => {
   const id = generateIdentity();
   const nonce = 'ab'.repeat(32);
   const sig = Buffer.from(signDetached(id, authSignedMessage(4242, nonce)));
   const key = registeredKey(4242, Buffer.from(id.publicKey), 'file');
-  assert.equal(verifyAuthSignature(key, 4242, nonce, sig), true);
-  assert.equal(verifyAuthSignature(key, 4242, 'cd'.repeat(32), sig), false, 'another nonce');
-  assert.equal(verifyAuthSignature(registeredKey(4243, Buffer.from(id.publicKey), 'file'), 4243, nonce, sig), false, 'another node ID');
+  assert.equal(await verifyAuthSignature(key, 4242, nonce, sig), true);
+  assert.equal(await verifyAuthSignature(key, 4242, 'cd'.repeat(32), sig), false, 'another nonce');
+  assert.equal(await verifyAuthSignature(registeredKey(4243, Buffer.from(id.publicKey), 'file'), 4243, nonce, sig), false, 'another node ID');
 });
 
 test('an identity file written as `beacon keygen` writes it (mode 0600) loads and authenticates', async () => {

@@ -1,9 +1,11 @@
 /** The handshake with keys from a real (test) Pilot registry over TCP (§4). */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { CloseCode, authReplyMessage, encodeRelay } from '../lib/protocol';
 import { startFakeRegistry, closedPort } from './helpers/fake-registry';
-import { makeIdentity, sign } from './helpers/identity';
+import { keysFileJson, makeIdentity, sign } from './helpers/identity';
 import { closed, connectPeer, eventually, nextMessage, openCompat, startTestBeacon, withTimeout } from './helpers/harness';
 
 const alice = makeIdentity(7777);
@@ -77,4 +79,26 @@ test('binary frames sent while the key is being looked up are dropped and never 
   assert.equal((await withTimeout(got, 3_000, 'the relay')).data.subarray(5).toString(), 'in time');
   assert.equal(tb.beacon.metrics().stats.relay.wss, 1);
   ws.close(); b.close();
+});
+
+test('a keys file reload that lands while a handshake is verifying decides that handshake', async (t) => {
+  // Alice's key comes from a slow registry; before it answers, the keys
+  // file is reloaded with another key for her node. The file wins, so the
+  // registry key she signed with no longer authenticates her.
+  const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
+  registry.delayMs = 300;
+  t.after(() => registry.stop());
+  const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: registry.port } });
+  t.after(() => tb.close());
+  const { ws, nonce } = await openCompat(tb.url);
+  const aliceClosed = closed(ws);
+  ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${nonce}`) }));
+  await eventually(() => registry.requestsFor(7777) === 1, 3_000, 'the registry request');
+  const reloaded = withTimeout(once(tb.beacon, 'keysReloaded'), 3_000, 'the reload');
+  writeFileSync(tb.keysPath, keysFileJson([bob, makeIdentity(7777)]));
+  await reloaded;
+  assert.deepEqual(await aliceClosed, { code: CloseCode.PolicyViolation, reason: 'auth failed' });
+  assert.equal(tb.beacon.isConnected(7777), false);
+  assert.equal(tb.beacon.metrics().stats.authFailed.key_revoked, 1);
+  assert.equal(tb.beacon.metrics().stats.authOk, 0);
 });

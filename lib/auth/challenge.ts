@@ -2,8 +2,10 @@
  * The beacon's half of the compat handshake (PROTOCOL.md §2).
  *
  * - A challenge is 32 random bytes sent as 64 lowercase hex chars.
- * - Verification uses Node's native Ed25519 (about 100× faster than pure JS,
- *   and a verify runs on the event loop that moves every relay).
+ * - Verification uses Node's native Ed25519 (about 100× faster than pure JS)
+ *   on libuv's thread pool: a verify on the event loop would stall every
+ *   relay for its ~0.12 ms, and a handshake storm would stall them for
+ *   as long as it lasts.
  * - The key is always the one registered for the node ID, never the one the
  *   daemon sent.
  */
@@ -15,7 +17,14 @@ export function newNonce(): string {
   return randomBytes(NONCE_BYTES).toString('hex');
 }
 
-export function verifyAuthSignature(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer): boolean {
-  if (key.nodeId !== nodeId) return false;
-  return verify(null, authSignedMessage(nodeId, nonce), key.key, sig);
+/** Resolves true only for a valid signature by `key` over this node ID and nonce; never rejects. */
+export function verifyAuthSignature(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer): Promise<boolean> {
+  if (key.nodeId !== nodeId) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    try {
+      verify(null, authSignedMessage(nodeId, nonce), key.key, sig, (err, valid) => resolve(!err && valid));
+    } catch {
+      resolve(false);
+    }
+  });
 }

@@ -5,13 +5,15 @@
  *   KeysFile swaps its map on reload).
  * - Then the registry, through the cache (positive and negative TTLs).
  * - With neither configured, every node is unknown.
+ * - `isCurrent` re-checks a key against the file as it is now: a reload
+ *   can land while a handshake is verifying, or after a peer attached.
  * - `close()` closes the registry client and cache it opened; the KeysFile
  *   belongs to the caller, who closes it.
  */
 import type { HostPort, BeaconConfig } from '../config';
 import type { NodeId } from '../protocol';
 import type { BeaconStats } from '../metrics/stats';
-import type { KeyDirectory, KeyLookup } from './keys';
+import type { KeyDirectory, KeyLookup, RegisteredKey } from './keys';
 import type { KeysFile } from './keys-file';
 import { RegistryClient } from './registry-client';
 import { CachedKeyLookup } from './key-cache';
@@ -37,6 +39,10 @@ export function createKeyDirectory(options: KeyDirectoryOptions): KeyDirectory {
       const key = keysFile?.keys.get(nodeId);
       if (key) return Promise.resolve({ status: 'found', key });
       return cache ? cache.lookup(nodeId, timeoutMs) : Promise.resolve(UNKNOWN);
+    },
+    isCurrent(nodeId: NodeId, key: RegisteredKey): boolean {
+      const inFile = keysFile?.keys.get(nodeId);
+      return inFile ? inFile.raw.equals(key.raw) : key.source !== 'file';
     },
     close(): void {
       cache?.close();

@@ -51,6 +51,8 @@ export const AUTH_FAILURE_REASONS = [
   'unknown_node',
   'bad_signature',
   'registry_unavailable',
+  /** The keys file changed the node's key (or removed it) while the signature was being checked. */
+  'key_revoked',
   'closed',
 ] as const;
 export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];

@@ -19,7 +19,7 @@ import { isIP } from 'node:net';
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type WebSocket from 'ws';
-import type { KeyDirectory, RegisteredKey } from '../auth/keys';
+import type { KeyDirectory } from '../auth/keys';
 import type { BeaconConfig } from '../config';
 import type { BeaconStats, RefusalReason } from '../metrics';
 import {
@@ -157,13 +157,11 @@ export class CompatServer {
     return true;
   }
 
-  /** Closes peers whose key is no longer the registered one (keys file reload). */
-  revokeChangedKeys(fileKeys: ReadonlyMap<NodeId, RegisteredKey>): number {
+  /** Closes peers whose key is no longer the registered one (after a keys file reload). */
+  revokeChangedKeys(): number {
     let revoked = 0;
     for (const peer of this.peers.values()) {
-      const current = fileKeys.get(peer.nodeId);
-      const stillValid = current ? current.raw.equals(peer.key.raw) : peer.key.source !== 'file';
-      if (stillValid) continue;
+      if (this.deps.keys.isCurrent(peer.nodeId, peer.key)) continue;
       revoked++;
       this.deps.stats.revokedPeers++;
       this.peers.detach(peer);

@@ -61,11 +61,14 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
     // The lookup gives up a little before the handshake does, so a slow
     // registry is reported as such rather than as a client timeout.
     const remaining = deadline - Date.now();
-    void deps.keys.lookup(nodeId, Math.max(1, remaining - Math.min(100, remaining / 10))).then((lookup) => {
+    void deps.keys.lookup(nodeId, Math.max(1, remaining - Math.min(100, remaining / 10))).then(async (lookup) => {
       if (state !== 'verifying') return;
       if (lookup.status === 'unknown') return finish({ ok: false, reason: 'unknown_node' });
       if (lookup.status === 'unavailable') return finish({ ok: false, reason: 'registry_unavailable' });
-      if (!verifyAuthSignature(lookup.key, nodeId, nonce, parsed.sig)) return finish({ ok: false, reason: 'bad_signature' });
+      const valid = await verifyAuthSignature(lookup.key, nodeId, nonce, parsed.sig);
+      if (!valid) return finish({ ok: false, reason: 'bad_signature' });
+      // The keys file may have been reloaded while the signature was checked.
+      if (!deps.keys.isCurrent(nodeId, lookup.key)) return finish({ ok: false, reason: 'key_revoked' });
       finish({ ok: true, nodeId, key: lookup.key });
     });
   };

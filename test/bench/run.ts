@@ -23,7 +23,7 @@
  * - Printed per figure: beacon median [min-max], baseline median [min-max],
  *   and beacon/baseline ratio median [min-max], computed run by run.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { hasTaskset, stopLeftovers } from './common/child';
@@ -84,6 +84,7 @@ async function main(): Promise<void> {
   const stormSize = quick ? 600 : 3_000;
   const identityCount = Math.max(...memoryPeers) + stormSize + 200;
   const dir = mkdtempSync(join(tmpdir(), 'beacon-bench-'));
+  if (args.profile) mkdirSync(args.profile, { recursive: true });
   const settings: BenchSettings = {
     quick, runs: args.runs, profileDir: args.profile, baselineDist: args.baselineDist, baselineEnv: args.baselineEnv,
     identitiesPath: join(dir, 'identities.json'), keysPath: join(dir, 'keys.json'), identityCount,
