@@ -143,6 +143,13 @@ export async function relayThroughput(settings: BenchSettings, plan: ThroughputP
             latency.define(`p99 at ${fmt(SAME_RATE)}/s for both`, 'µs', 'lower');
             latency.add(`p99 at ${fmt(SAME_RATE)}/s for both`, kind, q.p99);
             settings.log(`  latency run ${run + 1} ${kind} at ${fmt(SAME_RATE)}/s: p50 ${q.p50} µs, p99 ${q.p99} µs, p99.9 ${q.p999} µs (lost ${same.lost})`);
+            // The floor: the probe alone at 2k/s, server nearly idle. What this machine adds to
+            // any loopback hop (waking an idle core, scheduling the probe) shows here.
+            const alone = await measure(server, [probe!], [probe!.worker], { payloadBytes: payload, ratePerFlow: PROBE_RATE, durationMs: plan.latencyWindowMs });
+            const f = alone.latency[alone.latency.length - 1]!;
+            latency.define(`p99, probe alone (${fmt(PROBE_RATE)}/s, no other load)`, 'µs', 'lower');
+            latency.add(`p99, probe alone (${fmt(PROBE_RATE)}/s, no other load)`, kind, f.p99);
+            settings.log(`  latency run ${run + 1} ${kind} probe alone: p50 ${f.p50} µs, p99 ${f.p99} µs, p99.9 ${f.p999} µs (lost ${alone.lost})`);
           }
         }
       }
