@@ -20,6 +20,7 @@ import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type WebSocket from 'ws';
 import type { KeyDirectory } from '../auth/keys';
+import { SignatureVerifier } from '../auth/challenge';
 import type { BeaconConfig } from '../config';
 import type { BeaconStats, RefusalReason } from '../metrics';
 import {
@@ -82,6 +83,7 @@ export class CompatServer {
   private readonly admission: Admission;
   private readonly slots = new WeakMap<IncomingMessage, SocketSlots>();
   private readonly sockets = new Set<WebSocket>();
+  private readonly verifier = new SignatureVerifier();
   private draining = false;
   private idleSweep: NodeJS.Timeout | undefined;
 
@@ -241,7 +243,7 @@ export class CompatServer {
     const forwarded = (req.ips?.length ?? 0) > 1;
     const port = forwarded ? 0 : req.socket.remotePort ?? 0;
 
-    runHandshake(ws, { keys: this.deps.keys, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
+    runHandshake(ws, { keys: this.deps.keys, verifier: this.verifier, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
       slots?.endHandshake();
       if (!result.ok) {
         stats.authFailed[result.reason]++;

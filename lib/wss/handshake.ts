@@ -12,7 +12,7 @@
  *   caller's.
  */
 import type WebSocket from 'ws';
-import { newNonce, verifyAuthSignature } from '../auth/challenge';
+import { newNonce, type SignatureVerifier } from '../auth/challenge';
 import type { KeyDirectory, RegisteredKey } from '../auth/keys';
 import type { AuthFailureReason, BeaconStats } from '../metrics';
 import { authChallengeMessage, parseAuthReply, type NodeId } from '../protocol';
@@ -23,6 +23,7 @@ export type HandshakeResult =
 
 export interface HandshakeDeps {
   keys: KeyDirectory;
+  verifier: SignatureVerifier;
   stats: BeaconStats;
   authTimeoutMs: number;
 }
@@ -65,7 +66,7 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
       if (state !== 'verifying') return;
       if (lookup.status === 'unknown') return finish({ ok: false, reason: 'unknown_node' });
       if (lookup.status === 'unavailable') return finish({ ok: false, reason: 'registry_unavailable' });
-      const valid = await verifyAuthSignature(lookup.key, nodeId, nonce, parsed.sig);
+      const valid = await deps.verifier.verify(lookup.key, nodeId, nonce, parsed.sig);
       if (!valid) return finish({ ok: false, reason: 'bad_signature' });
       // The keys file may have been reloaded while the signature was checked.
       if (!deps.keys.isCurrent(nodeId, lookup.key)) return finish({ ok: false, reason: 'key_revoked' });

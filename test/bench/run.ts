@@ -80,7 +80,7 @@ async function main(): Promise<void> {
   }, (quick ? 2 : 8) * 60_000);
   deadline.unref();
 
-  const memoryPeers = quick ? [200, 600] : [1_000, 10_000];
+  const memoryPeers = quick ? [200, 500] : [1_000, 10_000];
   const stormSize = quick ? 600 : 3_000;
   const identityCount = Math.max(...memoryPeers) + stormSize + 200;
   const dir = mkdtempSync(join(tmpdir(), 'beacon-bench-'));

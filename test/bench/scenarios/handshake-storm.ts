@@ -100,7 +100,9 @@ export async function handshakeStorm(settings: BenchSettings, plan: StormPlan): 
         const bad = await underStorm(r, plan, true);
         const goodCount = good.storm!.ok;
         const badCount = bad.storm!.errors.close_1008 ?? 0;
-        const badRefused = kind === 'beacon' ? badCount : bad.storm!.ok; // the baseline accepts anything
+        // The naive baseline accepts anything; a beacon build in the baseline slot (--baseline-dist) refuses.
+        const refuses = kind === 'beacon' || settings.baselineDist !== undefined;
+        const badRefused = refuses ? badCount : bad.storm!.ok;
         figures.add('handshakes/s', kind, goodCount / (good.storm!.ms / 1000));
         figures.add('handshakes per server CPU-s', kind, goodCount / good.window.cpuSeconds);
         figures.add('established p99, storm', kind, good.window.latency[0]!.p99);
