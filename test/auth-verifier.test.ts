@@ -37,3 +37,14 @@ test('a key registered for another node, or a signature of the wrong length, is 
   // And the queue still works afterwards.
   assert.equal(await verifier.verify(aliceKey, 7777, nonce(1), signature(1)), true);
 });
+
+test('a check whose handshake has ended is skipped when its turn comes', async () => {
+  const verifier = new SignatureVerifier();
+  let wanted = true;
+  const first = verifier.verify(aliceKey, 7777, nonce(1), signature(1));
+  // Valid, but its socket goes away while it waits behind the first.
+  const abandoned = verifier.verify(aliceKey, 7777, nonce(2), signature(2), () => wanted);
+  const third = verifier.verify(aliceKey, 7777, nonce(3), signature(3));
+  wanted = false;
+  assert.deepEqual(await Promise.all([first, abandoned, third]), [true, false, true]);
+});

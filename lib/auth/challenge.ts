@@ -33,6 +33,7 @@ interface PendingVerify {
   nodeId: NodeId;
   nonce: string;
   sig: Buffer;
+  stillWanted: () => boolean;
   resolve: (valid: boolean) => void;
 }
 
@@ -43,16 +44,18 @@ interface PendingVerify {
  * thread busy: on a one-core machine they would take four fifths of the
  * core from the event loop. With one, the loop keeps at least half, and on
  * more cores one thread still checks ~8,000 signatures/s, several times what
- * the upgrade path admits. The queue is bounded by the handshake cap (one
- * pending check per handshake).
+ * the upgrade path admits. A check whose handshake has ended (the socket
+ * closed, the deadline passed) is skipped when its turn comes, so the queue
+ * holds at most one live check per handshake, within the handshake cap.
  */
 export class SignatureVerifier {
   private readonly waiting: PendingVerify[] = [];
   private running = false;
 
-  verify(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer): Promise<boolean> {
+  /** Resolves false without checking if `stillWanted` says no when the check's turn comes. */
+  verify(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer, stillWanted: () => boolean = () => true): Promise<boolean> {
     return new Promise((resolve) => {
-      this.waiting.push({ key, nodeId, nonce, sig, resolve });
+      this.waiting.push({ key, nodeId, nonce, sig, stillWanted, resolve });
       if (!this.running) this.next();
     });
   }
@@ -63,7 +66,11 @@ export class SignatureVerifier {
   }
 
   private next(): void {
-    const job = this.waiting.shift();
+    let job = this.waiting.shift();
+    while (job && !job.stillWanted()) {
+      job.resolve(false);
+      job = this.waiting.shift();
+    }
     if (!job) {
       this.running = false;
       return;

@@ -66,7 +66,7 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
       if (state !== 'verifying') return;
       if (lookup.status === 'unknown') return finish({ ok: false, reason: 'unknown_node' });
       if (lookup.status === 'unavailable') return finish({ ok: false, reason: 'registry_unavailable' });
-      const valid = await deps.verifier.verify(lookup.key, nodeId, nonce, parsed.sig);
+      const valid = await deps.verifier.verify(lookup.key, nodeId, nonce, parsed.sig, () => state === 'verifying');
       if (!valid) return finish({ ok: false, reason: 'bad_signature' });
       // The keys file may have been reloaded while the signature was checked.
       if (!deps.keys.isCurrent(nodeId, lookup.key)) return finish({ ok: false, reason: 'key_revoked' });
