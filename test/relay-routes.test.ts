@@ -116,6 +116,29 @@ test('UDP -> WSS: RelayDeliver over WebSocket, relay.wss', async (t) => {
   assert.equal(tb.beacon.metrics().stats.udpPackets.relay, 1);
 });
 
+test('UDP -> WSS: bursts of datagrams reach the WebSocket peer whole and in order', async (t) => {
+  // Datagrams read in one event-loop turn leave in one WebSocket write; a
+  // turn that brings the peer more than half its send buffer (20 KB here,
+  // against 16 KiB) is written early rather than dropped.
+  const tb = await beacon(t, [alice], { sendBufferBytes: 16 * 1024 });
+  const a = await wsPeer(t, tb, alice);
+  const carol = await udpClient(t);
+  const bursts = 10;
+  const perBurst = 20;
+  const payloadOf = (i: number) => {
+    const payload = Buffer.alloc(1_000, i % 251);
+    payload.writeUInt16BE(i, 0);
+    return payload;
+  };
+  for (let burst = 0; burst < bursts; burst++) {
+    for (let i = burst * perBurst; i < (burst + 1) * perBurst; i++) carol.send(encodeRelay(carolId, 7777, payloadOf(i)), tb.udpPort);
+    await new Promise((resolve) => setImmediate(resolve)); // the beacon reads this burst in one turn
+  }
+  for (let i = 0; i < bursts * perBurst; i++) assertDeliver(await a.next(), carolId, payloadOf(i));
+  assert.deepEqual(relays(tb), { ...none, wss: bursts * perBurst });
+  assert.equal(tb.beacon.metrics().stats.dropped.send_buffer_full, 0);
+});
+
 test('UDP -> UDP: RelayDeliver datagram, relay.udp', async (t) => {
   const tb = await beacon(t, []);
   const carol = await udpClient(t);

@@ -7,7 +7,9 @@
  *   beacon's memory or blocks other peers.
  * - A peer's frames sent in one event-loop turn leave in one TCP write, one
  *   buffer: they are framed here (binary, unmasked, RFC 6455 §5.2) and
- *   written on the next tick. Per frame that spares ws.send's options,
+ *   written once the turn's I/O callbacks have run (setImmediate, one for
+ *   all peers), so frames from many senders' reads and from every datagram
+ *   of the turn share a write. Per frame that spares ws.send's options,
  *   header allocation and two stream writes, and writev's iovec per chunk.
  *   Everything else (text, ping, close) still goes through ws; a batch is
  *   written only while the socket is open, and the beacon flushes it before
@@ -53,10 +55,13 @@ export class Peer {
     }
     if (this.batch === undefined) {
       this.batch = [];
-      process.nextTick(flushPeer, this);
+      scheduleFlush(this);
     }
     this.batch.push(frame);
     this.batchBytes += binaryHeaderBytes(frame.length) + frame.length;
+    // A busy turn can bring a peer more than its send buffer: write early
+    // rather than refuse frames a fast reader would take at once.
+    if (this.batchBytes >= EARLY_WRITE_BYTES || this.batchBytes * 2 >= this.sendBufferBytes) this.flush();
     return true;
   }
 
@@ -81,8 +86,25 @@ export class Peer {
   }
 }
 
-function flushPeer(peer: Peer): void {
-  peer.flush();
+/** A batch this large is written at once instead of at the end of the turn. */
+const EARLY_WRITE_BYTES = 64 * 1024;
+
+/** Peers with frames waiting; written together after the turn's I/O. */
+const waitingPeers: Peer[] = [];
+let flushScheduled = false;
+
+function scheduleFlush(peer: Peer): void {
+  waitingPeers.push(peer);
+  if (flushScheduled) return;
+  flushScheduled = true;
+  setImmediate(flushWaitingPeers);
+}
+
+function flushWaitingPeers(): void {
+  flushScheduled = false;
+  // A peer flushed earlier (before a close) has nothing left: flush() is then a no-op.
+  for (let i = 0; i < waitingPeers.length; i++) waitingPeers[i]!.flush();
+  waitingPeers.length = 0;
 }
 
 /** Size of a server (unmasked) frame header for a payload of `length`. */

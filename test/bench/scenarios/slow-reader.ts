@@ -98,7 +98,9 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
         const r = await slow.request<{ ok: number }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: [slowReceiver], concurrency: 1 });
         if (r.ok !== 1) throw new Error(`${kind}: slow receiver did not connect`);
         await slow.request('pauseReading', { nodeIds: [slowReceiver] });
-        const drops0 = kind === 'beacon' ? await scrapeSendBufferDrops(server.http) : 0;
+        // A beacon build in the baseline slot (--baseline-dist) has the metric too.
+        const isBeacon = kind === 'beacon' || settings.baselineDist !== undefined;
+        const drops0 = isBeacon ? await scrapeSendBufferDrops(server.http) : 0;
         const rss0 = server.child.rssBytes();
         let rssMax = rss0;
         let sampling = true;
@@ -118,7 +120,7 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
         const b = await measure(server, [...bulk, slowFlow], receivers, options);
         sampling = false;
         await sampler;
-        const drops = kind === 'beacon' ? await scrapeSendBufferDrops(server.http) - drops0 : 0;
+        const drops = isBeacon ? await scrapeSendBufferDrops(server.http) - drops0 : 0;
         const stats = await serverStats(server);
         await slow.request('close', { nodeIds: [slowReceiver] });
         figures.add('others delivered, no slow reader', kind, a.deliveredPerSec);
@@ -128,7 +130,7 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
         figures.add('send_buffer_full drops (from /metrics)', kind, drops);
         settings.log(`  slow reader run ${run + 1} ${kind}: others ${fmt(a.deliveredPerSec)}/s -> ${fmt(b.deliveredPerSec)}/s` +
           ` (${((b.deliveredPerSec / a.deliveredPerSec) * 100).toFixed(0)}%), RSS ${(rss0 / 2 ** 20).toFixed(0)} -> max ${(rssMax / 2 ** 20).toFixed(0)} MB,` +
-          ` drops ${drops}${kind === 'beacon' ? ` (stats: ${stats.stats.dropped?.send_buffer_full})` : ''}`);
+          ` drops ${drops}${isBeacon ? ` (stats: ${stats.stats.dropped?.send_buffer_full})` : ''}`);
       }
     }
   } finally {
