@@ -73,7 +73,7 @@ export class Beacon extends EventEmitter {
     this.keys = createKeyDirectory({ keysFile, registry: config.registry, config, stats });
     this.router = new RelayRouter({
       isAttachedOverWss: (id) => this.compat.peers.has(id),
-      writeFrame: (id, packet) => this.compat.writeFrame(id, packet),
+      writeFrame: (id, packet, atTurnEnd) => this.compat.writeFrame(id, packet, atTurnEnd),
       udpEndpointOf: (id) => this.udp.endpoints.get(id),
       beaconFor: (id) => this.beaconPeers.routeOf(id),
       sendDatagram: (packet, to) => this.udp.send(packet, to),

@@ -23,8 +23,13 @@ export type Route = 'wss' | 'udp' | 'beacon' | 'unknown';
 
 export interface RelayPorts {
   isAttachedOverWss(nodeId: NodeId): boolean;
-  /** Sends to a WebSocket peer; false when it could not (the transport counts why). */
-  writeFrame(nodeId: NodeId, packet: Buffer): boolean;
+  /**
+   * Sends to a WebSocket peer; false when it could not (the transport counts
+   * why). `atTurnEnd`: the frame may wait for the end of the event-loop turn
+   * to share a write with others: relays that came as datagrams, one per
+   * callback.
+   */
+  writeFrame(nodeId: NodeId, packet: Buffer, atTurnEnd: boolean): boolean;
   udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
   beaconFor(nodeId: NodeId): UdpEndpoint | undefined;
   sendDatagram(packet: Buffer, to: UdpEndpoint): void;
@@ -52,7 +57,7 @@ export class RelayRouter {
     stats.relay[route]++;
     switch (route) {
       case 'wss':
-        ports.writeFrame(dest, relayToDeliverInPlace(relay));
+        ports.writeFrame(dest, relayToDeliverInPlace(relay), origin !== 'wss');
         break;
       case 'udp':
         ports.sendDatagram(relayToDeliverInPlace(relay), ports.udpEndpointOf(dest)!);

@@ -143,15 +143,18 @@ export class CompatServer {
       (socket, req) => this.onConnection(socket, req));
   }
 
-  /** Sends one packet to the peer attached as `dest`; false if none or its buffer is full. */
-  writeFrame(dest: NodeId, packet: Buffer): boolean {
+  /**
+   * Sends one packet to the peer attached as `dest`; false if none or its
+   * buffer is full. `atTurnEnd`: see Peer.send (datagram ingress).
+   */
+  writeFrame(dest: NodeId, packet: Buffer, atTurnEnd = false): boolean {
     const peer = this.peers.get(dest);
     if (!peer) return false;
-    return this.sendToPeer(peer, packet);
+    return this.sendToPeer(peer, packet, atTurnEnd);
   }
 
-  sendToPeer(peer: Peer, packet: Buffer): boolean {
-    if (!peer.send(packet)) {
+  sendToPeer(peer: Peer, packet: Buffer, atTurnEnd = false): boolean {
+    if (!peer.send(packet, atTurnEnd)) {
       this.deps.stats.drop(peer.ws.readyState === 1 ? 'send_buffer_full' : 'peer_closing');
       return false;
     }

@@ -5,12 +5,15 @@
  * - `send` queues at most `sendBufferBytes`; beyond that the frame is
  *   refused (the caller counts the drop), so a slow reader never grows the
  *   beacon's memory or blocks other peers.
- * - A peer's frames sent in one event-loop turn leave in one TCP write, one
- *   buffer: they are framed here (binary, unmasked, RFC 6455 §5.2) and
- *   written once the turn's I/O callbacks have run (setImmediate, one for
- *   all peers), so frames from many senders' reads and from every datagram
- *   of the turn share a write. Per frame that spares ws.send's options,
- *   header allocation and two stream writes, and writev's iovec per chunk.
+ * - A peer's frames leave in batches, one TCP write and one buffer each:
+ *   they are framed here (binary, unmasked, RFC 6455 §5.2). Frames relayed
+ *   from a WebSocket read are written right after that read's callback
+ *   (nextTick): a read carries many frames, and a frame never waits for the
+ *   rest of a long turn (a handshake storm makes turns long). Frames
+ *   relayed from datagrams, which arrive one per callback, wait for the end
+ *   of the turn (one setImmediate for all peers) so the turn's datagrams
+ *   share a write. Per frame that spares ws.send's options, header
+ *   allocation and two stream writes, and writev's iovec per chunk.
  *   Everything else (text, ping, close) still goes through ws; a batch is
  *   written only while the socket is open, and the beacon flushes it before
  *   closing a peer, so frames accepted before the close go out before it.
@@ -31,6 +34,9 @@ export class Peer {
   private batch: Buffer[] | undefined;
   /** Wire size of `batch`, headers included. */
   private batchBytes = 0;
+  /** A flush is due after the current I/O callback / at the end of the turn. */
+  private flushAfterCallback = false;
+  private flushAtTurnEnd = false;
   private readonly tcp: Socket | undefined;
 
   constructor(
@@ -45,29 +51,47 @@ export class Peer {
     this.tcp = (ws as unknown as { _socket?: Socket })._socket;
   }
 
-  /** Queues one binary message; false when the send buffer is full or the socket is closing. */
-  send(frame: Buffer): boolean {
+  /**
+   * Queues one binary message; false when the send buffer is full or the
+   * socket is closing. `atTurnEnd`: the frame may wait for the end of the
+   * turn to share a write (datagram ingress).
+   */
+  send(frame: Buffer, atTurnEnd = false): boolean {
     const ws = this.ws;
     if (ws.readyState !== 1 || ws.bufferedAmount + this.batchBytes + frame.length > this.sendBufferBytes) return false;
     if (!this.tcp) {
       ws.send(frame);
       return true;
     }
-    if (this.batch === undefined) {
-      this.batch = [];
-      scheduleFlush(this);
-    }
-    this.batch.push(frame);
+    (this.batch ??= []).push(frame);
     this.batchBytes += binaryHeaderBytes(frame.length) + frame.length;
-    // A busy turn can bring a peer more than its send buffer: write early
-    // rather than refuse frames a fast reader would take at once.
-    if (this.batchBytes >= EARLY_WRITE_BYTES || this.batchBytes * 2 >= this.sendBufferBytes) this.flush();
+    if (this.batchBytes >= EARLY_WRITE_BYTES || this.batchBytes * 2 >= this.sendBufferBytes) {
+      // A busy turn can bring a peer more than its send buffer: write early
+      // rather than refuse frames a fast reader would take at once.
+      this.flush();
+    } else if (!atTurnEnd) {
+      if (!this.flushAfterCallback) {
+        this.flushAfterCallback = true;
+        process.nextTick(flushAfterCallback, this);
+      }
+    } else if (!this.flushAtTurnEnd) {
+      this.flushAtTurnEnd = true;
+      flushAtTurnEnd(this);
+    }
     return true;
   }
 
+  /** @internal A scheduled flush has come due. */
+  flushDue(which: 'callback' | 'turnEnd'): void {
+    if (which === 'callback') this.flushAfterCallback = false;
+    else this.flushAtTurnEnd = false;
+    this.flush();
+  }
+
   /**
-   * Writes this turn's frames as one buffer: at the end of the turn, or
-   * right before the beacon closes the socket (so they precede the close).
+   * Writes the waiting frames as one buffer: when a scheduled flush comes
+   * due, early when the batch is large, or right before the beacon closes
+   * the socket (so they precede the close).
    */
   flush(): void {
     const frames = this.batch;
@@ -89,21 +113,25 @@ export class Peer {
 /** A batch this large is written at once instead of at the end of the turn. */
 const EARLY_WRITE_BYTES = 64 * 1024;
 
-/** Peers with frames waiting; written together after the turn's I/O. */
-const waitingPeers: Peer[] = [];
-let flushScheduled = false;
+function flushAfterCallback(peer: Peer): void {
+  peer.flushDue('callback');
+}
 
-function scheduleFlush(peer: Peer): void {
+/** Peers whose frames wait for the end of the turn; written together then. */
+const waitingPeers: Peer[] = [];
+let turnEndScheduled = false;
+
+function flushAtTurnEnd(peer: Peer): void {
   waitingPeers.push(peer);
-  if (flushScheduled) return;
-  flushScheduled = true;
+  if (turnEndScheduled) return;
+  turnEndScheduled = true;
   setImmediate(flushWaitingPeers);
 }
 
 function flushWaitingPeers(): void {
-  flushScheduled = false;
-  // A peer flushed earlier (before a close) has nothing left: flush() is then a no-op.
-  for (let i = 0; i < waitingPeers.length; i++) waitingPeers[i]!.flush();
+  turnEndScheduled = false;
+  // A peer already flushed (after a callback, early, or before a close) has nothing left to write.
+  for (let i = 0; i < waitingPeers.length; i++) waitingPeers[i]!.flushDue('turnEnd');
   waitingPeers.length = 0;
 }
 
