@@ -61,6 +61,21 @@ test('--max-per-ip: concurrent sockets from one address are capped with HTTP 429
   proxied.ws.close(); a.ws.close(); b.ws.close();
 });
 
+test('an authenticated peer gives back its handshake slot at once and its per-IP slot when it closes', async (t) => {
+  const tb = await startTestBeacon([alice, bob], { maxHandshakes: 1, maxPerIp: 2 });
+  t.after(() => tb.close());
+  const a = await connectPeer(tb.url, alice);
+  assert.equal(tb.beacon.metrics().handshakes, 0);
+  const b = await connectPeer(tb.url, bob); // the one handshake slot was free again
+  assert.equal(await refusedStatus(tb.url), 429); // both per-IP slots are held
+  a.close();
+  await eventually(() => !tb.beacon.isConnected(7777));
+  const again = await connectPeer(tb.url, alice); // Alice's slot came back when her socket closed
+  assert.equal(tb.beacon.metrics().stats.refused.max_per_ip, 1);
+  assert.equal(tb.beacon.metrics().stats.refused.max_handshakes, 0);
+  again.close(); b.close();
+});
+
 test('X-Forwarded-For from an untrusted address is ignored by the per-IP cap', async (t) => {
   const tb = await startTestBeacon([alice], { maxPerIp: 1, trustProxy: [] });
   t.after(() => tb.close());

@@ -7,6 +7,8 @@
  *   (`maxPerIp`, HTTP 429).
  * - An admitted upgrade holds a slot until its TCP socket closes; the
  *   handshake slot is given back as soon as the handshake ends either way.
+ *   Both are held by an AdmissionTicket: a small object with its methods on
+ *   the prototype, not closures, since every peer keeps one for its life.
  * - Pure bookkeeping: no sockets, no timers.
  */
 import type { RefusalReason } from '../metrics';
@@ -35,29 +37,48 @@ export class Admission {
     return undefined;
   }
 
-  /** Takes a socket slot for `ip` and a handshake slot; returns their release functions. */
-  admit(ip: string): { endHandshake: () => void; releaseSocket: () => void } {
+  /** Takes a socket slot for `ip` and a handshake slot. */
+  admit(ip: string): AdmissionTicket {
     this.handshakes++;
     this.socketsByIp.set(ip, (this.socketsByIp.get(ip) ?? 0) + 1);
-    let handshakeOpen = true;
-    let socketOpen = true;
-    const endHandshake = () => {
-      if (!handshakeOpen) return;
-      handshakeOpen = false;
-      this.handshakes--;
-    };
-    const releaseSocket = () => {
-      endHandshake();
-      if (!socketOpen) return;
-      socketOpen = false;
-      const left = (this.socketsByIp.get(ip) ?? 1) - 1;
-      if (left === 0) this.socketsByIp.delete(ip);
-      else this.socketsByIp.set(ip, left);
-    };
-    return { endHandshake, releaseSocket };
+    return new AdmissionTicket(this, ip);
   }
 
   socketsFrom(ip: string): number {
     return this.socketsByIp.get(ip) ?? 0;
+  }
+
+  /** @internal Called once per ticket, by the ticket. */
+  handshakeEnded(): void {
+    this.handshakes--;
+  }
+
+  /** @internal Called once per ticket, by the ticket. */
+  socketClosed(ip: string): void {
+    const left = (this.socketsByIp.get(ip) ?? 1) - 1;
+    if (left === 0) this.socketsByIp.delete(ip);
+    else this.socketsByIp.set(ip, left);
+  }
+}
+
+/** The slots one admitted socket holds; each is given back once, whatever is called twice. */
+export class AdmissionTicket {
+  private inHandshake = true;
+  private socketOpen = true;
+
+  constructor(private readonly admission: Admission, readonly ip: string) {}
+
+  endHandshake(): void {
+    if (!this.inHandshake) return;
+    this.inHandshake = false;
+    this.admission.handshakeEnded();
+  }
+
+  /** The socket closed: both slots are free. */
+  release(): void {
+    this.endHandshake();
+    if (!this.socketOpen) return;
+    this.socketOpen = false;
+    this.admission.socketClosed(this.ip);
   }
 }

@@ -13,7 +13,7 @@
  *   peers and disconnects those silent past --idle-timeout.
  * - This module never decides where a packet goes: that is the router's.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import fastifyWebsocket from '@fastify/websocket';
@@ -27,7 +27,7 @@ import {
   AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
   type NodeId,
 } from '../protocol';
-import { Admission } from './admission';
+import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
 import { Peer } from './peer';
 import { PeerMap } from './peer-map';
@@ -46,7 +46,6 @@ export interface CompatServerDeps {
   onPeerClosed?: (peer: Peer, code: number) => void;
 }
 
-type SocketSlots = ReturnType<Admission['admit']>;
 
 /** An authenticated peer's socket carries its Peer, for the shared handlers. */
 const PEER = Symbol('peer');
@@ -81,7 +80,8 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
 export class CompatServer {
   readonly peers = new PeerMap();
   private readonly admission: Admission;
-  private readonly slots = new WeakMap<IncomingMessage, SocketSlots>();
+  /** Keyed by the upgrade's TCP socket; released when it closes. */
+  private readonly tickets = new WeakMap<Socket, AdmissionTicket>();
   private readonly sockets = new Set<WebSocket>();
   private readonly verifier = new SignatureVerifier();
   private draining = false;
@@ -93,6 +93,8 @@ export class CompatServer {
   /** Shared by all sockets; `this` is the socket that failed, or closed. */
   private readonly onWsError: (this: WebSocket, error: Error) => void;
   private readonly forgetSocket: (this: WebSocket) => void;
+  /** Shared by all admitted TCP sockets; `this` is the socket that closed. */
+  private readonly releaseTicket: (this: Socket) => void;
 
   constructor(private readonly deps: CompatServerDeps) {
     this.admission = new Admission(deps.config);
@@ -115,6 +117,9 @@ export class CompatServer {
     };
     this.forgetSocket = function forgetSocket() {
       server.sockets.delete(this);
+    };
+    this.releaseTicket = function releaseTicket() {
+      server.tickets.get(this)?.release();
     };
   }
 
@@ -227,9 +232,9 @@ export class CompatServer {
         .send({ error: refusal });
       return;
     }
-    const slots = this.admission.admit(ip);
-    this.slots.set(req.raw, slots);
-    req.raw.socket.once('close', slots.releaseSocket);
+    const socket = req.raw.socket;
+    this.tickets.set(socket, this.admission.admit(ip));
+    socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
     done();
   }
 
@@ -239,7 +244,7 @@ export class CompatServer {
     this.releaseUpgradeState(ws, req);
     this.sockets.add(ws);
     ws.on('close', this.forgetSocket); // shared, not a closure per socket: memory per peer
-    const slots = this.slots.get(req.raw);
+    const ticket = this.tickets.get(req.raw.socket);
     const ip = canonicalIp(req.ip);
     // Behind a trusted proxy the client's port is unknown (Caddy does not
     // forward it); `ips` lists the hops when a forwarded address was used.
@@ -247,7 +252,7 @@ export class CompatServer {
     const port = forwarded ? 0 : req.socket.remotePort ?? 0;
 
     runHandshake(ws, { keys: this.deps.keys, verifier: this.verifier, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
-      slots?.endHandshake();
+      ticket?.endHandshake();
       if (!result.ok) {
         stats.authFailed[result.reason]++;
         log.info({ ip, reason: result.reason }, 'auth failed');
