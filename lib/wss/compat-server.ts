@@ -46,7 +46,6 @@ export interface CompatServerDeps {
   onPeerClosed?: (peer: Peer, code: number) => void;
 }
 
-
 /** An authenticated peer's socket carries its Peer, for the shared handlers. */
 const PEER = Symbol('peer');
 type PeerSocket = WebSocket & { [PEER]: Peer };

@@ -34,9 +34,9 @@ export class Peer {
   private batch: Buffer[] | undefined;
   /** Wire size of `batch`, headers included. */
   private batchBytes = 0;
-  /** A flush is due after the current I/O callback / at the end of the turn. */
-  private flushAfterCallback = false;
-  private flushAtTurnEnd = false;
+  /** A flush is scheduled after the current I/O callback / at the end of the turn. */
+  private afterCallbackFlushPending = false;
+  private turnEndFlushPending = false;
   private readonly tcp: Socket | undefined;
 
   constructor(
@@ -70,21 +70,21 @@ export class Peer {
       // rather than refuse frames a fast reader would take at once.
       this.flush();
     } else if (!atTurnEnd) {
-      if (!this.flushAfterCallback) {
-        this.flushAfterCallback = true;
+      if (!this.afterCallbackFlushPending) {
+        this.afterCallbackFlushPending = true;
         process.nextTick(flushAfterCallback, this);
       }
-    } else if (!this.flushAtTurnEnd) {
-      this.flushAtTurnEnd = true;
-      flushAtTurnEnd(this);
+    } else if (!this.turnEndFlushPending) {
+      this.turnEndFlushPending = true;
+      scheduleTurnEndFlush(this);
     }
     return true;
   }
 
   /** @internal A scheduled flush has come due. */
   flushDue(which: 'callback' | 'turnEnd'): void {
-    if (which === 'callback') this.flushAfterCallback = false;
-    else this.flushAtTurnEnd = false;
+    if (which === 'callback') this.afterCallbackFlushPending = false;
+    else this.turnEndFlushPending = false;
     this.flush();
   }
 
@@ -110,7 +110,7 @@ export class Peer {
   }
 }
 
-/** A batch this large is written at once instead of at the end of the turn. */
+/** A batch this large is written at once rather than when its flush comes due. */
 const EARLY_WRITE_BYTES = 64 * 1024;
 
 function flushAfterCallback(peer: Peer): void {
@@ -121,7 +121,7 @@ function flushAfterCallback(peer: Peer): void {
 const waitingPeers: Peer[] = [];
 let turnEndScheduled = false;
 
-function flushAtTurnEnd(peer: Peer): void {
+function scheduleTurnEndFlush(peer: Peer): void {
   waitingPeers.push(peer);
   if (turnEndScheduled) return;
   turnEndScheduled = true;
