@@ -68,6 +68,11 @@ export interface ServerStats {
   memory: NodeJS.MemoryUsage;
 }
 
+/** Whether `kind` runs a beacon build: always the beacon slot, and the baseline slot under --baseline-dist. */
+export function isBeaconBuild(settings: BenchSettings, kind: ServerKind): boolean {
+  return kind === 'beacon' || settings.baselineDist !== undefined;
+}
+
 export async function startServer(settings: BenchSettings, kind: ServerKind, overrides: Record<string, unknown> = {}): Promise<Server> {
   const nodeFlags = ['--expose-gc'];
   const profile = settings.profileDir !== undefined && kind === 'beacon';

@@ -16,7 +16,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, SERVER_KINDS, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
+  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, SERVER_KINDS, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
 import { measure, type Sender, type Window } from './measure';
@@ -100,9 +100,8 @@ export async function handshakeStorm(settings: BenchSettings, plan: StormPlan): 
         const bad = await underStorm(r, plan, true);
         const goodCount = good.storm!.ok;
         const badCount = bad.storm!.errors.close_1008 ?? 0;
-        // The naive baseline accepts anything; a beacon build in the baseline slot (--baseline-dist) refuses.
-        const refuses = kind === 'beacon' || settings.baselineDist !== undefined;
-        const badRefused = refuses ? badCount : bad.storm!.ok;
+        // The naive baseline accepts anything; a beacon build refuses.
+        const badRefused = isBeaconBuild(settings, kind) ? badCount : bad.storm!.ok;
         figures.add('handshakes/s', kind, goodCount / (good.storm!.ms / 1000));
         figures.add('handshakes per server CPU-s', kind, goodCount / good.window.cpuSeconds);
         figures.add('established p99, storm', kind, good.window.latency[0]!.p99);

@@ -16,7 +16,7 @@
 import { request } from 'node:http';
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, SERVER_KINDS, serverStats, sleep, startServer, startWorker, stopAll,
+  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, SERVER_KINDS, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
 } from './context';
 import { measure, type Flow, type Sender } from './measure';
@@ -98,8 +98,7 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
         const r = await slow.request<{ ok: number }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: [slowReceiver], concurrency: 1 });
         if (r.ok !== 1) throw new Error(`${kind}: slow receiver did not connect`);
         await slow.request('pauseReading', { nodeIds: [slowReceiver] });
-        // A beacon build in the baseline slot (--baseline-dist) has the metric too.
-        const isBeacon = kind === 'beacon' || settings.baselineDist !== undefined;
+        const isBeacon = isBeaconBuild(settings, kind); // the naive relay has no /metrics
         const drops0 = isBeacon ? await scrapeSendBufferDrops(server.http) : 0;
         const rss0 = server.child.rssBytes();
         let rssMax = rss0;
