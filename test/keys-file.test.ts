@@ -1,4 +1,4 @@
-import { after, test } from 'node:test';
+import { after, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
@@ -26,6 +26,15 @@ function tempDir(): string {
 
 function writeJson(file: string, value: unknown): void {
   fs.writeFileSync(file, JSON.stringify(value));
+}
+
+/** `keys` written atomically to `file`, opened and watched; closed after the test. */
+function watchedKeysFile(t: TestContext, file: string, keys: Map<number, string>): KeysFile {
+  writeKeysFileAtomic(file, keys);
+  const keysFile = KeysFile.open(file);
+  t.after(() => keysFile.close());
+  keysFile.watch();
+  return keysFile;
 }
 
 function rawOf(base64: string): Buffer {
@@ -194,10 +203,7 @@ test('the watcher reloads when the file is replaced by rename', async (t) => {
   const file = path.join(tempDir(), 'keys.json');
   const a = generatePublicKey();
   const b = generatePublicKey();
-  writeKeysFileAtomic(file, new Map([[1, a]]));
-  const keysFile = KeysFile.open(file);
-  t.after(() => keysFile.close());
-  keysFile.watch();
+  const keysFile = watchedKeysFile(t, file, new Map([[1, a]]));
 
   const reloaded = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   writeKeysFileAtomic(file, new Map([[1, a], [2, b]]));
@@ -246,10 +252,7 @@ test('the watcher ignores other files and byte-identical rewrites', async (t) =>
   const file = path.join(dir, 'keys.json');
   const a = generatePublicKey();
   const b = generatePublicKey();
-  writeKeysFileAtomic(file, new Map([[1, a]]));
-  const keysFile = KeysFile.open(file);
-  t.after(() => keysFile.close());
-  keysFile.watch();
+  const keysFile = watchedKeysFile(t, file, new Map([[1, a]]));
   const events: string[] = [];
   keysFile.on('reload', () => events.push('reload'));
   keysFile.on('reloadError', () => events.push('reloadError'));

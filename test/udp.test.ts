@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import {
   PacketType, decodePacket, encodeDiscover, encodeDiscoverReply, encodePunchCommand, encodePunchRequest,
   encodeRelay, encodeRelayDeliver, encodeSync,
@@ -22,6 +22,16 @@ async function discover(tb: TestBeacon, client: UdpClient, nodeId: number): Prom
   client.send(encodeDiscover(nodeId), tb.udpPort);
   const reply = await client.next();
   assert.equal(reply.toString('hex'), encodeDiscoverReply({ ip: '127.0.0.1', port: client.port }).toString('hex'));
+}
+
+/** A beacon with UDP nodes 1111 (`a`) and 2222 (`b`) Discovered. */
+async function twoDiscoveredNodes(t: TestContext): Promise<{ tb: TestBeacon; a: UdpClient; b: UdpClient }> {
+  const tb = await beacon(t);
+  const a = await udpClient(t);
+  const b = await udpClient(t);
+  await discover(tb, a, 1111);
+  await discover(tb, b, 2222);
+  return { tb, a, b };
 }
 
 test('Discover is answered with the observed 127.0.0.1 and the client port, and the endpoint is recorded', async (t) => {
@@ -46,11 +56,7 @@ test('Discover is answered with the observed 127.0.0.1 and the client port, and 
 });
 
 test('PunchRequest: each side receives a PunchCommand with the other side\'s endpoint', async (t) => {
-  const tb = await beacon(t);
-  const a = await udpClient(t);
-  const b = await udpClient(t);
-  await discover(tb, a, 1111);
-  await discover(tb, b, 2222);
+  const { tb, a, b } = await twoDiscoveredNodes(t);
 
   a.send(encodePunchRequest(1111, 2222), tb.udpPort);
   const toA = await a.next();
@@ -63,11 +69,7 @@ test('PunchRequest: each side receives a PunchCommand with the other side\'s end
 });
 
 test('PunchRequest updates the requester\'s endpoint to the source address', async (t) => {
-  const tb = await beacon(t);
-  const a = await udpClient(t);
-  const b = await udpClient(t);
-  await discover(tb, a, 1111);
-  await discover(tb, b, 2222);
+  const { tb, a, b } = await twoDiscoveredNodes(t);
 
   // Node 1111 moved to a new socket (new NAT mapping) and punches from there.
   const moved = await udpClient(t);
@@ -83,11 +85,7 @@ test('PunchRequest updates the requester\'s endpoint to the source address', asy
 });
 
 test('PunchRequest for an unknown target: nothing is sent, counted punch_unavailable', async (t) => {
-  const tb = await beacon(t);
-  const a = await udpClient(t);
-  const b = await udpClient(t);
-  await discover(tb, a, 1111);
-  await discover(tb, b, 2222);
+  const { tb, a, b } = await twoDiscoveredNodes(t);
   // Positive control: the same path works for a known target.
   a.send(encodePunchRequest(1111, 2222), tb.udpPort);
   await a.next();

@@ -19,6 +19,11 @@ export const COMPAT_PATH = '/v1/compat';
 export type ServerKind = 'beacon' | 'baseline';
 export const SERVER_KINDS: readonly ServerKind[] = ['beacon', 'baseline'];
 
+/** Which server goes first in run `run`: flipped every run, so neither always meets a warmer or cooler machine. */
+export function serverOrder(run: number): readonly ServerKind[] {
+  return run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
+}
+
 export interface BenchSettings {
   quick: boolean;
   /** Repetitions of every measurement (median, min, max over them). */

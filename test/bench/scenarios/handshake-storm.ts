@@ -16,7 +16,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, SERVER_KINDS, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
+  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
 import { measure, type Sender, type Window } from './measure';
@@ -90,8 +90,7 @@ export async function handshakeStorm(settings: BenchSettings, plan: StormPlan): 
   try {
     Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
     for (let run = 0; run < settings.runs; run++) {
-      const order = run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
-      for (const kind of order) {
+      for (const kind of serverOrder(run)) {
         const r = rigs[kind]!;
         if (run === 0) await underStorm(r, { ...plan, windowMs: plan.windowMs / 2 }, undefined); // warm-up, first of each server
         const quiet = await underStorm(r, plan, undefined);

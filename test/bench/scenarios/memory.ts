@@ -13,7 +13,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, SERVER_KINDS, serverStats, sleep, startServer, startWorker, stopAll,
+  COMPAT_PATH, Figures, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server,
 } from './context';
 
@@ -64,8 +64,7 @@ export async function memoryPerPeer(settings: BenchSettings, plan: MemoryPlan): 
   try {
     workers.push(...await Promise.all([startWorker(settings, 'mem-a'), startWorker(settings, 'mem-b')]));
     for (let run = 0; run < settings.runs; run++) {
-      const order = run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
-      for (const kind of order) {
+      for (const kind of serverOrder(run)) {
         server = await startServer(settings, kind, { maxPeers: largest * 2, maxHandshakes: 8192, maxPerIp: largest * 2 });
         await warmUp(server, workers);
         const empty = await rssAfterGc(server);

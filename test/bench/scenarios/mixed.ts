@@ -14,7 +14,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, SERVER_KINDS, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
+  COMPAT_PATH, Figures, buildRigs, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
 import { ZERO_LOSS_LADDER, lossless, measure, type Flow, type Sender } from './measure';
@@ -69,8 +69,7 @@ export async function mixedRoutes(settings: BenchSettings, plan: MixedPlan): Pro
   try {
     Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
     for (let run = 0; run < settings.runs; run++) {
-      const order = run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
-      for (const kind of order) {
+      for (const kind of serverOrder(run)) {
         const { server, directions } = rigs[kind]!;
         const workers = directions.map((d) => d.worker);
         const saturate = { payloadBytes: plan.payload, ratePerFlow: 0 };

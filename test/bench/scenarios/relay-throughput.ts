@@ -20,7 +20,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, SERVER_KINDS, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
+  COMPAT_PATH, Figures, buildRigs, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
 import { measure, zeroLossRate, type Flow, type Sender } from './measure';
@@ -103,8 +103,7 @@ export async function relayThroughput(settings: BenchSettings, plan: ThroughputP
       figures.define(`zero-loss rate ${payload} B`, 'frames/s', 'higher', (_b, r) => ({ text: `ratio >= ${goalRatio}`, met: r.median >= goalRatio }));
     }
     for (let run = 0; run < settings.runs; run++) {
-      const order = run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
-      for (const kind of order) {
+      for (const kind of serverOrder(run)) {
         const { server, senders, probe } = rigs[kind]!;
         const bulk = senders.map((s) => s.worker);
         const flows = senders.reduce((n, s) => n + s.flows.length, 0);

@@ -16,7 +16,7 @@
 import { request } from 'node:http';
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, SERVER_KINDS, serverStats, sleep, startServer, startWorker, stopAll,
+  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
 } from './context';
 import { measure, type Flow, type Sender } from './measure';
@@ -86,8 +86,7 @@ export async function slowReader(settings: BenchSettings, plan: SlowReaderPlan):
   try {
     Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
     for (let run = 0; run < settings.runs; run++) {
-      const order = run % 2 === 0 ? SERVER_KINDS : [...SERVER_KINDS].reverse();
-      for (const kind of order) {
+      for (const kind of serverOrder(run)) {
         const { server, bulk, slow, slowSender } = rigs[kind]!;
         const receivers = bulk.map((b) => b.worker);
         const options = { payloadBytes: PAYLOAD, ratePerFlow: 0, durationMs: plan.windowMs };
