@@ -2,12 +2,15 @@
  * The key-management subcommands.
  *
  * - `beacon keygen --out FILE`: a new daemon identity (lib/identity), mode
- *   0600, never over an existing file; prints the public key and the next step.
+ *   0600 (its folder created 0700 if missing), never over an existing file;
+ *   prints the public key and the next step.
  * - `beacon keys add --keys FILE --node-id N (--identity FILE | --public-key B64)`:
  *   adds or replaces one entry of the keys file and rewrites it atomically;
  *   an existing file that is invalid is refused, never overwritten.
  * - Output is for people, on stdout; failures are thrown (cmd/errors.ts).
  */
+import { mkdirSync } from 'node:fs';
+import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import { KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
 import { generateIdentity, loadIdentity, publicKeyBase64, saveIdentity } from '../lib/identity';
@@ -43,6 +46,8 @@ export function keysCommand(): Command {
 }
 
 function keygen(out: string): void {
+  // A missing folder (the walkthrough's identities/) is made private: it holds private keys.
+  mkdirSync(path.dirname(path.resolve(out)), { recursive: true, mode: 0o700 });
   const identity = generateIdentity();
   saveIdentity(out, identity);
   const publicKey = publicKeyBase64(identity);
