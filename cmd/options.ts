@@ -12,7 +12,8 @@
 import { InvalidArgumentError, Option } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
-  DEFAULTS, formatHostPort, parseDuration, parseHostPort, parsePositiveInt, parseSize,
+  CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseClusterUrls, parseDuration, parseHostPort,
+  parsePositiveInt, parseSize,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
@@ -50,6 +51,12 @@ export interface RunFlags {
   restartDelay: number;
   restartWindow: number;
   logLevel: string;
+  cluster?: string[];
+  clusterCreds?: string;
+  clusterTlsCa?: string;
+  clusterName: string;
+  instanceId?: string;
+  clusterDeadAfter: number;
 }
 
 /** The run flags, in --help order. */
@@ -85,6 +92,16 @@ export function runOptions(): Option[] {
     flag('--restart-window <duration>', 'on shutdown, peers are told to keep trying this long after the delay (first attempts spread over its first half)', parseDuration, d.restartWindowMs, formatDuration(d.restartWindowMs)),
     new Option('--log-level <level>', 'JSON logs on stdout at this level and above')
       .choices(LOG_LEVELS).default(d.logLevel).env(envName('--log-level')),
+    flag('--cluster <urls>', 'cluster mode: NATS server URLs, comma-separated (nats://HOST:PORT or tls://..., user:password@ optional); several beacon processes then act as one; off by default',
+      parseClusterUrls),
+    flag('--cluster-creds <file>', 'a NATS .creds file or an nkey seed file to authenticate to NATS with', (text) => text),
+    flag('--cluster-tls-ca <file>', 'CA certificate (PEM) for TLS to NATS', (text) => text),
+    flag('--cluster-name <name>', 'prefix of every NATS subject and bucket of this cluster, so several clusters share one NATS',
+      (text) => matching(text, CLUSTER_NAME_PATTERN, '1 to 32 letters, digits, "-" or "_"'), d.clusterName, d.clusterName),
+    flag('--instance-id <id>', 'this process\'s ID in the cluster, unique among live processes; default: the host name and the --bind port',
+      (text) => matching(text, INSTANCE_ID_PATTERN, '1 to 64 letters, digits, ".", ":", "-" or "_"')),
+    flag('--cluster-dead-after <duration>', 'an instance silent this long is dead for the others: routes to it stop, its entries are removed',
+      parseDuration, d.clusterDeadAfterMs, formatDuration(d.clusterDeadAfterMs)),
   ];
 }
 
@@ -114,7 +131,18 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     restartDelayMs: flags.restartDelay,
     restartWindowMs: flags.restartWindow,
     logLevel: flags.logLevel,
+    clusterServers: [...(flags.cluster ?? [])],
+    clusterCredsFile: flags.clusterCreds,
+    clusterTlsCaFile: flags.clusterTlsCa,
+    clusterName: flags.clusterName,
+    instanceId: flags.instanceId,
+    clusterDeadAfterMs: flags.clusterDeadAfter,
   };
+}
+
+function matching(text: string, pattern: RegExp, form: string): string {
+  if (!pattern.test(text)) throw new Error(`"${text}": use ${form}`);
+  return text;
 }
 
 /** `--auth-timeout` -> `BEACON_AUTH_TIMEOUT`. */

@@ -15,7 +15,7 @@
 import { existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { startBeacon, type Beacon } from '../lib/beacon';
-import { validateConfig } from '../lib/config';
+import { redactUrl, validateConfig } from '../lib/config';
 import { VERSION } from '../lib/version';
 import { DEFAULT_KEYS_FILE, configFromFlags, type RunFlags } from './options';
 
@@ -27,7 +27,10 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
   validateConfig(config);
 
   const log = pino({ level: config.logLevel, name: 'beacon' }, pino.destination({ fd: 1, sync: true }));
-  log.info({ version: VERSION, keysFile: keysFile ?? null, registry: flags.registry ?? null }, 'beacon starting');
+  log.info({
+    version: VERSION, keysFile: keysFile ?? null, registry: flags.registry ?? null,
+    cluster: config.clusterServers.length > 0 ? config.clusterServers.map(redactUrl) : null,
+  }, 'beacon starting');
 
   // Installed before start so a signal during start-up is not the default
   // (abrupt) exit; it is acted on once the beacon exists.
@@ -58,6 +61,13 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
     for (const signal of STOP_SIGNALS) process.off(signal, stop);
     throw err;
   }
+
+  // Cluster mode: a second live process with our --instance-id, found after start (NATS came late).
+  beacon.on('fatal', (err: Error) => {
+    log.fatal({ err: err.message }, 'cannot go on; exiting');
+    process.stderr.write(`beacon: ${err.message}\n`);
+    process.exit(2);
+  });
 
   const crash = (err: unknown) => {
     log.fatal({ err }, 'unexpected error; exiting');

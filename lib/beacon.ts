@@ -9,10 +9,14 @@
  * - `startBeacon` resolves once both sockets listen; the bound addresses
  *   are on the Beacon, so tests can bind port 0.
  * - `close()` drains: /health turns 503, upgrades are refused, every socket
- *   is closed with 1001, then UDP and the listener close.
+ *   is closed with 1001, then the cluster, UDP and the listener close.
+ * - Cluster mode (lib/cluster) is wired here only when --cluster is set; its
+ *   NATS code is imported then and never otherwise, so the single-process
+ *   beacon loads none of it.
  */
 import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
+import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -27,6 +31,7 @@ import { udpEndpoint } from './udp/endpoints';
 import { UdpServer } from './udp/udp-server';
 import { CompatServer } from './wss/compat-server';
 import { VERSION } from './version';
+import type { ClusterNode } from './cluster/types';
 import { createPeerPacketHandler } from './wss/peer-packets';
 
 
@@ -61,6 +66,8 @@ export class Beacon extends EventEmitter {
   private beaconPeers = new BeaconPeers([]);
   private syncTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
+  /** Set once start() joined (or started joining) the cluster; undefined without --cluster. */
+  private cluster: ClusterNode | undefined;
 
   /** Use startBeacon(). */
   constructor(readonly config: BeaconConfig, private readonly keysFile: KeysFile | undefined, options: BeaconOptions) {
@@ -77,16 +84,24 @@ export class Beacon extends EventEmitter {
       udpEndpointOf: (id) => this.udp.endpoints.get(id),
       beaconFor: (id) => this.beaconPeers.routeOf(id),
       sendDatagram: (packet, to) => this.udp.send(packet, to),
+      instanceOf: (id) => this.cluster?.instanceOf(id),
+      forwardToInstance: (instance, relay) => this.cluster?.forward(instance, relay),
     }, stats);
     this.compat = new CompatServer({
       config, stats, keys: this.keys, log: this.log,
       onPacket: createPeerPacketHandler(stats, this.router, (peer, packet) => this.compat.sendToPeer(peer, packet)),
       onPeerClosed: (peer, code) => this.emit('peerClosed', { nodeId: peer.nodeId, replaced: peer.replaced, code }),
+      peerListener: {
+        attached: (peer) => this.cluster?.attached(peer.nodeId, 'wss'),
+        detached: (peer) => this.cluster?.detached(peer.nodeId, 'wss'),
+      },
     });
     this.udp = new UdpServer({
       config, stats, log: this.log, router: this.router,
       beaconPeers: () => this.beaconPeers,
-      isAttachedOverWss: (id) => this.compat.peers.has(id),
+      // PROTOCOL.md §3 across instances: UDP cannot speak for a node on a WebSocket anywhere in the cluster.
+      isAttachedOverWss: (id) => this.compat.peers.has(id) || (this.cluster?.isWssElsewhere(id) ?? false),
+      onEndpointRecorded: (id) => this.cluster?.attached(id, 'udp'),
     });
     const gauges: LiveGauges = {
       peers: () => this.compat.peers.size,
@@ -96,7 +111,12 @@ export class Beacon extends EventEmitter {
       beaconRoutes: () => this.beaconPeers.routeCount,
       keysLoaded: () => this.keysFile?.size ?? 0,
     };
-    this.registry = createPrometheusRegistry(stats, gauges, VERSION);
+    const clusterGauges = config.clusterServers.length === 0 ? undefined : {
+      connected: () => this.cluster?.connected() ?? 0,
+      instances: () => this.cluster?.instances() ?? 1,
+      directoryEntries: () => this.cluster?.directoryEntries() ?? 0,
+    };
+    this.registry = createPrometheusRegistry(stats, gauges, VERSION, clusterGauges);
     this.gauges = gauges;
   }
 
@@ -139,6 +159,15 @@ export class Beacon extends EventEmitter {
       throw listenError(err, config.udp, '--udp');
     }
     this.beaconPeers = new BeaconPeers(await Promise.all(config.peers.map((p) => this.resolvePeer(p))));
+    if (config.clusterServers.length > 0) {
+      try {
+        await this.joinCluster();
+      } catch (err) {
+        await this.udp.close();
+        await this.app.close();
+        throw err;
+      }
+    }
     this.compat.startIdleSweep();
     if (this.keysFile) {
       this.keysFile.on('reload', (keys) => {
@@ -163,7 +192,23 @@ export class Beacon extends EventEmitter {
       bind: formatHostPort({ host: this.httpAddress.address, port: this.httpAddress.port }),
       udp: formatHostPort({ host: this.udpAddress.address, port: this.udpAddress.port }),
       beaconPeers: config.peers.length,
+      instanceId: this.cluster?.instanceId,
     }, 'beacon listening');
+  }
+
+  /** Loads the NATS side only now, so a beacon without --cluster never loads it. */
+  private async joinCluster(): Promise<void> {
+    const { startCluster } = await import('./cluster/nats-cluster');
+    this.cluster = await startCluster({
+      config: this.config,
+      instanceId: this.config.instanceId ?? defaultInstanceId(this.httpAddress.port),
+      stats: this.stats,
+      log: this.log,
+      deliverLocally: (relay) => this.router.route(relay, 'cluster'),
+      evict: (nodeId, kind) => (kind === 'wss' ? this.compat.evict(nodeId) : this.udp.endpoints.delete(nodeId)),
+      hasUdpEndpoint: (nodeId) => this.udp.endpoints.get(nodeId) !== undefined,
+      onFatal: (err) => this.emit('fatal', err),
+    });
   }
 
   /** Sends one binary packet to the peer attached over WebSocket as `dest`. */
@@ -206,6 +251,7 @@ export class Beacon extends EventEmitter {
     // (Go daemons ignore unknown text messages, so this is safe for them).
     const notice = restartingMessage({ reconnect_in_ms: this.config.restartDelayMs, try_for_ms: this.config.restartWindowMs });
     await this.compat.shutdown(this.config.shutdownGraceMs, (ws) => ws.send(notice));
+    await this.cluster?.close();
     await this.udp.close();
     this.keysFile?.close();
     this.keys.close();
@@ -232,6 +278,11 @@ export class Beacon extends EventEmitter {
       throw new StartError(`--peer ${formatHostPort(peer)}: cannot resolve "${peer.host}"; use an IP address or a name this host can resolve`, 'EPEERRESOLVE');
     }
   }
+}
+
+/** The host name and the bound --bind port, in the characters an instance ID may hold. */
+function defaultInstanceId(port: number): string {
+  return `${hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 56) || 'beacon'}:${port}`;
 }
 
 function listenError(err: unknown, at: HostPort, flag: string): StartError {

@@ -55,6 +55,18 @@ export interface BeaconConfig {
   /** ...and how long they keep trying; first attempts are spread over its first half. */
   restartWindowMs: number;
   logLevel: string;
+  /** NATS server URLs (`nats://`, `tls://`); empty: no cluster, and no NATS code is loaded. */
+  clusterServers: string[];
+  /** A NATS `.creds` file or an nkey seed file; undefined when none. */
+  clusterCredsFile?: string;
+  /** CA certificate (PEM) that NATS servers' TLS certificates are checked against. */
+  clusterTlsCaFile?: string;
+  /** Prefix of every subject and bucket, so several clusters share one NATS. */
+  clusterName: string;
+  /** Unique per process; undefined: the host name and the bound --bind port. */
+  instanceId?: string;
+  /** An instance silent this long is dead to the others (its routes go, a survivor removes its entries). */
+  clusterDeadAfterMs: number;
 }
 
 export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
@@ -88,11 +100,23 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   restartDelayMs: 3_000,
   restartWindowMs: 10_000,
   logLevel: 'info',
+  clusterServers: [],
+  clusterCredsFile: undefined,
+  clusterTlsCaFile: undefined,
+  clusterName: 'beacon',
+  instanceId: undefined,
+  // Five heartbeats (one per second): a lost datagram or a GC pause is not a death.
+  clusterDeadAfterMs: 5_000,
 });
+
+/** Cluster names become NATS subject tokens and a KV bucket name. */
+export const CLUSTER_NAME_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
+/** Instance IDs appear in KV values and (escaped) in subjects; host names and ports fit. */
+export const INSTANCE_ID_PATTERN = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 /** A full config from defaults and overrides (tests, the library API). */
 export function makeConfig(overrides: Partial<BeaconConfig> = {}): BeaconConfig {
-  const config = { ...DEFAULTS, trustProxy: [...DEFAULTS.trustProxy], peers: [...DEFAULTS.peers], ...overrides };
+  const config = { ...DEFAULTS, trustProxy: [...DEFAULTS.trustProxy], peers: [...DEFAULTS.peers], clusterServers: [...DEFAULTS.clusterServers], ...overrides };
   validateConfig(config);
   return config;
 }
@@ -107,6 +131,7 @@ export function validateConfig(config: BeaconConfig): void {
     'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
+    'clusterDeadAfterMs',
   ];
   for (const field of positive) {
     const value = config[field];
@@ -116,5 +141,22 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');
+  }
+  validateClusterConfig(config);
+}
+
+function validateClusterConfig(config: BeaconConfig): void {
+  if (config.clusterServers.length === 0) {
+    const stray = config.clusterCredsFile !== undefined ? '--cluster-creds'
+      : config.clusterTlsCaFile !== undefined ? '--cluster-tls-ca'
+      : config.instanceId !== undefined ? '--instance-id' : undefined;
+    if (stray) throw new ConfigError(`${stray} is set but --cluster is not: add --cluster nats://HOST:4222, or remove ${stray}`);
+    return;
+  }
+  if (!CLUSTER_NAME_PATTERN.test(config.clusterName)) {
+    throw new ConfigError(`--cluster-name "${config.clusterName}": use 1 to 32 letters, digits, "-" or "_"`);
+  }
+  if (config.instanceId !== undefined && !INSTANCE_ID_PATTERN.test(config.instanceId)) {
+    throw new ConfigError(`--instance-id "${config.instanceId}": use 1 to 64 letters, digits, ".", ":", "-" or "_"`);
   }
 }

@@ -53,3 +53,28 @@ export function parseHostPort(text: string): HostPort {
 export function formatHostPort({ host, port }: HostPort): string {
   return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
 }
+
+const CLUSTER_URL_SCHEMES = ['nats:', 'tls:'];
+
+/** `nats://host:4222,tls://user:password@host:4222`: NATS server URLs, kept as given. */
+export function parseClusterUrls(text: string): string[] {
+  const urls = text.split(',').map((part) => part.trim()).filter(Boolean);
+  if (urls.length === 0) throw new Error(`"${text}" names no NATS server: use nats://HOST:PORT, e.g. nats://127.0.0.1:4222`);
+  for (const url of urls) {
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(url);
+    } catch {
+      parsed = undefined;
+    }
+    if (!parsed || !CLUSTER_URL_SCHEMES.includes(parsed.protocol) || !parsed.hostname || parsed.pathname.replace(/^\/$/, '') !== '') {
+      throw new Error(`"${redactUrl(url)}" is not a NATS server URL: use nats://HOST:PORT or tls://HOST:PORT (user:password@ optional)`);
+    }
+  }
+  return urls;
+}
+
+/** A URL as it may be logged: any password replaced by `***`. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, '$1:***@');
+}

@@ -11,7 +11,7 @@
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import {
   AUTH_FAILURE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
-  type BeaconStats, type LiveGauges,
+  type BeaconStats, type ClusterGauges, type LiveGauges,
 } from './stats';
 
 /** A counter whose per-label values are read from `read()` at scrape time. */
@@ -36,7 +36,9 @@ function byKey<K extends string>(label: string, values: Record<K, number>, keys:
   return keys.map((k): [Record<string, string>, number] => [{ [label]: k }, values[k]]);
 }
 
-export function createPrometheusRegistry(stats: BeaconStats, gauges: LiveGauges, version: string): Registry {
+export function createPrometheusRegistry(
+  stats: BeaconStats, gauges: LiveGauges, version: string, cluster?: ClusterGauges,
+): Registry {
   const r = new Registry();
   collectDefaultMetrics({ register: r, prefix: 'beacon_' });
 
@@ -84,5 +86,18 @@ export function createPrometheusRegistry(stats: BeaconStats, gauges: LiveGauges,
       [{ result: 'error' }, stats.registryLookups.error]]);
   mirroredCounter(r, 'beacon_key_cache_total', 'Registry key cache lookups by result.', ['result'],
     () => [[{ result: 'hit' }, stats.keyCacheHits], [{ result: 'miss' }, stats.keyCacheMisses]]);
+  if (cluster) registerClusterMetrics(r, stats, cluster);
   return r;
+}
+
+/** Only on instances started with --cluster, so single-process beacons never raise cluster alerts. */
+function registerClusterMetrics(r: Registry, stats: BeaconStats, cluster: ClusterGauges): void {
+  mirroredGauge(r, 'beacon_cluster_connected', '1 while this instance is connected to NATS, else 0.', () => cluster.connected());
+  mirroredGauge(r, 'beacon_cluster_instances', 'Live instances of the cluster, this one included.', () => cluster.instances());
+  mirroredGauge(r, 'beacon_cluster_directory_entries', 'Nodes in this instance\'s mirror of the cluster directory.',
+    () => cluster.directoryEntries());
+  mirroredCounter(r, 'beacon_cluster_frames_total', 'Relays forwarded to (out) or received from (in) other instances.', ['direction'],
+    () => [[{ direction: 'out' }, stats.cluster.framesOut], [{ direction: 'in' }, stats.cluster.framesIn]]);
+  mirroredCounter(r, 'beacon_cluster_batches_total', 'NATS messages carrying forwarded relays, by direction.', ['direction'],
+    () => [[{ direction: 'out' }, stats.cluster.batchesOut], [{ direction: 'in' }, stats.cluster.batchesIn]]);
 }

@@ -37,6 +37,12 @@ export const DROP_REASONS = [
   'udp_send_error',
   /** A Sync listed more nodes than fit in one datagram. */
   'sync_truncated',
+  /** A relay for a node on another instance while this instance is cut off from NATS. */
+  'cluster_unavailable',
+  /** A message on the cluster's subjects or bucket that is not ours (garbage, foreign, wrong version). */
+  'cluster_malformed',
+  /** A relay forwarded by another instance for a node no longer attached here (it moved or left meanwhile). */
+  'cluster_moved',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -68,7 +74,7 @@ export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 export const UDP_PACKET_TYPES = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;
 export type UdpPacketType = (typeof UDP_PACKET_TYPES)[number];
 
-export const RELAY_ROUTES = ['wss', 'udp', 'beacon', 'unknown'] as const;
+export const RELAY_ROUTES = ['wss', 'udp', 'cluster', 'beacon', 'unknown'] as const;
 export type RelayRoute = (typeof RELAY_ROUTES)[number];
 
 function zeroes<K extends string>(keys: readonly K[]): Record<K, number> {
@@ -97,6 +103,8 @@ export class BeaconStats {
   registryLookups = { found: 0, unknown: 0, error: 0 };
   keyCacheHits = 0;
   keyCacheMisses = 0;
+  /** Relays forwarded to other instances / received from them, and the NATS messages that carried them. */
+  cluster = { framesOut: 0, framesIn: 0, batchesOut: 0, batchesIn: 0 };
 
   drop(reason: DropReason): void {
     this.dropped[reason]++;
@@ -121,6 +129,16 @@ export interface LiveGauges {
   udpEndpoints(): number;
   beaconRoutes(): number;
   keysLoaded(): number;
+}
+
+/** Gauges of cluster mode, read at scrape time; exposed only when --cluster is set. */
+export interface ClusterGauges {
+  /** 1 while connected to NATS, else 0. */
+  connected(): number;
+  /** Live instances, this one included. */
+  instances(): number;
+  /** Entries in this instance's mirror of the directory. */
+  directoryEntries(): number;
 }
 
 export function snapshot(stats: BeaconStats, gauges: LiveGauges): MetricsSnapshot {

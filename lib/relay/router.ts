@@ -3,11 +3,14 @@
  * goes and hand it to that transport (PROTOCOL.md §1, §2).
  *
  * - Order: attached over WebSocket -> RelayDeliver via writeFrame; else a
- *   UDP endpoint -> RelayDeliver datagram; else a node announced by a
- *   beacon peer -> the original Relay, unchanged, to that beacon; else drop,
- *   counted as unknown.
+ *   UDP endpoint -> RelayDeliver datagram; else attached to another live
+ *   instance of the cluster -> the original Relay, unchanged, handed to the
+ *   forwarder for that instance; else a node announced by a beacon peer ->
+ *   the original Relay, unchanged, to that beacon; else drop, counted as
+ *   unknown.
  * - A Relay that came from a beacon peer is never forwarded to a beacon
- *   again (no loops between beacons).
+ *   again, and one that another instance forwarded is delivered here or
+ *   dropped, never forwarded again (no loops).
  * - Decisions are a pure function; the router never touches sockets, it
  *   calls the transports through `RelayPorts`.
  * - The RelayDeliver is the Relay rewritten in place: no copy per packet.
@@ -18,8 +21,13 @@ import type { BeaconStats } from '../metrics';
 import { relayDest, relayToDeliverInPlace, type NodeId } from '../protocol/packets';
 import type { UdpEndpoint } from '../udp/endpoints';
 
-export type RelayOrigin = 'wss' | 'udp' | 'beacon';
-export type Route = 'wss' | 'udp' | 'beacon' | 'unknown';
+export type RelayOrigin = 'wss' | 'udp' | 'beacon' | 'cluster';
+export type Route = 'wss' | 'udp' | 'cluster' | 'beacon' | 'unknown';
+
+/** Another instance of the cluster, as the router sees it: something to hand frames to. */
+export interface ClusterInstance {
+  readonly id: string;
+}
 
 export interface RelayPorts {
   isAttachedOverWss(nodeId: NodeId): boolean;
@@ -33,15 +41,21 @@ export interface RelayPorts {
   udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
   beaconFor(nodeId: NodeId): UdpEndpoint | undefined;
   sendDatagram(packet: Buffer, to: UdpEndpoint): void;
+  /** The live instance of the cluster the node is attached to; undefined when none (or no cluster). */
+  instanceOf(nodeId: NodeId): ClusterInstance | undefined;
+  /** Hands a Relay to the forwarder for `instance` (it counts its own drops). */
+  forwardToInstance(instance: ClusterInstance, relay: Buffer): void;
 }
 
 /** Where a Relay to `dest` goes; pure. */
 export function chooseRoute(
   dest: NodeId, origin: RelayOrigin,
-  ports: Pick<RelayPorts, 'isAttachedOverWss' | 'udpEndpointOf' | 'beaconFor'>,
+  ports: Pick<RelayPorts, 'isAttachedOverWss' | 'udpEndpointOf' | 'beaconFor' | 'instanceOf'>,
 ): Route {
   if (ports.isAttachedOverWss(dest)) return 'wss';
   if (ports.udpEndpointOf(dest)) return 'udp';
+  if (origin === 'cluster') return 'unknown';
+  if (ports.instanceOf(dest)) return 'cluster';
   if (origin !== 'beacon' && ports.beaconFor(dest)) return 'beacon';
   return 'unknown';
 }
@@ -62,11 +76,15 @@ export class RelayRouter {
       case 'udp':
         ports.sendDatagram(relayToDeliverInPlace(relay), ports.udpEndpointOf(dest)!);
         break;
+      case 'cluster':
+        ports.forwardToInstance(ports.instanceOf(dest)!, relay);
+        break;
       case 'beacon':
         ports.sendDatagram(relay, ports.beaconFor(dest)!);
         break;
       case 'unknown':
-        stats.drop('unknown_dest');
+        // Forwarded by another instance for a node that left here since: not a stranger's relay.
+        stats.drop(origin === 'cluster' ? 'cluster_moved' : 'unknown_dest');
         break;
     }
     return route;

@@ -65,6 +65,8 @@ export interface UdpServerDeps {
   router: RelayRouter;
   beaconPeers: () => BeaconPeers;
   isAttachedOverWss: (nodeId: NodeId) => boolean;
+  /** A node's endpoint was recorded or refreshed here (cluster mode announces it). */
+  onEndpointRecorded?: (nodeId: NodeId) => void;
 }
 
 export class UdpServer {
@@ -162,6 +164,7 @@ export class UdpServer {
     if (packet?.type !== PacketType.Discover) return stats.drop('malformed');
     if (this.deps.isAttachedOverWss(packet.nodeId)) return stats.drop('wss_node_over_udp');
     if (!this.endpoints.record(packet.nodeId, address, port)) stats.drop('endpoint_table_full');
+    else this.deps.onEndpointRecorded?.(packet.nodeId);
     const source: UdpEndpoint = { address, port, ip: '' };
     this.send(encodeDiscoverReply({ ip: address, port }), source);
   }
@@ -172,6 +175,7 @@ export class UdpServer {
     if (packet?.type !== PacketType.PunchRequest) return stats.drop('malformed');
     if (isAttachedOverWss(packet.requester)) return stats.drop('wss_node_over_udp');
     if (!this.endpoints.record(packet.requester, address, port)) return stats.drop('endpoint_table_full');
+    this.deps.onEndpointRecorded?.(packet.requester);
     const requester = this.endpoints.get(packet.requester)!;
     const target = isAttachedOverWss(packet.target) ? undefined : this.endpoints.get(packet.target);
     if (!target) return stats.drop('punch_unavailable');

@@ -30,7 +30,7 @@ import {
 import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
 import { Peer } from './peer';
-import { PeerMap } from './peer-map';
+import { PeerMap, type PeerMapListener } from './peer-map';
 
 /** How long a socket we closed may take to answer the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2_000;
@@ -44,6 +44,8 @@ export interface CompatServerDeps {
   onPacket: (peer: Peer, packet: Buffer) => void;
   /** Called once a peer's socket has closed and its teardown ran. */
   onPeerClosed?: (peer: Peer, code: number) => void;
+  /** Told when a node's current peer changes (attach, and detach of the current one only). */
+  peerListener?: PeerMapListener;
 }
 
 /** An authenticated peer's socket carries its Peer, for the shared handlers. */
@@ -77,7 +79,7 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
 };
 
 export class CompatServer {
-  readonly peers = new PeerMap();
+  readonly peers: PeerMap;
   private readonly admission: Admission;
   /** Keyed by the upgrade's TCP socket; released when it closes. */
   private readonly tickets = new WeakMap<Socket, AdmissionTicket>();
@@ -96,6 +98,7 @@ export class CompatServer {
   private readonly releaseTicket: (this: Socket) => void;
 
   constructor(private readonly deps: CompatServerDeps) {
+    this.peers = new PeerMap(deps.peerListener);
     this.admission = new Admission(deps.config);
     const { stats, log, onPacket } = deps;
     const server = this;
@@ -178,6 +181,20 @@ export class CompatServer {
       closeWithGrace(peer.ws, CloseCode.PolicyViolation, CloseReason.keyRevoked);
     }
     return revoked;
+  }
+
+  /**
+   * The node attached anew to another instance of the cluster (a later
+   * write in the directory): close ours with 4001, as a newer connection here would.
+   */
+  evict(nodeId: NodeId): void {
+    const peer = this.peers.get(nodeId);
+    if (!peer) return;
+    peer.replaced = true;
+    this.deps.stats.replacedPeers++;
+    this.peers.detach(peer);
+    this.deps.log.info({ nodeId }, 'peer replaced by a newer connection on another instance');
+    closeWithGrace(peer.ws, CloseCode.Replaced, CloseReason.replaced);
   }
 
   startIdleSweep(): void {

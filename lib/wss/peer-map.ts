@@ -10,8 +10,16 @@
 import type { NodeId } from '../protocol';
 import type { Peer } from './peer';
 
+/** Told of every change of a node's current peer (cluster mode announces them). */
+export interface PeerMapListener {
+  attached(peer: Peer): void;
+  detached(peer: Peer): void;
+}
+
 export class PeerMap {
   private readonly byNode = new Map<NodeId, Peer>();
+
+  constructor(private readonly listener?: PeerMapListener) {}
 
   get size(): number {
     return this.byNode.size;
@@ -29,6 +37,7 @@ export class PeerMap {
   attach(peer: Peer): Peer | undefined {
     const previous = this.byNode.get(peer.nodeId);
     this.byNode.set(peer.nodeId, peer);
+    this.listener?.attached(peer);
     return previous === peer ? undefined : previous;
   }
 
@@ -36,6 +45,7 @@ export class PeerMap {
   detach(peer: Peer): boolean {
     if (this.byNode.get(peer.nodeId) !== peer) return false;
     this.byNode.delete(peer.nodeId);
+    this.listener?.detached(peer);
     return true;
   }
 

@@ -1,0 +1,204 @@
+/**
+ * The directory: which instance each node is attached to, and how.
+ *
+ * - The truth is a JetStream KV bucket, one key per node, written on attach
+ *   and deleted on detach; every instance mirrors it in memory through a KV
+ *   watch, so the router decides synchronously (one Map lookup, no await,
+ *   no allocation per packet).
+ * - One node, one attachment cluster-wide: the last writer wins by KV
+ *   revision. An instance whose node is written anew by another instance
+ *   evicts its own attachment (WebSocket: close 4001; UDP: forget the
+ *   endpoint). A write still in flight is compared when its revision comes.
+ * - Deletes are conditional on our own revision, so a replaced attachment's
+ *   teardown never removes the newer entry, in the KV as in the local map.
+ * - Self-healing: an entry of ours that we no longer hold (a delete lost
+ *   while cut off, an earlier life of this instance ID) is deleted when the
+ *   watch shows it; an entry of ours deleted by someone else (a survivor
+ *   that took us for dead) is written again.
+ */
+import type { NodeId } from '../protocol/packets';
+import type { Instance } from './instances';
+import { encodePlacement, type AttachKind } from './wire';
+
+/** Where a node is attached, as the mirror holds it (~100 bytes per node with its Map slot). */
+export interface Placement {
+  instance: Instance;
+  kind: AttachKind;
+  /** KV revision of the entry. */
+  rev: number;
+}
+
+/** The KV operations the directory needs (the NATS bucket, or nothing while cut off). */
+export interface DirectoryStore {
+  put(key: string, value: string): Promise<number>;
+  delete(key: string, previousRev: number): Promise<void>;
+}
+
+/** A node attached here, as announced (or being announced) in the KV. */
+interface OwnEntry {
+  kind: AttachKind;
+  /** Revision of our write; undefined while it is in flight (or not yet sent). */
+  rev: number | undefined;
+  /** Highest revision another instance wrote for this node while ours was in flight. */
+  remoteRev: number;
+}
+
+export interface DirectoryDeps {
+  self: Instance;
+  /** Another instance now holds `nodeId`: drop our attachment of `kind` (4001 / forget the endpoint). */
+  evict(nodeId: NodeId, kind: AttachKind): void;
+  /** A KV operation failed (cut off, timeout); reconnecting re-announces everything. */
+  onStoreError(err: unknown, op: string): void;
+}
+
+export class Directory {
+  private readonly mirror = new Map<NodeId, Placement>();
+  private readonly own = new Map<NodeId, OwnEntry>();
+  /** Set while connected and the bucket is open. */
+  store: DirectoryStore | undefined;
+
+  constructor(private readonly deps: DirectoryDeps) {}
+
+  get size(): number {
+    return this.mirror.size;
+  }
+
+  get ownCount(): number {
+    return this.own.size;
+  }
+
+  /** The live instance, other than this one, that holds `nodeId`. Hot path. */
+  instanceOf(nodeId: NodeId): Instance | undefined {
+    const placement = this.mirror.get(nodeId);
+    if (placement === undefined) return undefined;
+    const { instance } = placement;
+    return instance.live && !instance.self ? instance : undefined;
+  }
+
+  /** Attached over WebSocket to another live instance (PROTOCOL.md §3 across instances). */
+  isWssElsewhere(nodeId: NodeId): boolean {
+    const placement = this.mirror.get(nodeId);
+    return placement !== undefined && placement.kind === 'wss' && placement.instance.live && !placement.instance.self;
+  }
+
+  isOwn(nodeId: NodeId, kind: AttachKind): boolean {
+    return this.own.get(nodeId)?.kind === kind;
+  }
+
+  // ---- local attachments ---------------------------------------------------
+
+  /** A node attached here (auth_ok, or a new UDP endpoint). */
+  attached(nodeId: NodeId, kind: AttachKind): void {
+    const entry = this.own.get(nodeId);
+    if (entry?.kind === kind && entry.rev !== undefined) return;
+    if (entry?.kind === kind) return; // its write is in flight
+    this.own.set(nodeId, { kind, rev: undefined, remoteRev: 0 });
+    this.announce(nodeId);
+  }
+
+  /** A node's attachment of `kind` here ended (only when it was the current one). */
+  detached(nodeId: NodeId, kind: AttachKind): void {
+    const entry = this.own.get(nodeId);
+    if (!entry || entry.kind !== kind) return;
+    this.own.delete(nodeId);
+    const placement = this.mirror.get(nodeId);
+    if (placement?.instance.self) this.mirror.delete(nodeId);
+    // A write in flight is deleted when its revision comes back (announce).
+    if (entry.rev !== undefined) this.remove(nodeId, entry.rev);
+  }
+
+  /** Our nodes of `kind`, for reconciling (UDP endpoints expire without telling). */
+  ownNodes(kind: AttachKind): NodeId[] {
+    const ids: NodeId[] = [];
+    for (const [nodeId, entry] of this.own) if (entry.kind === kind) ids.push(nodeId);
+    return ids;
+  }
+
+  /** After (re)connecting: write every attachment of ours again. */
+  announceAll(): void {
+    for (const [nodeId, entry] of this.own) {
+      entry.rev = undefined;
+      entry.remoteRev = 0;
+      this.announce(nodeId);
+    }
+  }
+
+  /** On shutdown: delete every entry of ours that has landed; resolves when the deletes did. */
+  async withdrawAll(): Promise<void> {
+    const deletes: Promise<void>[] = [];
+    for (const [nodeId, entry] of this.own) {
+      if (entry.rev !== undefined) deletes.push(this.remove(nodeId, entry.rev));
+    }
+    this.own.clear();
+    await Promise.all(deletes);
+  }
+
+  // ---- the watch -----------------------------------------------------------
+
+  applyPut(nodeId: NodeId, instance: Instance, kind: AttachKind, rev: number): void {
+    this.mirror.set(nodeId, { instance, kind, rev });
+    const entry = this.own.get(nodeId);
+    if (instance.self) {
+      // Ours, but not held: left over from a lost delete or an earlier life of this ID.
+      if (!entry) this.remove(nodeId, rev);
+      return;
+    }
+    if (!entry) return;
+    if (entry.rev === undefined) entry.remoteRev = Math.max(entry.remoteRev, rev);
+    else if (rev > entry.rev) this.evict(nodeId, entry.kind);
+  }
+
+  applyDelete(nodeId: NodeId, rev: number): void {
+    const placement = this.mirror.get(nodeId);
+    if (placement && placement.rev < rev) this.mirror.delete(nodeId);
+    const entry = this.own.get(nodeId);
+    // Someone removed an entry of ours we still hold (took us for dead): write it again.
+    if (entry?.rev !== undefined && rev > entry.rev) {
+      entry.rev = undefined;
+      entry.remoteRev = 0;
+      this.announce(nodeId);
+    }
+  }
+
+  /** Entries a dead instance held, for the survivor that removes them. */
+  entriesOf(instance: Instance): Array<[NodeId, number]> {
+    const entries: Array<[NodeId, number]> = [];
+    for (const [nodeId, placement] of this.mirror) if (placement.instance === instance) entries.push([nodeId, placement.rev]);
+    return entries;
+  }
+
+  /** Deletes `nodeId`'s entry if it is still at `rev`. */
+  remove(nodeId: NodeId, rev: number): Promise<void> {
+    const store = this.store;
+    if (!store) return Promise.resolve();
+    return store.delete(String(nodeId), rev).catch((err: unknown) => {
+      // "wrong last sequence": someone wrote it since; theirs stands.
+      if (!isWrongSequence(err)) this.deps.onStoreError(err, 'delete');
+    });
+  }
+
+  private evict(nodeId: NodeId, kind: AttachKind): void {
+    this.own.delete(nodeId);
+    this.deps.evict(nodeId, kind);
+  }
+
+  private announce(nodeId: NodeId): void {
+    const store = this.store;
+    const entry = this.own.get(nodeId);
+    if (!store || !entry) return; // announced on (re)connect
+    store.put(String(nodeId), encodePlacement(entry.kind, this.deps.self.id)).then((rev) => {
+      const current = this.own.get(nodeId);
+      if (current !== entry) {
+        // Detached (or replaced by another attachment here) while in flight.
+        if (current === undefined) void this.remove(nodeId, rev);
+        return;
+      }
+      entry.rev = rev;
+      if (entry.remoteRev > rev) this.evict(nodeId, entry.kind);
+    }, (err: unknown) => this.deps.onStoreError(err, 'put'));
+  }
+}
+
+function isWrongSequence(err: unknown): boolean {
+  return err instanceof Error && /wrong last sequence/i.test(err.message);
+}

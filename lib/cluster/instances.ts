@@ -1,0 +1,90 @@
+/**
+ * The instances of a cluster and whether each is alive (liveness).
+ *
+ * - Every instance publishes a heartbeat every `deadAfterMs / 5`; one not
+ *   heard from for `deadAfterMs` is dead: `live` turns false, so mirrors
+ *   stop routing to it at once (the router reads the flag, nothing else).
+ * - One survivor, the live instance with the lowest ID, removes a dead
+ *   instance's directory entries; the others wait for the deletes.
+ * - While this instance is cut off from NATS nobody is declared dead (we
+ *   cannot hear them); on reconnect everyone gets a fresh `deadAfterMs`.
+ * - An Instance also carries what the forwarder batches for it this turn,
+ *   so a forwarded frame costs no lookup beyond the directory's.
+ */
+import type { ClusterInstance } from '../relay/router';
+
+export class Instance implements ClusterInstance {
+  live: boolean;
+  lastSeen = 0;
+  incarnation = '';
+  /** Its entries were removed (by us, as the sweeper) since it died. */
+  swept = false;
+  /** Relays waiting for the end of the turn (forwarder); undefined when none. */
+  batch: Buffer[] | undefined;
+  batchBytes = 0;
+
+  constructor(readonly id: string, readonly self: boolean, readonly forwardSubject: string) {
+    this.live = self;
+  }
+}
+
+export class Instances {
+  private readonly byId = new Map<string, Instance>();
+  readonly self: Instance;
+
+  constructor(selfId: string, private readonly deadAfterMs: number, private readonly forwardSubject: (id: string) => string) {
+    this.self = new Instance(selfId, true, forwardSubject(selfId));
+    this.byId.set(selfId, this.self);
+  }
+
+  /** The instance named `id`, known from now on (not live until it heartbeats). */
+  get(id: string): Instance {
+    let instance = this.byId.get(id);
+    if (!instance) {
+      instance = new Instance(id, false, this.forwardSubject(id));
+      this.byId.set(id, instance);
+    }
+    return instance;
+  }
+
+  /** Records a heartbeat; returns the instance, and whether it just came (back) to life. */
+  heartbeat(id: string, incarnation: string, now: number): { instance: Instance; cameAlive: boolean } {
+    const instance = this.get(id);
+    const cameAlive = !instance.live || instance.incarnation !== incarnation;
+    instance.lastSeen = now;
+    instance.incarnation = incarnation;
+    instance.live = true;
+    instance.swept = false;
+    return { instance, cameAlive };
+  }
+
+  /** Instances silent past dead-after, now dead. Call only while connected. */
+  expire(now: number): Instance[] {
+    const died: Instance[] = [];
+    for (const instance of this.byId.values()) {
+      if (instance.self || !instance.live || now - instance.lastSeen <= this.deadAfterMs) continue;
+      instance.live = false;
+      died.push(instance);
+    }
+    return died;
+  }
+
+  /** After a reconnect: everyone gets a fresh dead-after to be heard again. */
+  graceAll(now: number): void {
+    for (const instance of this.byId.values()) instance.lastSeen = now;
+  }
+
+  /** Dead instances whose entries nobody has removed yet, when this instance is the one to do it. */
+  toSweep(): Instance[] {
+    let lowest = this.self.id;
+    for (const instance of this.byId.values()) if (instance.live && instance.id < lowest) lowest = instance.id;
+    if (lowest !== this.self.id) return [];
+    return [...this.byId.values()].filter((instance) => !instance.live && !instance.swept);
+  }
+
+  get liveCount(): number {
+    let n = 0;
+    for (const instance of this.byId.values()) if (instance.live) n++;
+    return n;
+  }
+}

@@ -1,0 +1,465 @@
+/**
+ * Cluster mode on NATS: the one module that talks to NATS. Loaded only
+ * when --cluster is set (lib/beacon.ts imports it lazily).
+ *
+ * - Connection: the URLs of --cluster (user:password@ in a URL, or
+ *   --cluster-creds; --cluster-tls-ca for TLS). Unreachable at start: the
+ *   beacon serves its own peers and joins when NATS comes. Credentials or
+ *   TLS refused at start: a StartError naming the fix (exit 2).
+ * - On every (re)connect: subscribe, open the directory bucket, heartbeat,
+ *   watch the directory from the start into the mirror, and write every
+ *   attachment of ours again, so the cluster converges without a restart.
+ * - Liveness (instances.ts), directory (directory.ts) and forwarding
+ *   (forwarder.ts) are plain classes; this module feeds them NATS events.
+ * - Anything on our subjects or bucket that is not ours is counted
+ *   (`cluster_malformed`) and dropped; nothing here throws into the beacon.
+ * - No home-made consensus: the KV revision orders attachments, NATS
+ *   carries heartbeats; a process dies when it stops heartbeating.
+ */
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import {
+  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator,
+  type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
+} from '@nats-io/transport-node';
+import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
+import { StartError } from '../beacon';
+import { redactUrl } from '../config';
+import type { NodeId } from '../protocol/packets';
+import { Directory } from './directory';
+import { Forwarder } from './forwarder';
+import { Instances, type Instance } from './instances';
+import type { ClusterDeps, ClusterNode } from './types';
+import {
+  decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeHeartbeat, subjectsFor, type AttachKind, type Subjects,
+} from './wire';
+
+/** A first connection attempt gives up after this; the beacon then starts without NATS and keeps trying. */
+const CONNECT_TIMEOUT_MS = 2_000;
+/** Between attempts while NATS is unreachable. */
+const RETRY_MS = 1_000;
+/** How long "is this instance ID taken?" waits for an answer. */
+const WHO_TIMEOUT_MS = 500;
+/** UDP endpoints expire silently; our directory entries for them are reconciled this often. */
+const UDP_RECONCILE_MS = 5_000;
+/** KV writes in flight per announce burst would be unbounded without a window; NATS acks fast. */
+const KV_TIMEOUT_MS = 5_000;
+/** Shutdown waits this long for our entries to be deleted. */
+const WITHDRAW_MS = 1_000;
+
+export async function startCluster(deps: ClusterDeps): Promise<ClusterNode> {
+  const cluster = new NatsCluster(deps);
+  await cluster.start();
+  return cluster;
+}
+
+class NatsCluster implements ClusterNode {
+  readonly instanceId: string;
+  private readonly subjects: Subjects;
+  private readonly members: Instances;
+  private readonly directory: Directory;
+  private readonly forwarder: Forwarder;
+  private readonly incarnation = randomBytes(8).toString('hex');
+  private readonly options: NodeConnectionOptions;
+  private nc: NatsConnection | undefined;
+  private isConnected = false;
+  private closed = false;
+  private watchStop: (() => void) | undefined;
+  /** Bumped on every (re)connect and close; stale async work checks it. */
+  private epoch = 0;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private reconcileTimer: NodeJS.Timeout | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly deps: ClusterDeps) {
+    const { config } = deps;
+    this.instanceId = deps.instanceId;
+    this.subjects = subjectsFor(config.clusterName);
+    this.members = new Instances(deps.instanceId, config.clusterDeadAfterMs, this.subjects.forward);
+    this.directory = new Directory({
+      self: this.members.self,
+      evict: (nodeId, kind) => {
+        deps.log.info({ nodeId, kind }, 'node attached to another instance; dropping it here');
+        deps.evict(nodeId, kind);
+      },
+      onStoreError: (err, op) => deps.log.debug({ err, op }, 'cluster directory write failed; it is redone on reconnect'),
+    });
+    this.forwarder = new Forwarder(deps.stats, () => this.isConnected, (subject, data) => this.publish(subject, data));
+    this.options = connectOptions(deps);
+  }
+
+  // ---- ClusterNode -----------------------------------------------------------
+
+  instanceOf(nodeId: NodeId): Instance | undefined {
+    return this.directory.instanceOf(nodeId);
+  }
+
+  forward(instance: Instance, relay: Buffer): void {
+    this.forwarder.forward(instance, relay);
+  }
+
+  isWssElsewhere(nodeId: NodeId): boolean {
+    return this.directory.isWssElsewhere(nodeId);
+  }
+
+  attached(nodeId: NodeId, kind: AttachKind): void {
+    this.directory.attached(nodeId, kind);
+  }
+
+  detached(nodeId: NodeId, kind: AttachKind): void {
+    this.directory.detached(nodeId, kind);
+  }
+
+  connected(): number {
+    return this.isConnected ? 1 : 0;
+  }
+
+  instances(): number {
+    return this.members.liveCount;
+  }
+
+  directoryEntries(): number {
+    return this.directory.size;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    clearInterval(this.heartbeatTimer);
+    clearInterval(this.reconcileTimer);
+    this.forwarder.flushAll();
+    if (this.isConnected) await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
+    this.epoch++;
+    this.isConnected = false;
+    this.watchStop?.();
+    const nc = this.nc;
+    this.nc = undefined;
+    await nc?.close().catch(() => undefined);
+  }
+
+  // ---- connection ------------------------------------------------------------
+
+  /** First connection: joins, or starts without NATS when it is unreachable; refused credentials throw. */
+  async start(): Promise<void> {
+    const { log, config } = this.deps;
+    this.reconcileTimer = setInterval(() => this.reconcileUdp(), UDP_RECONCILE_MS);
+    this.reconcileTimer.unref();
+    const servers = config.clusterServers.map(redactUrl);
+    try {
+      await this.connectAndJoin(true);
+    } catch (err) {
+      if (err instanceof StartError) {
+        await this.close();
+        throw err;
+      }
+      log.warn({ servers, err: describe(err) },
+        'cluster: NATS unreachable; serving this instance\'s own peers and joining when NATS comes');
+      this.retryLater();
+    }
+  }
+
+  private retryLater(): void {
+    if (this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.connectAndJoin(false).catch((err: unknown) => {
+        if (err instanceof StartError) this.deps.log.error({ err: err.message }, 'cluster: cannot join');
+        else this.deps.log.debug({ err: describe(err) }, 'cluster: NATS still unreachable');
+        this.retryLater();
+      });
+    }, RETRY_MS);
+    this.retryTimer.unref();
+  }
+
+  private async connectAndJoin(atStart: boolean): Promise<void> {
+    let nc: NatsConnection;
+    try {
+      nc = await connect(this.options);
+    } catch (err) {
+      throw refusal(err) ?? err;
+    }
+    if (this.closed) {
+      await nc.close();
+      return;
+    }
+    try {
+      await this.checkInstanceIdFree(nc);
+    } catch (err) {
+      await nc.close().catch(() => undefined);
+      if (!atStart && err instanceof StartError) {
+        this.deps.onFatal(err);
+        this.closed = true;
+        return;
+      }
+      throw err;
+    }
+    this.nc = nc;
+    this.subscribe(nc);
+    void this.followStatus(nc);
+    this.heartbeatTimer = setInterval(() => this.tick(), Math.max(50, Math.floor(this.deps.config.clusterDeadAfterMs / 5)));
+    this.heartbeatTimer.unref();
+    await this.sync(nc, 'joined');
+  }
+
+  /** A second live process with our ID answers on its `who` subject. */
+  private async checkInstanceIdFree(nc: NatsConnection): Promise<void> {
+    try {
+      await nc.request(this.subjects.who(this.instanceId), this.incarnation, { timeout: WHO_TIMEOUT_MS });
+    } catch (err) {
+      if (err instanceof NoRespondersError || (err as Error & { cause?: unknown }).cause instanceof NoRespondersError) return;
+      if ((err as Error).name === 'TimeoutError' || (err as Error).message?.includes('timeout')) return;
+      throw err;
+    }
+    throw new StartError(`--instance-id ${this.instanceId}: another live process in cluster "${this.deps.config.clusterName}" `
+      + 'already uses this ID; give each process its own --instance-id (default: host name and --bind port)', 'EINSTANCEID');
+  }
+
+  private subscribe(nc: NatsConnection): void {
+    // Kept by the connection; closing it ends them.
+    const subscriptions: Subscription[] = [
+      nc.subscribe(this.subjects.who(this.instanceId), {
+        callback: (_err: Error | null, msg: Msg) => { msg.respond(this.incarnation); },
+      }),
+      nc.subscribe(this.subjects.forward(this.instanceId), {
+        callback: (_err: Error | null, msg: Msg) => this.onBatch(msg),
+      }),
+      nc.subscribe(this.subjects.heartbeats, {
+        callback: (_err: Error | null, msg: Msg) => this.onHeartbeat(msg),
+      }),
+    ];
+    this.deps.log.debug({ subjects: subscriptions.map((sub) => sub.getSubject()) }, 'cluster: subscribed');
+  }
+
+  /** (Re)joins: bucket, heartbeat, watch, re-announce. Retries until done or cut off again. */
+  private async sync(nc: NatsConnection, what: 'joined' | 'rejoined'): Promise<void> {
+    const epoch = ++this.epoch;
+    const { log } = this.deps;
+    for (let attempt = 0; !this.closed && epoch === this.epoch; attempt++) {
+      try {
+        const kv = await openBucket(nc, this.subjects.bucket);
+        if (epoch !== this.epoch) return;
+        this.isConnected = true;
+        this.members.graceAll(Date.now());
+        this.heartbeat();
+        this.directory.store = storeOf(kv);
+        await this.watch(kv, epoch);
+        this.directory.announceAll();
+        log.info({ instanceId: this.instanceId, bucket: this.subjects.bucket, directoryEntries: this.directory.size },
+          what === 'joined' ? 'cluster joined' : 'cluster rejoined');
+        return;
+      } catch (err) {
+        // JetStream comes up a moment after a restarted server accepts clients.
+        log.debug({ err: describe(err), attempt }, 'cluster: directory not ready; retrying');
+        await delay(Math.min(2_000, 100 * 2 ** attempt));
+      }
+    }
+  }
+
+  private async followStatus(nc: NatsConnection): Promise<void> {
+    const { log } = this.deps;
+    for await (const status of nc.status()) {
+      if (this.closed) return;
+      switch (status.type) {
+        case 'disconnect':
+          if (!this.isConnected) break;
+          this.isConnected = false;
+          this.epoch++;
+          this.directory.store = undefined;
+          this.watchStop?.();
+          log.warn({}, 'cluster: lost NATS; relaying locally, dropping relays for other instances until it is back');
+          break;
+        case 'reconnect':
+          void this.sync(nc, 'rejoined');
+          break;
+        case 'error':
+          log.error({ err: describe(status.error) }, 'cluster: NATS error');
+          break;
+        default:
+          break;
+      }
+    }
+  }
+
+  // ---- directory watch -------------------------------------------------------
+
+  /** Watches the bucket from its start; resolves once the watch is set up. */
+  private async watch(kv: KV, epoch: number): Promise<void> {
+    this.watchStop?.();
+    const entries = await kv.watch();
+    if (epoch !== this.epoch) {
+      entries.stop();
+      return;
+    }
+    this.watchStop = () => entries.stop();
+    void (async () => {
+      try {
+        for await (const entry of entries) this.onDirectoryEntry(entry);
+      } catch (err) {
+        this.deps.log.debug({ err: describe(err) }, 'cluster: directory watch ended');
+      }
+    })();
+  }
+
+  private onDirectoryEntry(entry: KvWatchEntry): void {
+    const nodeId = decodeNodeKey(entry.key);
+    if (nodeId === undefined) return this.deps.stats.drop('cluster_malformed');
+    if (entry.operation !== 'PUT') return this.directory.applyDelete(nodeId, entry.revision);
+    const placement = decodePlacement(entry.string());
+    if (!placement) return this.deps.stats.drop('cluster_malformed');
+    this.directory.applyPut(nodeId, this.members.get(placement.instanceId), placement.kind, entry.revision);
+  }
+
+  // ---- heartbeats and liveness -----------------------------------------------
+
+  private tick(): void {
+    if (!this.isConnected) return;
+    this.heartbeat();
+    const { log } = this.deps;
+    for (const instance of this.members.expire(Date.now())) {
+      log.warn({ instance: instance.id, deadAfterMs: this.deps.config.clusterDeadAfterMs }, 'cluster: instance silent; routes to it dropped');
+    }
+    for (const instance of this.members.toSweep()) {
+      instance.swept = true;
+      const entries = this.directory.entriesOf(instance);
+      if (entries.length > 0) log.info({ instance: instance.id, entries: entries.length }, 'cluster: removing a dead instance\'s entries');
+      for (const [nodeId, rev] of entries) void this.directory.remove(nodeId, rev);
+    }
+  }
+
+  private heartbeat(): void {
+    this.publish(this.subjects.heartbeat(this.instanceId), Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation)));
+  }
+
+  private onHeartbeat(msg: Msg): void {
+    const beat = decodeHeartbeat(msg.string());
+    if (!beat || msg.subject !== this.subjects.heartbeat(beat.instanceId)) return this.deps.stats.drop('cluster_malformed');
+    if (beat.instanceId === this.instanceId) {
+      if (beat.incarnation !== this.incarnation) {
+        this.deps.log.error({ instanceId: this.instanceId }, 'cluster: another process heartbeats with this instance ID; give each its own --instance-id');
+      }
+      return;
+    }
+    const { cameAlive } = this.members.heartbeat(beat.instanceId, beat.incarnation, Date.now());
+    if (cameAlive) this.deps.log.info({ instance: beat.instanceId }, 'cluster: instance live');
+  }
+
+  // ---- forwarding ------------------------------------------------------------
+
+  private onBatch(msg: Msg): void {
+    const { stats } = this.deps;
+    const relays = decodeBatch(msg.data);
+    if (!relays) return stats.drop('cluster_malformed');
+    stats.cluster.batchesIn++;
+    stats.cluster.framesIn += relays.length;
+    for (let i = 0; i < relays.length; i++) this.deps.deliverLocally(relays[i]!);
+  }
+
+  private publish(subject: string, data: Uint8Array): boolean {
+    try {
+      this.nc!.publish(subject, data);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // ---- UDP endpoints ---------------------------------------------------------
+
+  private reconcileUdp(): void {
+    for (const nodeId of this.directory.ownNodes('udp')) {
+      if (!this.deps.hasUdpEndpoint(nodeId)) this.directory.detached(nodeId, 'udp');
+    }
+  }
+}
+
+/** Connection options from the flags: credentials out of the URLs, creds file, TLS. */
+function connectOptions(deps: ClusterDeps): NodeConnectionOptions {
+  const { config } = deps;
+  const servers: string[] = [];
+  let user: string | undefined;
+  let pass: string | undefined;
+  let tls = config.clusterTlsCaFile !== undefined;
+  for (const text of config.clusterServers) {
+    const url = new URL(text);
+    if (url.username) {
+      user = decodeURIComponent(url.username);
+      pass = decodeURIComponent(url.password);
+    }
+    if (url.protocol === 'tls:') tls = true;
+    servers.push(`${url.hostname.includes(':') ? `[${url.hostname}]` : url.hostname}:${url.port || '4222'}`);
+  }
+  const options: NodeConnectionOptions = {
+    servers,
+    name: `beacon ${deps.instanceId}`,
+    timeout: CONNECT_TIMEOUT_MS,
+    reconnect: true,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+    reconnectJitter: 100,
+    // Ours come back on our own subscription; never deliver our publishes to ourselves.
+    noEcho: true,
+    pingInterval: 2_000,
+    maxPingOut: 2,
+  };
+  if (user !== undefined) Object.assign(options, { user, pass });
+  if (config.clusterCredsFile) options.authenticator = credentials(config.clusterCredsFile);
+  if (tls) options.tls = config.clusterTlsCaFile ? { caFile: config.clusterTlsCaFile } : {};
+  return options;
+}
+
+/** A NATS .creds file (JWT and seed) or a bare nkey seed file. */
+function credentials(path: string): Authenticator {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new StartError(`--cluster-creds ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); `
+      + 'name a NATS .creds file or an nkey seed file', 'ECLUSTERCREDS');
+  }
+  if (text.includes('-----BEGIN NATS USER JWT-----')) return credsAuthenticator(Buffer.from(text));
+  const seed = text.trim();
+  if (/^SU[A-Z2-7]{50,}$/.test(seed)) return nkeyAuthenticator(Buffer.from(seed));
+  throw new StartError(`--cluster-creds ${path}: neither a NATS .creds file nor an nkey seed (SU...); `
+    + 'use the file `nsc generate creds` or `nk -gen user` made', 'ECLUSTERCREDS');
+}
+
+/** A StartError when the server refused us (credentials, TLS), undefined when it is just unreachable. */
+function refusal(err: unknown): StartError | undefined {
+  const message = describe(err);
+  if (err instanceof AuthorizationError || err instanceof UserAuthenticationExpiredError || /authoriz|authentic/i.test(message)) {
+    return new StartError(`--cluster: NATS refused this beacon's credentials (${message}); `
+      + 'check user:password in the --cluster URL or the --cluster-creds file against the NATS server\'s accounts', 'ECLUSTERAUTH');
+  }
+  if (/certificate|tls|self.signed|ssl/i.test(message)) {
+    return new StartError(`--cluster: TLS to NATS failed (${message}); `
+      + 'give the CA that signed the NATS server\'s certificate with --cluster-tls-ca FILE, or use nats:// for a server without TLS', 'ECLUSTERTLS');
+  }
+  return undefined;
+}
+
+async function openBucket(nc: NatsConnection, bucket: string): Promise<KV> {
+  const kvm = new Kvm(nc);
+  // One value per key: the directory needs the last writer, not a history.
+  return kvm.create(bucket, { history: 1, timeout: KV_TIMEOUT_MS });
+}
+
+function storeOf(kv: KV) {
+  return {
+    put: (key: string, value: string) => kv.put(key, value),
+    delete: (key: string, previousRev: number) => kv.delete(key, { previousSeq: previousRev }),
+  };
+}
+
+function describe(err: unknown): string {
+  if (!(err instanceof Error)) return String(err);
+  const cause = (err as Error & { cause?: unknown }).cause;
+  return cause instanceof Error && !err.message.includes(cause.message) ? `${err.message}: ${cause.message}` : err.message;
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+function withTimeout(promise: Promise<unknown>, ms: number): Promise<void> {
+  return Promise.race([promise.then(() => undefined, () => undefined), delay(ms)]);
+}
