@@ -17,6 +17,7 @@ import {
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
+import { UDP_IO_CHOICES, type UdpIoChoice } from '../lib/udp/transport';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -47,6 +48,7 @@ export interface RunFlags {
   keyCacheSize: number;
   udpEndpointTtl: number;
   maxUdpEndpoints: number;
+  udpIo: UdpIoChoice;
   shutdownGrace: number;
   restartDelay: number;
   restartWindow: number;
@@ -87,6 +89,8 @@ export function runOptions(): Option[] {
     flag('--key-cache-size <n>', 'registry answers kept in the key cache', positiveInt, d.keyCacheMaxEntries, String(d.keyCacheMaxEntries)),
     flag('--udp-endpoint-ttl <duration>', 'UDP endpoints not refreshed within this are forgotten', parseDuration, d.udpEndpointTtlMs, formatDuration(d.udpEndpointTtlMs)),
     flag('--max-udp-endpoints <n>', 'bound on the UDP endpoint table', positiveInt, d.maxUdpEndpoints, String(d.maxUdpEndpoints)),
+    new Option('--udp-io <mode>', 'UDP socket I/O: batched (recvmmsg/sendmmsg addon, Linux), dgram (Node\'s dgram), or auto: batched where the addon is built, else dgram')
+      .choices(UDP_IO_CHOICES).default(d.udpIo).env(envName('--udp-io')),
     flag('--shutdown-grace <duration>', 'on shutdown, how long peers get to acknowledge the close', parseDuration, d.shutdownGraceMs, formatDuration(d.shutdownGraceMs)),
     flag('--restart-delay <duration>', 'on shutdown, peers are told to start reconnecting after this', parseDuration, d.restartDelayMs, formatDuration(d.restartDelayMs)),
     flag('--restart-window <duration>', 'on shutdown, peers are told to keep trying this long after the delay (first attempts spread over its first half)', parseDuration, d.restartWindowMs, formatDuration(d.restartWindowMs)),
@@ -127,6 +131,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     keyCacheMaxEntries: flags.keyCacheSize,
     udpEndpointTtlMs: flags.udpEndpointTtl,
     maxUdpEndpoints: flags.maxUdpEndpoints,
+    udpIo: flags.udpIo,
     shutdownGraceMs: flags.shutdownGrace,
     restartDelayMs: flags.restartDelay,
     restartWindowMs: flags.restartWindow,

@@ -29,6 +29,7 @@ import { BeaconPeers } from './relay/beacon-peers';
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
 import { UdpServer } from './udp/udp-server';
+import { chooseUdpIo, type UdpIoDecision } from './udp/udp-batch-addon';
 import { CompatServer } from './wss/compat-server';
 import { VERSION } from './version';
 import type { ClusterNode } from './cluster/types';
@@ -59,6 +60,7 @@ export class Beacon extends EventEmitter {
   private readonly app: FastifyInstance;
   private readonly compat: CompatServer;
   private readonly udp: UdpServer;
+  private readonly udpIo: UdpIoDecision;
   private readonly router: RelayRouter;
   private readonly registry: Registry;
   private readonly keys: KeyDirectory;
@@ -96,12 +98,14 @@ export class Beacon extends EventEmitter {
         detached: (peer) => this.cluster?.detached(peer.nodeId, 'wss'),
       },
     });
+    this.udpIo = chooseUdpIo(config.udpIo);
     this.udp = new UdpServer({
       config, stats, log: this.log, router: this.router,
       beaconPeers: () => this.beaconPeers,
       // PROTOCOL.md §3 across instances: UDP cannot speak for a node on a WebSocket anywhere in the cluster.
       isAttachedOverWss: (id) => this.compat.peers.has(id) || (this.cluster?.isWssElsewhere(id) ?? false),
       onEndpointRecorded: (id) => this.cluster?.attached(id, 'udp'),
+      io: this.udpIo.io, addon: this.udpIo.addon,
     });
     const gauges: LiveGauges = {
       peers: () => this.compat.peers.size,
@@ -110,6 +114,7 @@ export class Beacon extends EventEmitter {
       udpEndpoints: () => this.udp.endpoints.size,
       beaconRoutes: () => this.beaconPeers.routeCount,
       keysLoaded: () => this.keysFile?.size ?? 0,
+      udpIo: () => this.udpIo.io,
     };
     const clusterGauges = config.clusterServers.length === 0 ? undefined : {
       connected: () => this.cluster?.connected() ?? 0,
@@ -136,6 +141,10 @@ export class Beacon extends EventEmitter {
   /** @internal Binds both sockets and wires reloads and Sync. */
   async start(): Promise<void> {
     const { config } = this;
+    if (config.udpIo === 'batched' && this.udpIo.io !== 'batched') {
+      throw new StartError(`--udp-io batched: the udp-batch addon is not available (${this.udpIo.addonError}); `
+        + 'build it with `npm rebuild @beacon/udp-batch` (Linux, needs g++, make and python3) or use --udp-io dgram', 'EUDPIO');
+    }
     await this.compat.register(this.app);
     registerOpsRoutes(this.app, this.registry, {
       draining: () => this.compat.isDraining,
@@ -193,7 +202,11 @@ export class Beacon extends EventEmitter {
       udp: formatHostPort({ host: this.udpAddress.address, port: this.udpAddress.port }),
       beaconPeers: config.peers.length,
       instanceId: this.cluster?.instanceId,
+      udpIo: this.udpIo.io,
     }, 'beacon listening');
+    if (this.udpIo.addonError !== undefined) {
+      this.log.info({ reason: this.udpIo.addonError }, 'udp-batch addon not available: UDP runs on dgram (one system call per datagram)');
+    }
   }
 
   /** Loads the NATS side only now, so a beacon without --cluster never loads it. */

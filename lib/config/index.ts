@@ -8,6 +8,7 @@
  * - Every resource a stranger can hold has a limit here.
  */
 import { MAX_NODE_ID } from '../protocol';
+import { UDP_IO_CHOICES, type UdpIoChoice } from '../udp/transport';
 import { type HostPort } from './units';
 
 export * from './units';
@@ -48,6 +49,8 @@ export interface BeaconConfig {
   udpEndpointTtlMs: number;
   /** Bound on the UDP endpoint table (anyone can send Discover). */
   maxUdpEndpoints: number;
+  /** UDP socket I/O: 'batched' (recvmmsg/sendmmsg addon), 'dgram', or 'auto' (batched where the addon is built). */
+  udpIo: UdpIoChoice;
   /** On shutdown, how long peers get to acknowledge the close. */
   shutdownGraceMs: number;
   /** (ours) Sent in the `restarting` notice: when clients should start reconnecting... */
@@ -95,6 +98,7 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   keyCacheMaxEntries: 100_000,
   udpEndpointTtlMs: 10 * 60_000,
   maxUdpEndpoints: 100_000,
+  udpIo: 'auto',
   shutdownGraceMs: 2_000,
   // A systemd restart is the drain (--shutdown-grace) plus Node's start-up.
   restartDelayMs: 3_000,
@@ -138,6 +142,9 @@ export function validateConfig(config: BeaconConfig): void {
     if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
       throw new ConfigError(`${field} must be a positive number, got ${String(value)}`);
     }
+  }
+  if (!UDP_IO_CHOICES.includes(config.udpIo)) {
+    throw new ConfigError(`udpIo must be one of ${UDP_IO_CHOICES.join(', ')}, got ${String(config.udpIo)}`);
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');

@@ -67,6 +67,14 @@ export function createPrometheusRegistry(
   mirroredCounter(r, 'beacon_udp_packets_total', 'UDP packets received, by packet type.', ['type'],
     () => byKey('type', stats.udpPackets, UDP_PACKET_TYPES));
   mirroredCounter(r, 'beacon_udp_sent_total', 'UDP packets sent.', [], () => [[{}, stats.udpSent]]);
+  new Gauge({
+    name: 'beacon_udp_io', help: 'The UDP I/O in use (--udp-io): batched (recvmmsg/sendmmsg addon) or dgram; always 1.',
+    labelNames: ['io'], registers: [r],
+    collect() {
+      this.reset();
+      this.set({ io: gauges.udpIo() }, 1);
+    },
+  });
   mirroredGauge(r, 'beacon_udp_endpoints', 'Nodes with a known UDP endpoint.', () => gauges.udpEndpoints());
 
   mirroredCounter(r, 'beacon_relay_total', 'Relays by the route the router chose.', ['route'],

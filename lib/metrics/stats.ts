@@ -35,6 +35,10 @@ export const DROP_REASONS = [
   'endpoint_table_full',
   /** The UDP socket refused a send. */
   'udp_send_error',
+  /** The UDP socket's send buffer was full (batched I/O drops rather than queue; dgram queues). */
+  'udp_send_full',
+  /** A datagram larger than the receive slot (batched I/O); cut by the kernel, so not relayed. */
+  'udp_truncated',
   /** A Sync listed more nodes than fit in one datagram. */
   'sync_truncated',
   /** A relay for a node on another instance while this instance is cut off from NATS. */
@@ -117,6 +121,8 @@ export interface MetricsSnapshot {
   handshakes: number;
   udpEndpoints: number;
   beaconRoutes: number;
+  /** The UDP I/O in use (--udp-io). */
+  udpIo: string;
   stats: BeaconStats;
 }
 
@@ -129,6 +135,8 @@ export interface LiveGauges {
   udpEndpoints(): number;
   beaconRoutes(): number;
   keysLoaded(): number;
+  /** 'batched' or 'dgram'. */
+  udpIo(): string;
 }
 
 /** Gauges of cluster mode, read at scrape time; exposed only when --cluster is set. */
@@ -147,6 +155,7 @@ export function snapshot(stats: BeaconStats, gauges: LiveGauges): MetricsSnapsho
     handshakes: gauges.handshakes(),
     udpEndpoints: gauges.udpEndpoints(),
     beaconRoutes: gauges.beaconRoutes(),
+    udpIo: gauges.udpIo(),
     stats: structuredClone(stats),
   };
 }

@@ -1,5 +1,5 @@
 /**
- * The beacon's UDP side (PROTOCOL.md §1): one dgram socket, IPv4 or IPv6.
+ * The beacon's UDP side (PROTOCOL.md §1): one socket, IPv4 or IPv6.
  *
  * - Discover records the source as the node's endpoint and answers with it;
  *   PunchRequest records the requester and sends each side a PunchCommand
@@ -9,9 +9,10 @@
  *   are dropped and counted.
  * - Malformed packets and unknown types are dropped and counted, never
  *   answered. Nothing is logged per packet.
+ * - The socket is a DatagramTransport (transport.ts): dgram, or the batched
+ *   addon, which calls `receive` for each datagram of a batch and sends the
+ *   batch's replies and relays together when `receive` has seen them all.
  */
-import dgram from 'node:dgram';
-import dns from 'node:dns';
 import { isIP, type AddressInfo } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import type { BeaconConfig } from '../config';
@@ -23,40 +24,11 @@ import {
 } from '../protocol/packets';
 import type { BeaconPeers } from '../relay/beacon-peers';
 import type { RelayRouter } from '../relay/router';
+import { BatchTransport } from './batch-transport';
+import { DgramTransport } from './dgram-transport';
 import { EndpointTable, type UdpEndpoint } from './endpoints';
-
-/**
- * dgram resolves the address of every send through dns.lookup, which for an
- * IP literal still costs a call, a closure and a tick per packet. Every
- * address the beacon sends to is a literal (a datagram's source, a resolved
- * beacon peer): answer those at once; names (the bind host) go to DNS.
- */
-function lookupLiteral(
-  address: string, family: dns.LookupOneOptions | number,
-  callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
-): void {
-  const literal = isIP(address);
-  if (literal !== 0) return callback(null, address, literal);
-  dns.lookup(address, family as dns.LookupOneOptions, callback);
-}
-
-/**
- * Kernel buffers of the UDP socket. The default receive buffer (~208 KiB)
- * holds about a millisecond of relays at full rate: any pause of the event
- * loop (a GC, a big WebSocket batch) overflows it and the kernel drops.
- * Linux caps these at net.core.rmem_max / wmem_max.
- */
-const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024;
-const UDP_SEND_BUFFER_BYTES = 1024 * 1024;
-
-function setBufferSizes(socket: dgram.Socket, log: FastifyBaseLogger): void {
-  try {
-    socket.setRecvBufferSize(UDP_RECV_BUFFER_BYTES);
-    socket.setSendBufferSize(UDP_SEND_BUFFER_BYTES);
-  } catch (err) {
-    log.debug({ err }, 'udp socket buffer sizes left at the system default');
-  }
-}
+import type { DatagramTransport, UdpIo } from './transport';
+import type { UdpBatchAddon } from './udp-batch-addon';
 
 export interface UdpServerDeps {
   config: BeaconConfig;
@@ -67,11 +39,14 @@ export interface UdpServerDeps {
   isAttachedOverWss: (nodeId: NodeId) => boolean;
   /** A node's endpoint was recorded or refreshed here (cluster mode announces it). */
   onEndpointRecorded?: (nodeId: NodeId) => void;
+  /** Which transport: 'batched' needs `addon`. */
+  io: UdpIo;
+  addon?: UdpBatchAddon;
 }
 
 export class UdpServer {
   readonly endpoints: EndpointTable;
-  private socket: dgram.Socket | undefined;
+  private transport: DatagramTransport | undefined;
   private expiry: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: UdpServerDeps) {
@@ -84,38 +59,23 @@ export class UdpServer {
   }
 
   async start(): Promise<AddressInfo> {
-    const { host, port } = this.deps.config.udp;
-    const socket = dgram.createSocket({ type: this.family, lookup: lookupLiteral });
-    await new Promise<void>((resolve, reject) => {
-      socket.once('error', reject);
-      socket.bind(port, host, () => {
-        socket.off('error', reject);
-        resolve();
-      });
-    });
-    setBufferSizes(socket, this.deps.log);
-    socket.on('error', (err) => {
-      this.deps.stats.drop('udp_send_error');
-      this.deps.log.debug({ err }, 'udp socket error');
-    });
-    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo.address, rinfo.port));
-    this.socket = socket;
-    const sweepMs = Math.max(1000, Math.floor(this.deps.config.udpEndpointTtlMs / 4));
+    const { config, stats, log, io, addon } = this.deps;
+    const receive = (msg: Buffer, address: string, port: number) => this.receive(msg, address, port);
+    const transport: DatagramTransport = io === 'batched'
+      ? new BatchTransport(addon!, this.family, receive, stats)
+      : new DgramTransport(this.family, receive, stats, log);
+    const address = await transport.bind(config.udp.host, config.udp.port);
+    this.transport = transport;
+    const sweepMs = Math.max(1000, Math.floor(config.udpEndpointTtlMs / 4));
     this.expiry = setInterval(() => this.endpoints.expire(), sweepMs);
     this.expiry.unref();
-    return socket.address();
+    return address;
   }
 
   /** Sends one datagram; failures (e.g. too large for a datagram) are counted, never thrown. */
   send(packet: Buffer, to: UdpEndpoint): void {
-    this.socket?.send(packet, to.port, to.address, this.onSent);
+    this.transport?.send(packet, to);
   }
-
-  /** One callback for every send: without one, Node drops send errors silently. */
-  private readonly onSent = (err: Error | null): void => {
-    if (err) this.deps.stats.drop('udp_send_error');
-    else this.deps.stats.udpSent++;
-  };
 
   /** The address `ip` has on this socket (IPv4 on a udp6 socket is mapped). */
   wireAddress(ip: string): string {
@@ -124,12 +84,13 @@ export class UdpServer {
 
   close(): Promise<void> {
     clearInterval(this.expiry);
-    const socket = this.socket;
-    this.socket = undefined;
-    return new Promise((resolve) => (socket ? socket.close(() => resolve()) : resolve()));
+    const transport = this.transport;
+    this.transport = undefined;
+    return transport ? transport.close() : Promise.resolve();
   }
 
-  private onMessage(msg: Buffer, address: string, port: number): void {
+  /** One received datagram, from either transport. */
+  private receive(msg: Buffer, address: string, port: number): void {
     const { stats } = this.deps;
     switch (msg[0]) {
       case PacketType.Relay:

@@ -1,0 +1,46 @@
+/**
+ * The UDP transport: the one place the beacon's datagrams meet a socket.
+ *
+ * - Two implementations behind one interface: `DgramTransport` (Node's
+ *   dgram, one JavaScript call per datagram) and `BatchTransport` (the
+ *   udp-batch addon: recvmmsg/sendmmsg, one JavaScript call per batch).
+ *   `--udp-io` picks one; `auto` takes batched where the addon is built.
+ * - Both hand every datagram to the same `DatagramReceiver`, so the UDP
+ *   side (udp-server.ts) and everything after it is the same code.
+ * - Sends never throw and never block: a refused send is counted
+ *   (`udp_send_error`), and on the batched path a full socket buffer drops
+ *   the datagram (`udp_send_full`) where dgram would queue it.
+ * - A received datagram's Buffer is valid until the end of the event-loop
+ *   turn (batched: it is a slice of the receive area, refilled next turn);
+ *   anything that keeps one longer must copy it.
+ */
+import type { AddressInfo } from 'node:net';
+import type { UdpEndpoint } from './endpoints';
+
+/** What `--udp-io` asks for. */
+export const UDP_IO_CHOICES = ['auto', 'batched', 'dgram'] as const;
+export type UdpIoChoice = (typeof UDP_IO_CHOICES)[number];
+/** What the beacon runs. */
+export type UdpIo = Exclude<UdpIoChoice, 'auto'>;
+
+/** Called once per received datagram, in arrival order. */
+export type DatagramReceiver = (msg: Buffer, address: string, port: number) => void;
+
+export interface DatagramTransport {
+  readonly io: UdpIo;
+  /** Binds and starts receiving; rejects with the socket error (its `code`, e.g. EADDRINUSE). */
+  bind(host: string, port: number): Promise<AddressInfo>;
+  /** Sends one datagram (batched: queued, out by the end of the turn). */
+  send(packet: Buffer, to: UdpEndpoint): void;
+  /** Stops receiving and closes the socket; no datagram is delivered after it. */
+  close(): Promise<void>;
+}
+
+/**
+ * Kernel buffers of the UDP socket. The default receive buffer (~208 KiB)
+ * holds about a millisecond of relays at full rate: any pause of the event
+ * loop (a GC, a big WebSocket batch) overflows it and the kernel drops.
+ * Linux caps these at net.core.rmem_max / wmem_max.
+ */
+export const UDP_RECV_BUFFER_BYTES = 4 * 1024 * 1024;
+export const UDP_SEND_BUFFER_BYTES = 1024 * 1024;

@@ -1,0 +1,36 @@
+/**
+ * udp-batch: one UDP socket read with recvmmsg and written with sendmmsg
+ * (Linux). Everything crosses in shared Buffers, so one call carries a batch.
+ *
+ * Receive: on readiness the addon fills up to `batch` slots of `recvArea`
+ * (slot i at i * slot) and writes one record per datagram into `records`
+ * (RECORD_WORDS u32 each: length, truncated flag, family 4|6, port, the
+ * address bytes in words 4..7, and for IPv6 the address as text: its length
+ * in word 8, its bytes from word 9). Then `onBatch(count)` is called once.
+ * At most one batch per event-loop turn: the slots stay untouched until the
+ * turn's check phase, so slices of them may be kept until then.
+ *
+ * Send: JavaScript writes SEND_WORDS u32 per datagram into `sendRecords`
+ * (area 0 = sendArea, 1 = recvArea; offset; length; port; address bytes in
+ * words 4..7) and calls `flush(handle, count)`. `results` then holds the
+ * counts sent, dropped because the socket buffer was full, and refused.
+ */
+export type Handle = { readonly __udpBatchHandle: unique symbol };
+
+export const RECORD_WORDS: number;
+export const SEND_WORDS: number;
+
+/** Creates, binds and starts polling a socket; throws an Error whose `message` starts with the syscall and errno name (e.g. "bind EADDRINUSE"). */
+export function open(
+  family: 4 | 6, address16: Buffer, port: number, recvBufferBytes: number, sendBufferBytes: number,
+  batch: number, slot: number, recvArea: Buffer, records: Buffer, sendArea: Buffer, sendRecords: Buffer,
+  results: Buffer, onBatch: (count: number) => void,
+): Handle;
+
+export function localPort(handle: Handle): number;
+
+/** Sends the first `count` send records; returns how many went out. */
+export function flush(handle: Handle, count: number): number;
+
+/** Stops polling and closes the socket; no onBatch after it. Idempotent. */
+export function close(handle: Handle): void;
