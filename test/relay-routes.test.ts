@@ -14,6 +14,7 @@ import {
   encodeRelay, encodeRelayDeliver, encodeSync,
 } from '../lib/protocol';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
+import { SUITE_UDP_IO } from './helpers/udp-io';
 import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
 import { WsPeer, freeUdpPort, promValue } from './helpers/wire';
 
@@ -22,7 +23,8 @@ const bob = makeIdentity(8888);
 const carolId = 3333; // UDP nodes have no key: UDP is unauthenticated
 const daveId = 4444;
 
-const beacon = beaconFor;
+/** Every beacon of this suite runs on SUITE_UDP_IO (the -dgram twin runs it on dgram). */
+const beacon: typeof beaconFor = (t, ids = [], overrides = {}) => beaconFor(t, ids, { udpIo: SUITE_UDP_IO, ...overrides });
 const udpClient = udpClientFor;
 
 async function wsPeer(t: TestContext, tb: TestBeacon, id: TestIdentity, headers: Record<string, string> = {}): Promise<WsPeer> {
@@ -491,4 +493,22 @@ test('a forwarded address that is not an IP is refused with 400 and never crashe
   const again = await wsPeer(t, tb, alice);
   again.send(encodeRelay(7777, 8888, Buffer.from('still serving')));
   assertDeliver(await b.next(), 7777, Buffer.from('still serving'));
+});
+
+test('WSS -> UDP: 300 Relays sent at once all leave, whole and in order (sends queued outside a UDP batch)', async (t) => {
+  const tb = await beacon(t, [alice]);
+  const a = await wsPeer(t, tb, alice);
+  const carol = await udpClient(t);
+  await discover(tb, carol, carolId);
+  const count = 300;
+  const payloadOf = (i: number) => {
+    const payload = Buffer.alloc(8 + (i % 64), i & 0xff);
+    payload.writeUInt32BE(i, 0);
+    return payload;
+  };
+  // Sent in one turn: the beacon reads many per callback and queues more than one sendmmsg holds.
+  for (let i = 0; i < count; i++) a.send(encodeRelay(7777, carolId, payloadOf(i)));
+  for (let i = 0; i < count; i++) assertDeliver(await carol.next(), 7777, payloadOf(i));
+  assert.deepEqual(relays(tb), { ...none, udp: count });
+  assert.equal(tb.beacon.metrics().stats.udpSent, count + 1);
 });

@@ -11,10 +11,12 @@ import {
   encodeRelay, encodeRelayDeliver, encodeSync,
 } from '../lib/protocol';
 import { makeIdentity } from './helpers/identity';
+import { SUITE_UDP_IO } from './helpers/udp-io';
 import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
 import { WsPeer, promValue } from './helpers/wire';
 
-const beacon = beaconFor;
+/** Every beacon of this suite runs on SUITE_UDP_IO (the -dgram twin runs it on dgram). */
+const beacon: typeof beaconFor = (t, ids = [], overrides = {}) => beaconFor(t, ids, { udpIo: SUITE_UDP_IO, ...overrides });
 const udpClient = udpClientFor;
 
 /** Sends a Discover for `nodeId` and returns the reply, checked byte for byte. */
@@ -243,4 +245,76 @@ test('dual-stack socket: IPv4 clients are answered as IPv4 (4 bytes), IPv6 clien
   v6.send(encodeRelay(2222, 1111, Buffer.from('to v4')), tb.udpPort, '::1');
   assert.deepEqual(await v4.next(), encodeRelayDeliver(2222, Buffer.from('to v4')));
   assert.deepEqual({ ...tb.beacon.metrics().stats.relay }, { wss: 0, udp: 2, cluster: 0, beacon: 0, unknown: 0 });
+});
+
+test(`the beacon runs on the ${SUITE_UDP_IO} transport and says so in beacon_udp_io`, async (t) => {
+  const tb = await beacon(t);
+  assert.equal(tb.beacon.metrics().udpIo, SUITE_UDP_IO);
+  const text = await tb.beacon.metricsText();
+  assert.equal(promValue(text, 'beacon_udp_io', { io: SUITE_UDP_IO }), 1);
+  assert.equal(promValue(text, 'beacon_udp_io', { io: SUITE_UDP_IO === 'batched' ? 'dgram' : 'batched' }), undefined);
+});
+
+test('a 0-byte datagram is counted malformed and the next datagram is served', async (t) => {
+  const tb = await beacon(t);
+  const client = await udpClient(t);
+  client.send(Buffer.alloc(0), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.dropped.malformed === 1, 3_000, 'the empty datagram to be counted');
+  assert.equal(tb.beacon.metrics().stats.udpPackets.other, 1);
+  await discover(tb, client, 5555);
+});
+
+test('a 65,507-byte Relay (the largest IPv4 datagram) is relayed UDP -> UDP whole', async (t) => {
+  const { tb, a, b } = await twoDiscoveredNodes(t);
+  const payload = Buffer.alloc(65_507 - 9);
+  for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
+  const relay = encodeRelay(1111, 2222, payload);
+  assert.equal(relay.length, 65_507);
+  a.send(relay, tb.udpPort);
+  const got = await b.next();
+  assert.equal(got.length, 65_507 - 4);
+  assert.ok(got.equals(encodeRelayDeliver(1111, payload)), 'RelayDeliver byte for byte');
+  assert.equal(tb.beacon.metrics().stats.relay.udp, 1);
+});
+
+test('bursts across batch boundaries: 300 Relays from one socket arrive whole and in order', async (t) => {
+  const { tb, a, b } = await twoDiscoveredNodes(t);
+  const count = 300;
+  const got: Buffer[] = [];
+  for (let i = 0; i < count; i++) {
+    const payload = Buffer.alloc(4 + (i % 50));
+    payload.writeUInt32BE(i);
+    a.send(encodeRelay(1111, 2222, payload), tb.udpPort);
+    // Pace in bursts of 100, so loopback's buffers never drop (a loss would not be the beacon's).
+    if (i % 100 === 99) await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  for (let i = 0; i < count; i++) got.push(await b.next());
+  got.forEach((msg, i) => {
+    const payload = Buffer.alloc(4 + (i % 50));
+    payload.writeUInt32BE(i);
+    assert.ok(msg.equals(encodeRelayDeliver(1111, payload)), `datagram ${i} whole and in order`);
+  });
+  assert.equal(tb.beacon.metrics().stats.relay.udp, count);
+  assert.equal(tb.beacon.metrics().stats.udpSent, count + 2);
+});
+
+test('IPv6: a beacon on ::1 answers Discover with the 16-byte address and relays UDP -> UDP', async (t) => {
+  const tb = await beacon(t, [], { udp: { host: '::1', port: 0 } });
+  const clients = await Promise.all([0, 1].map(async () => {
+    const socket = dgram.createSocket('udp6');
+    await new Promise<void>((resolve) => socket.bind(0, '::1', resolve));
+    t.after(() => socket.close());
+    const queue: Buffer[] = [];
+    socket.on('message', (msg) => queue.push(msg));
+    return { socket, queue, port: socket.address().port };
+  }));
+  const [a, b] = clients as [typeof clients[0], typeof clients[0]];
+  a.socket.send(encodeDiscover(1111), tb.udpPort, '::1');
+  b.socket.send(encodeDiscover(2222), tb.udpPort, '::1');
+  await eventually(() => a.queue.length === 1 && b.queue.length === 1, 3_000, 'both DiscoverReplies');
+  assert.deepEqual(decodePacket(a.queue[0]!), { type: PacketType.DiscoverReply, endpoint: { ip: '::1', port: a.port } });
+  assert.equal(a.queue[0]!.length, 2 + 16 + 2, 'ip_len 16');
+  a.socket.send(encodeRelay(1111, 2222, Buffer.from('over six')), tb.udpPort, '::1');
+  await eventually(() => b.queue.length === 2, 3_000, 'the RelayDeliver');
+  assert.ok(b.queue[1]!.equals(encodeRelayDeliver(1111, Buffer.from('over six'))));
 });
