@@ -281,14 +281,16 @@ test('bursts across batch boundaries: 300 Relays from one socket arrive whole an
   const { tb, a, b } = await twoDiscoveredNodes(t);
   const count = 300;
   const got: Buffer[] = [];
-  for (let i = 0; i < count; i++) {
-    const payload = Buffer.alloc(4 + (i % 50));
-    payload.writeUInt32BE(i);
-    a.send(encodeRelay(1111, 2222, payload), tb.udpPort);
-    // Pace in bursts of 100, so loopback's buffers never drop (a loss would not be the beacon's).
-    if (i % 100 === 99) await new Promise((resolve) => setTimeout(resolve, 20));
+  // Bursts of 100 (over one batch of 64), each read before the next: one socket's
+  // default receive buffer holds a few hundred small datagrams, and a loss there is not the beacon's.
+  for (let burst = 0; burst < count / 100; burst++) {
+    for (let i = burst * 100; i < (burst + 1) * 100; i++) {
+      const payload = Buffer.alloc(4 + (i % 50));
+      payload.writeUInt32BE(i);
+      a.send(encodeRelay(1111, 2222, payload), tb.udpPort);
+    }
+    for (let i = 0; i < 100; i++) got.push(await b.next());
   }
-  for (let i = 0; i < count; i++) got.push(await b.next());
   got.forEach((msg, i) => {
     const payload = Buffer.alloc(4 + (i % 50));
     payload.writeUInt32BE(i);
