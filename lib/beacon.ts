@@ -143,7 +143,7 @@ export class Beacon extends EventEmitter {
     const { config } = this;
     if (config.udpIo === 'batched' && this.udpIo.io !== 'batched') {
       throw new StartError(`--udp-io batched: the udp-batch addon is not available (${this.udpIo.addonError}); `
-        + 'build it with `npm rebuild @beacon/udp-batch` (Linux, needs g++, make and python3) or use --udp-io dgram', 'EUDPIO');
+        + 'on Linux, install g++, make and python3 and run `npm ci` again (or `npm rebuild @beacon/udp-batch`), or use --udp-io dgram', 'EUDPIO');
     }
     await this.compat.register(this.app);
     registerOpsRoutes(this.app, this.registry, {

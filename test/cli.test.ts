@@ -176,7 +176,7 @@ test('--help exits 0 and shows every default from DEFAULTS and its BEACON_* vari
     `default: ${DEFAULTS.authTimeoutMs / 1000}s`, 'env: BEACON_AUTH_TIMEOUT',
     `default: ${DEFAULTS.sendBufferBytes / 1024}KiB`, 'env: BEACON_SEND_BUFFER',
     `default: ${DEFAULTS.maxPeers}`, 'env: BEACON_PEERS', 'env: BEACON_LOG_LEVEL', 'default: loopback',
-    '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', 'keygen', 'keys',
+    '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', '--udp-io', 'env: BEACON_UDP_IO', 'keygen', 'keys',
   ]) {
     assert.ok(help.includes(shown), `--help shows "${shown}"`);
   }
