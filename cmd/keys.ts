@@ -12,7 +12,7 @@
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
-import { KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
+import { KeySet, KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
 import { generateIdentity, loadIdentity, publicKeyBase64, saveIdentity } from '../lib/identity';
 import { MAX_NODE_ID, PUBLIC_KEY_BYTES, decodeBase64Exact, type NodeId } from '../lib/protocol';
 import { parsePositiveInt } from '../lib/config';
@@ -72,13 +72,14 @@ function keysAdd(flags: KeysAddFlags): void {
     throw new UsageError('keys add needs the key: give --public-key B64 or --identity FILE');
   }
   const publicKey = flags.publicKey ?? publicKeyBase64(loadIdentity(flags.identity as string));
-  const keys = readExistingKeys(flags.keys);
-  const previous = keys.get(flags.nodeId);
-  if (previous === publicKey) {
+  const raw = Buffer.from(publicKey, 'base64');
+  const existing = readExistingKeys(flags.keys);
+  const previous = existing.rawOf(flags.nodeId);
+  if (previous?.equals(raw)) {
     process.stdout.write(`node ${flags.nodeId} already has this key in ${flags.keys}; nothing changed\n`);
     return;
   }
-  keys.set(flags.nodeId, publicKey);
+  const keys = existing.with(flags.nodeId, raw);
   try {
     writeKeysFileAtomic(flags.keys, keys);
   } catch (err) {
@@ -94,12 +95,12 @@ function keysAdd(flags: KeysAddFlags): void {
   ].join('\n'));
 }
 
-/** The file's entries as base64 text; empty when the file does not exist yet; throws when it is invalid. */
-function readExistingKeys(file: string): Map<NodeId, string> {
+/** The file's keys; empty when the file does not exist yet; throws when it is invalid. */
+function readExistingKeys(file: string): KeySet {
   try {
-    return new Map([...loadKeysFile(file)].map(([nodeId, key]) => [nodeId, key.raw.toString('base64')]));
+    return loadKeysFile(file);
   } catch (err) {
-    if (err instanceof KeysFileError && err.code === 'not_found') return new Map();
+    if (err instanceof KeysFileError && err.code === 'not_found') return KeySet.EMPTY;
     throw err;
   }
 }

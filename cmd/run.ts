@@ -52,7 +52,7 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
       return;
     }
     log.info({ signal: 'SIGHUP', keysFile: config.keysFile }, 'reloading keys file');
-    beacon.reloadKeys();
+    void beacon.reloadKeys();
   });
 
   try {

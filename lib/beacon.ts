@@ -246,9 +246,13 @@ export class Beacon extends EventEmitter {
     return this.registry.metrics();
   }
 
-  /** Re-reads the keys file (SIGHUP); false if it was invalid and the old keys were kept. */
-  reloadKeys(): boolean {
-    return this.keysFile?.reload() ?? false;
+  /**
+   * Re-reads the keys file (SIGHUP) off the event loop; resolves true once
+   * the new keys are in and changed peers revoked, false if it was invalid
+   * and the old keys were kept.
+   */
+  reloadKeys(): Promise<boolean> {
+    return this.keysFile?.reload() ?? Promise.resolve(false);
   }
 
   /** Graceful shutdown; idempotent. */

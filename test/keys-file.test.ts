@@ -159,7 +159,7 @@ test('JSON that is not an object is refused', () => {
   }
 });
 
-test('reload() swaps in the new keys and emits reload', () => {
+test('reload() swaps in the new keys and emits reload', async () => {
   const file = path.join(tempDir(), 'keys.json');
   const a = generatePublicKey();
   const b = generatePublicKey();
@@ -169,14 +169,14 @@ test('reload() swaps in the new keys and emits reload', () => {
   const seen: ReadonlyMap<number, RegisteredKey>[] = [];
   keysFile.on('reload', (keys) => seen.push(keys));
   writeJson(file, { '1': b, '2': a });
-  assert.equal(keysFile.reload(), true);
+  assert.equal(await keysFile.reload(), true);
   assert.equal(seen.length, 1);
   assert.equal(seen[0], keysFile.keys);
   assert.equal(keysFile.size, 2);
   assert.deepEqual(keysFile.keys.get(1)?.raw, rawOf(b));
 });
 
-test('a failed reload() keeps the old keys and emits reloadError', () => {
+test('a failed reload() keeps the old keys and emits reloadError', async () => {
   const file = path.join(tempDir(), 'keys.json');
   const a = generatePublicKey();
   writeJson(file, { '1': a });
@@ -188,9 +188,9 @@ test('a failed reload() keeps the old keys and emits reloadError', () => {
   keysFile.on('reload', () => reloads++);
 
   writeJson(file, { '1': a, x: a });
-  assert.equal(keysFile.reload(), false);
+  assert.equal(await keysFile.reload(), false);
   fs.rmSync(file);
-  assert.equal(keysFile.reload(), false);
+  assert.equal(await keysFile.reload(), false);
 
   assert.equal(reloads, 0);
   assert.deepEqual(errors.map((e) => e.code), ['bad_node_id', 'not_found']);

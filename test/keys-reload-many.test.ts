@@ -24,7 +24,7 @@ test('reloading keys keeps every one of 300 peers whose key did not change', asy
   const revokedClosed = [closed(sockets[7]), closed(sockets[123])];
   const next = ids.filter((id) => id.nodeId !== 10_123).map((id) => (id.nodeId === 10_007 ? makeIdentity(10_007) : id));
   writeFileSync(tb.keysPath, keysFileJson(next));
-  assert.equal(tb.beacon.reloadKeys(), true); // what SIGHUP does
+  assert.equal(await tb.beacon.reloadKeys(), true); // what SIGHUP does
   for (const result of await Promise.all(revokedClosed)) assert.equal(result.code, CloseCode.PolicyViolation);
   await eventually(() => tb.beacon.peerCount() === 298, 3_000, 'the two revoked peers to leave');
   assert.deepEqual([...closes.keys()].sort(), [10_007, 10_123]);

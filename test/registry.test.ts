@@ -348,7 +348,7 @@ test('directory: the keys file first, then the cached registry', async (t) => {
 
   // A reload of the file is seen by the next lookup.
   writeKeysFileAtomic(file, new Map([[9, fileKey]]));
-  assert.equal(keysFile.reload(), true);
+  assert.equal(await keysFile.reload(), true);
   assertFound(await directory.lookup(9, TIMEOUT_MS), 9, fileKey);
 });
 

@@ -1,8 +1,8 @@
 /**
  * The beacon's one place to ask "which public key is registered for node N".
  *
- * - The keys file first: a synchronous map lookup, always current (the
- *   KeysFile swaps its map on reload).
+ * - The keys file first: a synchronous lookup, always current (the
+ *   KeysFile swaps its key table on reload), verify-ready keys cached there.
  * - Then the registry, through the cache (positive and negative TTLs).
  * - With neither configured, every node is unknown.
  * - `isCurrent` re-checks a key against the file as it is now: a reload
@@ -36,13 +36,13 @@ export function createKeyDirectory(options: KeyDirectoryOptions): KeyDirectory {
 
   return {
     lookup(nodeId: NodeId, timeoutMs: number): Promise<KeyLookup> {
-      const key = keysFile?.keys.get(nodeId);
+      const key = keysFile?.lookup(nodeId);
       if (key) return Promise.resolve({ status: 'found', key });
       return cache ? cache.lookup(nodeId, timeoutMs) : Promise.resolve(UNKNOWN);
     },
     isCurrent(nodeId: NodeId, key: RegisteredKey): boolean {
-      const inFile = keysFile?.keys.get(nodeId);
-      return inFile ? inFile.raw.equals(key.raw) : key.source !== 'file';
+      const inFile = keysFile?.keys.rawOf(nodeId);
+      return inFile ? inFile.equals(key.raw) : key.source !== 'file';
     },
     close(): void {
       cache?.close();

@@ -3,11 +3,17 @@
  *
  * - `loadKeysFile` reads and validates the whole file, or throws a
  *   KeysFileError naming the file, the entry at fault and the fix; a file
- *   that is only partly valid is never used.
- * - `KeysFile` holds the current keys; `reload()` swaps them in one step and
- *   emits 'reload', or keeps the old ones and emits 'reloadError'.
+ *   that is only partly valid is never used. Keys are held in a KeySet
+ *   (36 bytes a key; keys-file-codec.ts reads and writes the bytes).
+ * - `KeysFile` holds the current keys. `reload()` parses on a worker thread
+ *   (a million keys take about a second to parse; the event loop keeps
+ *   relaying meanwhile), then swaps the new KeySet in in one step and emits
+ *   'reload', or keeps the old keys and emits 'reloadError'.
+ * - `lookup()` gives a verify-ready key, built on first use and kept in a
+ *   bounded cache (VerifyKeyCache).
  * - `watch()` watches the directory (editors and `beacon keys add` replace the
- *   file by rename), debounced, and skips content identical to the last load.
+ *   file by rename), debounced, and skips content identical to the last load
+ *   (compared by SHA-256, not by keeping the file's bytes).
  * - `writeKeysFileAtomic` (temp file, fsync, rename over) serves `beacon keys
  *   add`. Not here: revoking peers and SIGHUP; the beacon listens to 'reload'
  *   and calls `reload()` itself.
@@ -16,145 +22,76 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { MAX_NODE_ID, PUBLIC_KEY_BYTES, decodeBase64Exact, type NodeId } from '../protocol';
-import { registeredKey, type RegisteredKey } from './keys';
+import { Worker } from 'node:worker_threads';
+import type { NodeId } from '../protocol';
+import type { RegisteredKey } from './keys';
+import { KeySet } from './key-set';
+import { formatKeySet, keySetFromText, parseKeysFile } from './keys-file-codec';
+import { KeysFileError } from './keys-file-error';
+import { keysFileDigest, readKeysFileBytes } from './keys-file-read';
+import type { KeysFileJob, KeysFileJobResult } from './keys-file-worker';
+import { VerifyKeyCache } from './verify-key-cache';
+
+export { KeysFileError, type KeysFileErrorCode } from './keys-file-error';
+export { KeySet } from './key-set';
 
 /** Changes closer together than this become one reload (editors write in several steps). */
 export const KEYS_FILE_DEBOUNCE_MS = 100;
 
-/** A decimal node ID as written in the file: no sign, no spaces, no leading zeros. */
-const NODE_ID_TEXT = /^[1-9][0-9]{0,9}$/;
-
-/** Stable codes, so callers and tests match on codes, not on text. */
-export type KeysFileErrorCode =
-  | 'not_found'
-  | 'unreadable'
-  | 'bad_json'
-  | 'not_object'
-  | 'bad_node_id'
-  | 'bad_public_key'
-  | 'watch_failed';
-
-export class KeysFileError extends Error {
-  override name = 'KeysFileError';
-  readonly code: KeysFileErrorCode;
-  readonly file: string;
-  /** The entry (node ID as written) at fault, when one is. */
-  readonly entry?: string;
-
-  constructor(code: KeysFileErrorCode, file: string, problem: string, entry?: string) {
-    const where = entry === undefined ? `keys file ${file}` : `keys file ${file}: entry ${JSON.stringify(entry)}`;
-    super(`${where}: ${problem}`);
-    this.code = code;
-    this.file = file;
-    if (entry !== undefined) this.entry = entry;
-  }
-}
+/**
+ * Verify-ready keys kept for recently seen nodes. A miss costs ~8 µs on the
+ * event loop (a tenth of the signature check it precedes), and attached
+ * peers hold their own key, so this only has to cover nodes that reconnect
+ * soon after leaving; at ~1 KB a key, 4,096 stay under 5 MB.
+ */
+export const VERIFY_KEY_CACHE_ENTRIES = 4_096;
 
 /** Reads and validates the keys file; throws KeysFileError. */
-export function loadKeysFile(file: string): Map<NodeId, RegisteredKey> {
+export function loadKeysFile(file: string): KeySet {
   return parseKeysFile(file, readKeysFileBytes(file));
-}
-
-function readKeysFileBytes(file: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (err) {
-    throw readError(file, err);
-  }
-}
-
-function readError(file: string, err: unknown): KeysFileError {
-  const code = (err as NodeJS.ErrnoException).code;
-  if (code === 'ENOENT') {
-    return new KeysFileError('not_found', file,
-      `not found (create it with: beacon keys add --keys ${file} --node-id N --public-key B64)`);
-  }
-  if (code === 'EISDIR') return new KeysFileError('unreadable', file, 'is a directory; give the path of the JSON file');
-  const message = err instanceof Error ? err.message : String(err);
-  return new KeysFileError('unreadable', file, `cannot be read (${message}); check that the beacon's user may read it`);
-}
-
-function parseKeysFile(file: string, bytes: Buffer): Map<NodeId, RegisteredKey> {
-  const entries = parseJsonObject(file, bytes);
-  const keys = new Map<NodeId, RegisteredKey>();
-  for (const [entry, value] of Object.entries(entries)) {
-    const nodeId = parseNodeIdText(file, entry);
-    keys.set(nodeId, registeredKey(nodeId, parsePublicKey(file, entry, value), 'file'));
-  }
-  return keys;
-}
-
-function parseJsonObject(file: string, bytes: Buffer): Record<string, unknown> {
-  let value: unknown;
-  try {
-    // A UTF-8 byte order mark is what some editors put first; JSON does not allow it.
-    value = JSON.parse(bytes.toString('utf8').replace(/^\uFEFF/, ''));
-  } catch (err) {
-    const message = err instanceof Error ? err.message : String(err);
-    throw new KeysFileError('bad_json', file, `invalid JSON (${message}); fix the syntax or rewrite it with beacon keys add`);
-  }
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
-    throw new KeysFileError('not_object', file,
-      `must be a JSON object mapping node IDs to public keys, e.g. {"7777": "<base64>"} (got ${got})`);
-  }
-  return value as Record<string, unknown>;
-}
-
-function parseNodeIdText(file: string, entry: string): NodeId {
-  const nodeId = NODE_ID_TEXT.test(entry) ? Number(entry) : NaN;
-  if (!(nodeId >= 1 && nodeId <= MAX_NODE_ID)) {
-    throw new KeysFileError('bad_node_id', file, `node ID must be a decimal number from 1 to ${MAX_NODE_ID}`, entry);
-  }
-  return nodeId;
-}
-
-function parsePublicKey(file: string, entry: string, value: unknown): Buffer {
-  const raw = decodeBase64Exact(value, PUBLIC_KEY_BYTES);
-  if (raw) return raw;
-  throw new KeysFileError('bad_public_key', file,
-    `public key must be base64 of ${PUBLIC_KEY_BYTES} bytes (got ${describeBadKey(value)})`, entry);
-}
-
-/** Says what was found instead of a key, for the error message. */
-function describeBadKey(value: unknown): string {
-  if (typeof value !== 'string') return value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;
-  const length = Buffer.from(value, 'base64').length;
-  if (decodeBase64Exact(value, length)) return `${length} bytes`;
-  return 'text that is not standard base64 with padding (alphabet A-Z a-z 0-9 + /, padded with =)';
 }
 
 /** What a KeysFile emits. */
 export interface KeysFileEvents {
-  /** The file changed and was loaded; the map is the new set of keys. */
-  reload: [keys: ReadonlyMap<NodeId, RegisteredKey>];
+  /** The file changed and was loaded; the set is the new keys. */
+  reload: [keys: KeySet];
   /** A reload failed; the previous keys stay in use. */
   reloadError: [error: KeysFileError];
+}
+
+/** One load at a time; a load asked for while one runs waits for it, and joins any already waiting. */
+interface QueuedLoad {
+  skipIfUnchanged: boolean;
+  done: Promise<boolean>;
 }
 
 /** The keys file as loaded now, reloadable on demand and on change. */
 export class KeysFile extends EventEmitter<KeysFileEvents> {
   readonly path: string;
-  #keys: Map<NodeId, RegisteredKey>;
-  #lastBytes: Buffer;
+  #keys: KeySet;
+  #digest: Buffer;
+  readonly #verifyKeys = new VerifyKeyCache(VERIFY_KEY_CACHE_ENTRIES);
   #watcher: fs.FSWatcher | undefined;
   #debounce: NodeJS.Timeout | undefined;
+  #loading: Promise<boolean> | undefined;
+  #queued: QueuedLoad | undefined;
+  #worker: Worker | undefined;
+  #closed = false;
 
-  private constructor(file: string, bytes: Buffer, keys: Map<NodeId, RegisteredKey>) {
+  private constructor(file: string, digest: Buffer, keys: KeySet) {
     super();
     this.path = file;
-    this.#lastBytes = bytes;
+    this.#digest = digest;
     this.#keys = keys;
   }
 
-  /** Loads the file; throws KeysFileError when it is missing or invalid. */
+  /** Loads the file on this thread (start-up: nothing is served yet); throws KeysFileError when it is missing or invalid. */
   static open(file: string): KeysFile {
     const bytes = readKeysFileBytes(file);
-    return new KeysFile(file, bytes, parseKeysFile(file, bytes));
+    return new KeysFile(file, keysFileDigest(bytes), parseKeysFile(file, bytes));
   }
 
-  get keys(): ReadonlyMap<NodeId, RegisteredKey> {
+  get keys(): KeySet {
     return this.#keys;
   }
 
@@ -162,8 +99,17 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
     return this.#keys.size;
   }
 
-  /** Re-reads the file (SIGHUP); false, 'reloadError' and the old keys kept when it is invalid. */
-  reload(): boolean {
+  /** The node's verify-ready key, or undefined when the file does not list it. */
+  lookup(nodeId: NodeId): RegisteredKey | undefined {
+    return this.#verifyKeys.lookup(this.#keys, nodeId);
+  }
+
+  /**
+   * Re-reads the file off the event loop (SIGHUP). Resolves true once the new
+   * keys are in ('reload' emitted), false when the file was invalid
+   * ('reloadError' emitted, old keys kept) or the KeysFile was closed.
+   */
+  reload(): Promise<boolean> {
     return this.#load(false);
   }
 
@@ -184,14 +130,21 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
       throw new KeysFileError('watch_failed', this.path, `cannot watch ${dir} (${message}); changes are picked up on SIGHUP only`);
     }
     this.#watcher.on('error', (err) => {
-      this.close();
+      this.#stopWatching();
       this.emit('reloadError', new KeysFileError('watch_failed', this.path,
         `watching stopped (${err.message}); changes are picked up on SIGHUP only`));
     });
   }
 
-  /** Stops watching. */
+  /** Stops watching and any load in progress (its promise resolves false). */
   close(): void {
+    this.#closed = true;
+    this.#stopWatching();
+    void this.#worker?.terminate();
+    this.#verifyKeys.clear();
+  }
+
+  #stopWatching(): void {
     clearTimeout(this.#debounce);
     this.#debounce = undefined;
     this.#watcher?.close();
@@ -202,53 +155,101 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
     clearTimeout(this.#debounce);
     this.#debounce = setTimeout(() => {
       this.#debounce = undefined;
-      this.#load(true);
+      void this.#load(true);
     }, KEYS_FILE_DEBOUNCE_MS);
     this.#debounce.unref();
   }
 
-  #load(skipIfUnchanged: boolean): boolean {
-    let bytes: Buffer;
-    let keys: Map<NodeId, RegisteredKey>;
-    try {
-      bytes = readKeysFileBytes(this.path);
-      if (skipIfUnchanged && bytes.equals(this.#lastBytes)) return true;
-      keys = parseKeysFile(this.path, bytes);
-    } catch (err) {
-      this.emit('reloadError', err instanceof KeysFileError ? err : readError(this.path, err));
-      return false;
+  #load(skipIfUnchanged: boolean): Promise<boolean> {
+    if (this.#closed) return Promise.resolve(false);
+    if (!this.#loading) return this.#startLoad(skipIfUnchanged);
+    // The file may have changed after the running load read it: one more
+    // load after it, shared by everyone who asks meanwhile.
+    if (this.#queued) {
+      this.#queued.skipIfUnchanged &&= skipIfUnchanged;
+      return this.#queued.done;
     }
-    this.#lastBytes = bytes;
-    this.#keys = keys;
-    this.emit('reload', keys);
-    return true;
+    const queued: QueuedLoad = {
+      skipIfUnchanged,
+      done: this.#loading.then(() => {
+        this.#queued = undefined;
+        return this.#closed ? false : this.#startLoad(queued.skipIfUnchanged);
+      }),
+    };
+    this.#queued = queued;
+    return queued.done;
+  }
+
+  #startLoad(skipIfUnchanged: boolean): Promise<boolean> {
+    const loading = this.#loadOffThread(skipIfUnchanged).finally(() => {
+      if (this.#loading === loading) this.#loading = undefined;
+    });
+    this.#loading = loading;
+    return loading;
+  }
+
+  async #loadOffThread(skipIfUnchanged: boolean): Promise<boolean> {
+    const job: KeysFileJob = { file: this.path, ...(skipIfUnchanged ? { unlessDigest: this.#digest } : {}) };
+    let result: KeysFileJobResult | undefined;
+    try {
+      result = await this.#runWorker(job);
+    } catch (err) {
+      result = { kind: 'failed', code: 'unreadable', problem: `could not be loaded (${(err as Error).message}); the previous keys stay in use` };
+    }
+    if (this.#closed || result === undefined) return false;
+    switch (result.kind) {
+      case 'unchanged':
+        return true;
+      case 'failed':
+        this.emit('reloadError', new KeysFileError(result.code, this.path, result.problem, result.entry));
+        return false;
+      case 'loaded':
+        this.#digest = Buffer.from(result.digest);
+        this.#keys = new KeySet(result.ids, result.raws);
+        this.emit('reload', this.#keys);
+        return true;
+    }
+  }
+
+  /** The worker's one reply; undefined when it was terminated (close()). */
+  #runWorker(job: KeysFileJob): Promise<KeysFileJobResult | undefined> {
+    return new Promise((resolve, reject) => {
+      const worker = new Worker(path.join(__dirname, 'keys-file-worker.js'), { workerData: job });
+      this.#worker = worker;
+      let result: KeysFileJobResult | undefined;
+      let failure: Error | undefined;
+      worker.once('message', (message: KeysFileJobResult) => {
+        result = message;
+      });
+      worker.once('error', (err) => {
+        failure = err;
+      });
+      worker.once('exit', () => {
+        if (this.#worker === worker) this.#worker = undefined;
+        if (failure && !result) reject(failure);
+        else resolve(result);
+      });
+    });
   }
 }
 
-/** The file's text: sorted by node ID, 2-space indent, trailing newline. */
+/** The file's text: sorted by node ID, 2-space indent, trailing newline. Throws KeysFileError for an invalid entry. */
 export function formatKeysFile(file: string, keys: ReadonlyMap<NodeId, string>): string {
-  const ids = [...keys.keys()].sort((a, b) => a - b);
-  const lines = ids.map((nodeId) => {
-    const entry = String(nodeId);
-    parseNodeIdText(file, entry);
-    const key = keys.get(nodeId);
-    parsePublicKey(file, entry, key);
-    return `  ${JSON.stringify(entry)}: ${JSON.stringify(key)}`;
-  });
-  return lines.length === 0 ? '{}\n' : `{\n${lines.join(',\n')}\n}\n`;
+  return formatKeySet(keySetFromText(file, keys)).toString('latin1');
 }
 
 /**
  * Writes the keys file so that a reader sees the old or the new file, never
  * half of one: temp file in the same directory, fsync, rename over, mode 0644.
- * Throws KeysFileError for an invalid entry (nothing is written).
+ * Takes a KeySet (already valid) or entries as base64 text; throws
+ * KeysFileError for an invalid entry (nothing is written).
  */
-export function writeKeysFileAtomic(file: string, keys: ReadonlyMap<NodeId, string>): void {
-  const text = formatKeysFile(file, keys);
+export function writeKeysFileAtomic(file: string, keys: KeySet | ReadonlyMap<NodeId, string>): void {
+  const bytes = formatKeySet(keys instanceof KeySet ? keys : keySetFromText(file, keys));
   const dir = path.dirname(path.resolve(file));
   const temp = path.join(dir, `.${path.basename(file)}.${randomBytes(6).toString('hex')}.tmp`);
   try {
-    writeAndSync(temp, text);
+    writeAndSync(temp, bytes);
     fs.renameSync(temp, file);
   } catch (err) {
     fs.rmSync(temp, { force: true });
@@ -257,11 +258,11 @@ export function writeKeysFileAtomic(file: string, keys: ReadonlyMap<NodeId, stri
   syncDirectory(dir);
 }
 
-function writeAndSync(file: string, text: string): void {
+function writeAndSync(file: string, bytes: Buffer): void {
   const fd = fs.openSync(file, 'wx', 0o644);
   try {
     fs.fchmodSync(fd, 0o644); // the umask may have narrowed the mode
-    fs.writeFileSync(fd, text);
+    fs.writeFileSync(fd, bytes);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
