@@ -11,7 +11,7 @@ import { randomBytes, verify } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { KeySet, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
+import { KEYS_FILE_INLINE_PARSE_BYTES, KeySet, KeysFile, KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
 import { sortedKeySet } from '../lib/auth/key-set';
 import { formatKeySet, parseKeysFile, scanPlainKeysFile } from '../lib/auth/keys-file-codec';
 import { VerifyKeyCache } from '../lib/auth/verify-key-cache';
@@ -229,6 +229,33 @@ test('a reload of a big keys file leaves the event loop free: /health answers an
   assert.equal(beacon.isConnected(7777), true);
   assert.equal(beacon.isConnected(8888), true);
   assert.equal(beacon.metrics().stats.revokedPeers, 0);
+});
+
+test('a big file reloaded on a worker thread fails with the same error as a load on the loop, and keeps the old keys', async (t) => {
+  const file = path.join(tempDir(), FILE);
+  const big = randomKeySet(20_000);
+  writeKeysFileAtomic(file, big);
+  assert.ok(fs.statSync(file).size > KEYS_FILE_INLINE_PARSE_BYTES, 'big enough for the worker');
+  const keysFile = KeysFile.open(file);
+  t.after(() => keysFile.close());
+  const errors: KeysFileError[] = [];
+  keysFile.on('reloadError', (err) => errors.push(err));
+
+  const text = fs.readFileSync(file, 'utf8');
+  fs.writeFileSync(file, text.replace(/\n}\n$/, ',\n  "0777": "short"\n}\n'));
+  let expected: unknown;
+  assert.throws(() => loadKeysFile(file), (err) => { expected = err; return true; });
+  assert.equal(await keysFile.reload(), false);
+  assert.equal(errors.length, 1);
+  assert.ok(errors[0] instanceof KeysFileError);
+  assert.deepEqual([errors[0].code, errors[0].entry, errors[0].message],
+    [(expected as KeysFileError).code, '0777', (expected as KeysFileError).message]);
+  assert.equal(keysFile.size, 20_000);
+
+  fs.rmSync(file);
+  assert.equal(await keysFile.reload(), false);
+  assert.equal(errors[1]?.code, 'not_found');
+  assert.equal(keysFile.size, 20_000);
 });
 
 test('keys add on a big file changes one entry and rewrites every other byte as it was', () => {

@@ -104,7 +104,11 @@ const DIGIT_0 = 0x30;
 const DIGIT_1 = 0x31;
 const DIGIT_9 = 0x39;
 const PAD = 0x3d;
+const SPACE = 0x20;
+const NEWLINE = 0x0a;
 const BASE64_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/';
+/** 6 bits -> their base64 character. */
+const BASE64_CHAR = Uint8Array.from(BASE64_ALPHABET, (c) => c.charCodeAt(0));
 /** Base64 character -> its 6 bits, or -1. */
 const BASE64_VALUE = new Int8Array(256).fill(-1);
 for (let i = 0; i < BASE64_ALPHABET.length; i++) BASE64_VALUE[BASE64_ALPHABET.charCodeAt(i)] = i;
@@ -212,19 +216,24 @@ const LINE_FIXED_BYTES = 3 + 4 + KEY_CHARS + 1 + 1 + 1;
 /** The file's bytes: sorted by node ID, 2-space indent, trailing newline. */
 export function formatKeySet(keys: KeySet): Buffer {
   if (keys.size === 0) return Buffer.from('{}\n');
+  const { ids, raws } = keys.tables;
   let length = HEAD.length + TAIL.length - 1; // the last line has no comma
-  for (const nodeId of keys.keys()) length += LINE_FIXED_BYTES + decimalDigits(nodeId);
+  for (let i = 0; i < ids.length; i++) length += LINE_FIXED_BYTES + decimalDigits(ids[i]!);
   const out = Buffer.allocUnsafe(length);
   let at = out.write(HEAD, 0, 'latin1');
-  let left = keys.size;
-  for (const [nodeId, raw] of keys.rawEntries()) {
-    at += out.write('  "', at, 'latin1');
-    at = writeDecimal(out, at, nodeId);
-    at += out.write('": "', at, 'latin1');
-    at = encodeKey(raw, out, at);
+  for (let i = 0; i < ids.length; i++) {
+    out[at++] = SPACE;
+    out[at++] = SPACE;
     out[at++] = QUOTE;
-    if (--left > 0) out[at++] = COMMA;
-    out[at++] = 0x0a;
+    at = writeDecimal(out, at, ids[i]!);
+    out[at++] = QUOTE;
+    out[at++] = COLON;
+    out[at++] = SPACE;
+    out[at++] = QUOTE;
+    at = encodeKey(raws, i * PUBLIC_KEY_BYTES, out, at);
+    out[at++] = QUOTE;
+    if (i + 1 < ids.length) out[at++] = COMMA;
+    out[at++] = NEWLINE;
   }
   at += out.write(TAIL, at, 'latin1');
   if (at !== length) throw new Error(`formatKeySet: wrote ${at} bytes, expected ${length}`);
@@ -249,20 +258,20 @@ function writeDecimal(out: Buffer, at: number, n: number): number {
   return end;
 }
 
-/** Writes the 44 base64 characters of a 32-byte key. */
-function encodeKey(raw: Uint8Array, out: Buffer, at: number): number {
-  let i = 0;
+/** Writes the 44 base64 characters of the 32-byte key at `raws[from]`. */
+function encodeKey(raws: Uint8Array, from: number, out: Buffer, at: number): number {
+  let i = from;
   for (let group = 0; group < 10; group++, i += 3) {
-    const n = (raw[i]! << 16) | (raw[i + 1]! << 8) | raw[i + 2]!;
-    out[at++] = BASE64_ALPHABET.charCodeAt(n >>> 18);
-    out[at++] = BASE64_ALPHABET.charCodeAt((n >>> 12) & 0x3f);
-    out[at++] = BASE64_ALPHABET.charCodeAt((n >>> 6) & 0x3f);
-    out[at++] = BASE64_ALPHABET.charCodeAt(n & 0x3f);
+    const n = (raws[i]! << 16) | (raws[i + 1]! << 8) | raws[i + 2]!;
+    out[at++] = BASE64_CHAR[n >>> 18]!;
+    out[at++] = BASE64_CHAR[(n >>> 12) & 0x3f]!;
+    out[at++] = BASE64_CHAR[(n >>> 6) & 0x3f]!;
+    out[at++] = BASE64_CHAR[n & 0x3f]!;
   }
-  const n = (raw[i]! << 16) | (raw[i + 1]! << 8);
-  out[at++] = BASE64_ALPHABET.charCodeAt(n >>> 18);
-  out[at++] = BASE64_ALPHABET.charCodeAt((n >>> 12) & 0x3f);
-  out[at++] = BASE64_ALPHABET.charCodeAt((n >>> 6) & 0x3f);
+  const n = (raws[i]! << 16) | (raws[i + 1]! << 8);
+  out[at++] = BASE64_CHAR[n >>> 18]!;
+  out[at++] = BASE64_CHAR[(n >>> 12) & 0x3f]!;
+  out[at++] = BASE64_CHAR[(n >>> 6) & 0x3f]!;
   out[at++] = PAD;
   return at;
 }

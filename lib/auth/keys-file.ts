@@ -27,9 +27,9 @@ import type { NodeId } from '../protocol';
 import type { RegisteredKey } from './keys';
 import { KeySet } from './key-set';
 import { formatKeySet, keySetFromText, parseKeysFile } from './keys-file-codec';
-import { KeysFileError } from './keys-file-error';
+import { KeysFileError, readError } from './keys-file-error';
 import { keysFileDigest, readKeysFileBytes } from './keys-file-read';
-import type { KeysFileJob, KeysFileJobResult } from './keys-file-worker';
+import { runKeysFileJob, type KeysFileJob, type KeysFileJobResult } from './keys-file-job';
 import { VerifyKeyCache } from './verify-key-cache';
 
 export { KeysFileError, type KeysFileErrorCode } from './keys-file-error';
@@ -45,6 +45,13 @@ export const KEYS_FILE_DEBOUNCE_MS = 100;
  * soon after leaving; at ~1 KB a key, 4,096 stay under 5 MB.
  */
 export const VERIFY_KEY_CACHE_ENTRIES = 4_096;
+
+/**
+ * Files up to this size are parsed on the event loop (under ~3 ms, about
+ * 4,000 keys), after a read on the thread pool: a worker thread would cost
+ * more than it saves. Bigger ones go to a worker.
+ */
+export const KEYS_FILE_INLINE_PARSE_BYTES = 256 * 1024;
 
 /** Reads and validates the keys file; throws KeysFileError. */
 export function loadKeysFile(file: string): KeySet {
@@ -192,7 +199,7 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
     const job: KeysFileJob = { file: this.path, ...(skipIfUnchanged ? { unlessDigest: this.#digest } : {}) };
     let result: KeysFileJobResult | undefined;
     try {
-      result = await this.#runWorker(job);
+      result = await this.#isSmall() ? await runKeysFileJobInline(job) : await this.#runWorker(job);
     } catch (err) {
       result = { kind: 'failed', code: 'unreadable', problem: `could not be loaded (${(err as Error).message}); the previous keys stay in use` };
     }
@@ -208,6 +215,15 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
         this.#keys = new KeySet(result.ids, result.raws);
         this.emit('reload', this.#keys);
         return true;
+    }
+  }
+
+  /** Whether the file is small enough to parse on the event loop; a file that cannot be stat'ed goes to the worker, which reports why. */
+  async #isSmall(): Promise<boolean> {
+    try {
+      return (await fs.promises.stat(this.path)).size <= KEYS_FILE_INLINE_PARSE_BYTES;
+    } catch {
+      return false;
     }
   }
 
@@ -231,6 +247,18 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
       });
     });
   }
+}
+
+/** A small file's job on the event loop: the read on the thread pool, the rest (a few ms at most) here. */
+async function runKeysFileJobInline(job: KeysFileJob): Promise<KeysFileJobResult> {
+  let bytes: Buffer;
+  try {
+    bytes = await fs.promises.readFile(job.file);
+  } catch (err) {
+    const error = readError(job.file, err);
+    return { kind: 'failed', code: error.code, problem: error.problem };
+  }
+  return runKeysFileJob(job, bytes).result;
 }
 
 /** The file's text: sorted by node ID, 2-space indent, trailing newline. Throws KeysFileError for an invalid entry. */
