@@ -13,7 +13,9 @@
  *   npm run bench -- --baseline-dist DIR   run another beacon build (its dist/) in the
  *                                     baseline slot: ratios become this build / that one
  *   npm run bench -- --baseline-env K=V   environment of the baseline slot's process (repeatable),
- *                                     e.g. --baseline-dist dist --baseline-env WS_NO_BUFFER_UTIL=1
+ *                                     e.g. --baseline-dist dist --baseline-env WS_NO_BUFFER_UTIL=1,
+ *                                     or --baseline-dist dist --baseline-env BEACON_UDP_IO=dgram (batched vs dgram)
+ *   BENCH_LOAD_UDP_IO=dgram npm run bench   load generators' UDP clients on dgram instead of the udp-batch addon
  *
  * - Every server runs in its own process on core 0, every load generator
  *   in its own process on core 1 (taskset, when present). Nothing is
@@ -35,6 +37,7 @@ import { mixedRoutes } from './scenarios/mixed';
 import { relayThroughput } from './scenarios/relay-throughput';
 import { slowReader } from './scenarios/slow-reader';
 import { summarizeProfiles } from './profile-summary';
+import { loadUdpBatchAddon } from '../../lib/udp/udp-batch-addon';
 import { markdownTable, printRows } from './report';
 
 interface Scenario {
@@ -93,6 +96,7 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   writeIdentityFiles(makeIdentities(identityCount), settings.identitiesPath, settings.keysPath);
   console.log(`bench: ${quick ? 'quick' : 'full'} run, ${args.runs} runs per figure, ${identityCount} identities (${Date.now() - t0} ms)`);
+  console.log(`UDP load clients: ${process.env.BENCH_LOAD_UDP_IO === 'dgram' || !loadUdpBatchAddon().addon ? 'dgram' : 'udp-batch (sendmmsg/recvmmsg)'}; beacon UDP I/O: ${process.env.BEACON_UDP_IO ?? 'default (batched where built)'}`);
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, node ${process.version}, ${hasTaskset ? 'servers pinned to core 0, load to core 1' : 'no taskset: processes NOT pinned'}`);
 
   const windowMs = quick ? 200 : 1_000;

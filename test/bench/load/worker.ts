@@ -20,6 +20,9 @@
  *   then zeroes up to the payload size.
  */
 import dgram from 'node:dgram';
+import { BeaconStats } from '../../../lib/metrics';
+import { BatchTransport } from '../../../lib/udp/batch-transport';
+import { loadUdpBatchAddon } from '../../../lib/udp/udp-batch-addon';
 import { loadSigners, type Signer } from '../common/identities';
 import { serve, sendReady } from '../common/serve';
 import { LatencyHistogram } from '../common/stats';
@@ -52,8 +55,21 @@ interface Counter {
   received: number;
 }
 
+/** One UDP client: it talks to one server only, so `send` takes no address. */
+interface UdpLoadSocket {
+  send(datagram: Buffer): void;
+  close(): void;
+}
+
+/**
+ * UDP clients use the udp-batch addon (sendmmsg/recvmmsg) where it is built,
+ * so that on a shared load core the load side costs less per datagram and
+ * can offer more; BENCH_LOAD_UDP_IO=dgram forces dgram sockets.
+ */
+const loadAddon = process.env.BENCH_LOAD_UDP_IO === 'dgram' ? undefined : loadUdpBatchAddon().addon;
+
 const wssClients = new Map<number, { client: RawWsClient; counter: Counter }>();
-const udpClients = new Map<number, { socket: dgram.Socket; counter: Counter }>();
+const udpClients = new Map<number, { socket: UdpLoadSocket; counter: Counter }>();
 const latency = new LatencyHistogram();
 let received = 0;
 /** hrtime taken once per received chunk: every frame of a chunk arrived together. */
@@ -162,30 +178,46 @@ async function udpOpen(args: { port: number; nodeIds: number[] }): Promise<{ ok:
   const started = performance.now();
   let ok = 0;
   await Promise.all(args.nodeIds.map(async (nodeId) => {
-    const socket = dgram.createSocket('udp4');
-    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-    // The load side must not be where packets are lost: big buffers.
-    socket.setRecvBufferSize(4 * 1024 * 1024);
-    socket.setSendBufferSize(1024 * 1024);
-    // Connected: the beacon is the only peer, and sends skip the address lookup.
-    await new Promise<void>((resolve) => socket.connect(args.port, '127.0.0.1', resolve));
-    socket.on('error', () => {});
+    const counter: Counter = { received: 0 };
+    let onDatagram: (msg: Buffer) => void = () => {};
+    const socket = loadAddon ? await openBatchClient(args.port, (msg) => onDatagram(msg)) : await openDgramClient(args.port, (msg) => onDatagram(msg));
     const discover = Buffer.alloc(5);
     discover[0] = 0x01;
     discover.writeUInt32BE(nodeId, 1);
     const replied = await new Promise<boolean>((resolve) => {
       const retry = setInterval(() => socket.send(discover), 200);
       const giveUp = setTimeout(() => { clearInterval(retry); resolve(false); }, 3_000);
-      socket.once('message', () => { clearInterval(retry); clearTimeout(giveUp); resolve(true); });
+      onDatagram = () => { onDatagram = () => {}; clearInterval(retry); clearTimeout(giveUp); resolve(true); };
       socket.send(discover);
     });
-    const counter: Counter = { received: 0 };
-    socket.on('message', udpReceiver(counter));
+    onDatagram = udpReceiver(counter);
     udpClients.get(nodeId)?.socket.close();
     udpClients.set(nodeId, { socket, counter });
     if (replied) ok++;
   }));
   return { ok, ms: performance.now() - started };
+}
+
+async function openDgramClient(port: number, onDatagram: (msg: Buffer) => void): Promise<UdpLoadSocket> {
+  const socket = dgram.createSocket('udp4');
+  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
+  // The load side must not be where packets are lost: big buffers.
+  socket.setRecvBufferSize(4 * 1024 * 1024);
+  socket.setSendBufferSize(1024 * 1024);
+  // Connected: the server is the only peer, and sends skip the address lookup.
+  await new Promise<void>((resolve) => socket.connect(port, '127.0.0.1', resolve));
+  socket.on('error', () => {});
+  socket.on('message', onDatagram);
+  return { send: (datagram) => socket.send(datagram), close: () => socket.close() };
+}
+
+async function openBatchClient(port: number, onDatagram: (msg: Buffer) => void): Promise<UdpLoadSocket> {
+  const transport = new BatchTransport(loadAddon!, 'udp4', (msg, address, from) => {
+    if (from === port && address === '127.0.0.1') onDatagram(msg);
+  }, new BeaconStats());
+  await transport.bind('127.0.0.1', 0);
+  const server = { address: '127.0.0.1', port, ip: '127.0.0.1' };
+  return { send: (datagram) => transport.send(datagram, server), close: () => void transport.close() };
 }
 
 interface FlowSpec {
@@ -214,7 +246,7 @@ interface Flow extends FlowSpec {
   payloadAt: number;
   mask: Buffer | undefined;
   ws: RawWsClient | undefined;
-  udp: dgram.Socket | undefined;
+  udp: UdpLoadSocket | undefined;
   /** The receiving client's counter, and its value when the run began. */
   sink: Counter | undefined;
   sinkBase: number;

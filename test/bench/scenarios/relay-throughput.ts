@@ -98,7 +98,9 @@ export async function relayThroughput(settings: BenchSettings, plan: ThroughputP
     for (const payload of plan.payloads) {
       const sat = `saturation ${payload} B`;
       figures.define(`${sat}: delivered`, 'frames/s', 'higher', (_b, r) => ({ text: `ratio >= ${goalRatio}`, met: r.median >= goalRatio }));
-      figures.define(`${sat}: per server CPU-s`, 'frames/cpu-s', 'higher', (_b, r) => ({ text: `ratio >= ${goalRatio}`, met: r.median >= goalRatio }));
+      // UDP per CPU-second (issue 13, batched I/O): 3x the naive dgram relay at 64 B, 2.5x at 1200 B.
+      const cpuGoal = plan.via === 'udp' ? (payload <= 64 ? 3 : 2.5) : goalRatio;
+      figures.define(`${sat}: per server CPU-s`, 'frames/cpu-s', 'higher', (_b, r) => ({ text: `ratio >= ${cpuGoal}`, met: r.median >= cpuGoal }));
       figures.define(`${sat}: server CPU`, '% core', 'higher');
       figures.define(`zero-loss rate ${payload} B`, 'frames/s', 'higher', (_b, r) => ({ text: `ratio >= ${goalRatio}`, met: r.median >= goalRatio }));
     }

@@ -3,6 +3,8 @@
  * and the config overrides the scenario passes (as JSON in argv[2]).
  *
  * - Prints nothing per packet: the beacon runs without a logger.
+ * - BEACON_UDP_IO (batched, dgram) picks the UDP transport, as the flag's
+ *   variable does; unset, the default (batched where the addon is built).
  * - Answers `stats` (counters, memory), `gc` (collect, then memory),
  *   `heapSnapshot` and `profileStart` (CPU profile, written to `profileDir`
  *   on exit) over IPC; the orchestrator reads CPU time and RSS from /proc instead while
@@ -20,6 +22,8 @@ async function main(): Promise<void> {
   const beacon = await startBeacon(makeConfig({
     bind: { host: '127.0.0.1', port: 0 },
     udp: { host: '127.0.0.1', port: 0 },
+    // --baseline-env BEACON_UDP_IO=dgram runs the same build on the other UDP transport.
+    ...(process.env.BEACON_UDP_IO ? { udpIo: process.env.BEACON_UDP_IO as BeaconConfig['udpIo'] } : {}),
     ...overrides,
   }));
   serve({
