@@ -235,6 +235,15 @@ test('--peer is repeatable', async () => {
   await stopCli(proc);
 });
 
+test('--udp-io dgram runs on dgram; by default the beacon runs batched where the addon is built, and says so', async () => {
+  const dgramRun = await startCli([...FAST, '--udp-io', 'dgram']);
+  assert.equal(dgramRun.listening.udpIo, 'dgram');
+  await stopCli(dgramRun.proc);
+  const auto = await startCli([...FAST]);
+  assert.equal(auto.listening.udpIo, 'batched');
+  await stopCli(auto.proc);
+});
+
 // ---- bad input: one line, exit 2 --------------------------------------------
 
 const badFlags: [string, string[], Record<string, string>, string[]][] = [
@@ -244,6 +253,8 @@ const badFlags: [string, string[], Record<string, string>, string[]][] = [
   ['bad size', ['--send-buffer', '12XB'], {}, ['--send-buffer']],
   ['bad number', ['--max-peers', '0'], {}, ['--max-peers']],
   ['bad log level', ['--log-level', 'loud'], {}, ['--log-level', 'loud']],
+  ['bad UDP I/O', ['--udp-io', 'fast'], {}, ['--udp-io', 'fast', 'batched', 'dgram']],
+  ['bad BEACON_UDP_IO', [], { BEACON_UDP_IO: 'fast' }, ['BEACON_UDP_IO', 'fast']],
   ['bad trust proxy', ['--trust-proxy', 'example.com'], {}, ['--trust-proxy']],
   ['--peer without --beacon-id', ['--peer', '127.0.0.1:9901'], {}, ['--beacon-id']],
   ['bad environment variable', [], { BEACON_IDLE_TIMEOUT: 'forever' }, ['BEACON_IDLE_TIMEOUT', 'forever']],
