@@ -38,6 +38,7 @@ export interface RunFlags {
   maxPeers: number;
   maxHandshakes: number;
   maxPerIp: number;
+  perIpIpv6Prefix: number;
   trustProxy: string[];
   sendBuffer: number;
   beaconId: number;
@@ -76,6 +77,8 @@ export function runOptions(): Option[] {
     flag('--max-peers <n>', 'authenticated peers; upgrades beyond it get HTTP 503', positiveInt, d.maxPeers, String(d.maxPeers)),
     flag('--max-handshakes <n>', 'sockets still in the handshake; upgrades beyond it get HTTP 503', positiveInt, d.maxHandshakes, String(d.maxHandshakes)),
     flag('--max-per-ip <n>', 'sockets from one client IP (any state); upgrades beyond it get HTTP 429', positiveInt, d.maxPerIp, String(d.maxPerIp)),
+    flag('--per-ip-ipv6-prefix <bits>', 'the per-IP limits count IPv6 clients by this prefix length (1 to 128)',
+      (text) => parsePositiveInt(text, 128), d.ipv6PrefixBits, String(d.ipv6PrefixBits)),
     flag('--trust-proxy <list>', 'comma-separated addresses, CIDRs or loopback/linklocal/uniquelocal whose X-Forwarded-For is believed; "none" for nobody',
       parseTrustProxy, d.trustProxy, formatTrustProxy(d.trustProxy)),
     flag('--send-buffer <size>', 'bytes queued to one peer before further frames to it are dropped', parseSize, d.sendBufferBytes, formatSize(d.sendBufferBytes)),
@@ -121,6 +124,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     maxPeers: flags.maxPeers,
     maxHandshakes: flags.maxHandshakes,
     maxPerIp: flags.maxPerIp,
+    ipv6PrefixBits: flags.perIpIpv6Prefix,
     trustProxy: [...flags.trustProxy],
     sendBufferBytes: flags.sendBuffer,
     beaconId: flags.beaconId,

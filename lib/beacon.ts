@@ -18,10 +18,12 @@ import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
+import proxyAddr from '@fastify/proxy-addr';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import { KeysFile, createKeyDirectory, type KeyDirectory } from './auth';
 import { formatHostPort, validateConfig, type BeaconConfig, type HostPort } from './config';
+import { ConnectionGuard } from './http/connection-guard';
 import { registerOpsRoutes } from './http/ops-routes';
 import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
 import { restartingMessage, type NodeId } from './protocol';
@@ -43,6 +45,12 @@ export interface BeaconOptions {
 
 /** Connections beyond peers and handshakes kept for /health and /metrics. */
 const HTTP_ROOM = 64;
+/**
+ * Raw connections from one address may exceed --max-per-ip by this much,
+ * so an upgrade past the limit still gets its HTTP 429 (and /health its
+ * answer) instead of a reset; silent connections stay bounded.
+ */
+const PER_IP_HTTP_ROOM = 8;
 
 /** A start-up failure an operator can act on; `message` names the problem and the fix. */
 export class StartError extends Error {
@@ -131,8 +139,9 @@ export class Beacon extends EventEmitter {
       // Connects, disconnects and refusals are logged by the beacon; nothing per request.
       logController: new LogController({ disableRequestLogging: true }),
       bodyLimit: 1024,
-      // A socket that has not sent its request headers within the auth
-      // timeout is a stranger holding a slot.
+      // A request must be complete within the auth timeout. (Before its
+      // first byte, ConnectionGuard's deadline applies: Node's timeouts
+      // start only with the first byte.)
       requestTimeout: this.config.authTimeoutMs,
       forceCloseConnections: true,
     };
@@ -150,6 +159,14 @@ export class Beacon extends EventEmitter {
       draining: () => this.compat.isDraining,
       peers: () => this.compat.peers.size,
     });
+    const trusted = proxyAddr.compile(config.trustProxy);
+    new ConnectionGuard({
+      headersDeadlineMs: config.authTimeoutMs,
+      maxPerIp: config.maxPerIp + PER_IP_HTTP_ROOM,
+      ipv6PrefixBits: config.ipv6PrefixBits,
+      isTrustedProxy: (ip) => trusted(ip, 0),
+      stats: this.stats,
+    }).attach(this.app.server);
     try {
       await this.app.listen({ host: config.bind.host, port: config.bind.port });
     } catch (err) {

@@ -32,6 +32,8 @@ export interface BeaconConfig {
   maxHandshakes: number;
   /** Concurrent sockets (any state) from one client IP; beyond it HTTP 429. */
   maxPerIp: number;
+  /** The per-IP limits count IPv6 clients by this prefix (one subscriber's network). */
+  ipv6PrefixBits: number;
   /** Addresses whose X-Forwarded-For is believed (proxy-addr syntax). */
   trustProxy: string[];
   /** Bytes queued to one peer before further frames to it are dropped. */
@@ -86,6 +88,9 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   // Corporate NATs put many daemons behind one address; 64 leaves room for
   // them while keeping one host from holding the beacon's sockets.
   maxPerIp: 64,
+  // ISPs hand each subscriber a /64 (or more), and a host can use any
+  // address in it: counting whole IPv6 addresses would not bound one host.
+  ipv6PrefixBits: 64,
   // Caddy runs on the same host; X-Forwarded-For from anywhere else is a lie.
   trustProxy: ['loopback'],
   // 256 KiB is 16 maximum-size overlay frames, or ~200 typical ones.
@@ -145,6 +150,9 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (!UDP_IO_CHOICES.includes(config.udpIo)) {
     throw new ConfigError(`udpIo must be one of ${UDP_IO_CHOICES.join(', ')}, got ${String(config.udpIo)}`);
+  }
+  if (!Number.isInteger(config.ipv6PrefixBits) || config.ipv6PrefixBits < 1 || config.ipv6PrefixBits > 128) {
+    throw new ConfigError(`ipv6PrefixBits must be an integer from 1 to 128, got ${String(config.ipv6PrefixBits)}`);
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');

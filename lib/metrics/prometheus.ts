@@ -10,7 +10,7 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import {
-  AUTH_FAILURE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
+  AUTH_FAILURE_REASONS, CONNECTION_CLOSE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
   type BeaconStats, type ClusterGauges, type LiveGauges,
 } from './stats';
 
@@ -49,6 +49,8 @@ export function createPrometheusRegistry(
     () => [[{ result: 'ok' }, stats.upgradesOk], [{ result: 'fail' }, stats.upgradesFailed]]);
   mirroredCounter(r, 'beacon_wss_refused_total', 'Upgrades refused before the WebSocket handshake, by limit.', ['reason'],
     () => byKey('reason', stats.refused, REFUSAL_REASONS));
+  mirroredCounter(r, 'beacon_http_connections_closed_total', 'TCP connections closed before a request was read from them, by reason.', ['reason'],
+    () => byKey('reason', stats.connectionsClosed, CONNECTION_CLOSE_REASONS));
   mirroredCounter(r, 'beacon_wss_auth_total', 'Compat handshakes by result, with the reason of failures.', ['result', 'reason'],
     () => [[{ result: 'ok', reason: '' }, stats.authOk],
       ...AUTH_FAILURE_REASONS.map((reason): [Record<string, string>, number] => [{ result: 'fail', reason }, stats.authFailed[reason]])]);

@@ -72,9 +72,21 @@ export const REFUSAL_REASONS = [
   'max_peers', 'max_handshakes', 'max_per_ip', 'shutting_down',
   /** A trusted proxy forwarded a client address that is not an IP. */
   'bad_forwarded_address',
+  /** An upgrade to a path other than /v1/compat (HTTP 404). */
+  'not_compat_path',
+  /** ws found the upgrade request invalid, e.g. no Sec-WebSocket-Key (HTTP 400). */
+  'invalid_upgrade',
 ] as const;
 export type RefusalReason = (typeof REFUSAL_REASONS)[number];
 
+/** Why the beacon closed a TCP connection before reading a request from it. */
+export const CONNECTION_CLOSE_REASONS = [
+  /** More connections from one client address than --max-per-ip allows (plus a little room). */
+  'max_per_ip',
+  /** No complete request headers within --auth-timeout of connecting. */
+  'headers_timeout',
+] as const;
+export type ConnectionCloseReason = (typeof CONNECTION_CLOSE_REASONS)[number];
 export const UDP_PACKET_TYPES = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;
 export type UdpPacketType = (typeof UDP_PACKET_TYPES)[number];
 
@@ -89,6 +101,7 @@ export class BeaconStats {
   upgradesOk = 0;
   upgradesFailed = 0;
   refused = zeroes(REFUSAL_REASONS);
+  connectionsClosed = zeroes(CONNECTION_CLOSE_REASONS);
   authOk = 0;
   authFailed = zeroes(AUTH_FAILURE_REASONS);
   framesIn = 0;

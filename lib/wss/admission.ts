@@ -4,7 +4,8 @@
  * - Three limits, each its own refusal reason: authenticated peers
  *   (`maxPeers`, HTTP 503), sockets still in the handshake
  *   (`maxHandshakes`, HTTP 503), and sockets of any state from one client IP
- *   (`maxPerIp`, HTTP 429).
+ *   (`maxPerIp`, HTTP 429), counted under its per-IP key (IPv6 by prefix,
+ *   see lib/http/client-address.ts).
  * - An admitted upgrade holds a slot until its TCP socket closes; the
  *   handshake slot is given back as soon as the handshake ends either way.
  *   Both are held by an AdmissionTicket: a small object with its methods on

@@ -3,7 +3,10 @@
  *
  * - Admission runs in the route's onRequest hook, before any WebSocket
  *   work: draining, --max-peers, --max-handshakes (HTTP 503) and
- *   --max-per-ip (HTTP 429), each refusal counted.
+ *   --max-per-ip (HTTP 429), each refusal counted. An upgrade to any other
+ *   path (/health, /metrics, ...) is refused with 404 before that.
+ * - An upgrade ws rejects (HTTP 400) gives its slots back at once and its
+ *   socket is destroyed once the answer is written.
  * - ws enforces the 64 KiB message limit from the first byte
  *   (`maxPayload`), so no socket, authenticated or not, can make the beacon
  *   buffer more; an oversized message closes the socket with 1009.
@@ -16,6 +19,7 @@
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
+import type { Duplex } from 'node:stream';
 import fastifyWebsocket from '@fastify/websocket';
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type WebSocket from 'ws';
@@ -27,6 +31,7 @@ import {
   AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
   type NodeId,
 } from '../protocol';
+import { perIpKey } from '../http/client-address';
 import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
 import { Peer } from './peer';
@@ -76,7 +81,11 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
   shutting_down: 503,
   max_per_ip: 429,
   bad_forwarded_address: 400,
+  not_compat_path: 404,
+  invalid_upgrade: 400,
 };
+
+const INVALID_UPGRADE_RESPONSE = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
 export class CompatServer {
   readonly peers: PeerMap;
@@ -130,7 +139,6 @@ export class CompatServer {
   }
 
   async register(app: FastifyInstance): Promise<void> {
-    const { stats } = this.deps;
     await app.register(fastifyWebsocket, {
       options: {
         maxPayload: MAX_MESSAGE_BYTES,
@@ -142,9 +150,12 @@ export class CompatServer {
       // Peers are closed by shutdown(), with the right code, before fastify closes.
       preClose: (done) => done(),
     });
-    app.websocketServer.on('wsClientError', (_error: Error, socket: import('node:stream').Duplex) => {
-      stats.upgradesFailed++;
-      socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+    app.websocketServer.on('wsClientError', (_error: Error, socket: Duplex) => this.refuseInvalidUpgrade(socket));
+    // Root hook: runs before any route's, so before admission. Without it,
+    // @fastify/websocket upgrades on every GET route, past all our limits.
+    app.addHook('onRequest', (req, reply, done) => {
+      if (!req.ws || (req.method === 'GET' && req.routeOptions.url === COMPAT_PATH)) return done();
+      this.refuse(reply, canonicalIp(req.ip), 'not_compat_path');
     });
     app.get(COMPAT_PATH, { websocket: true, onRequest: (req, reply, done) => this.admit(req, reply, done) },
       (socket, req) => this.onConnection(socket, req));
@@ -232,26 +243,46 @@ export class CompatServer {
 
   private admit(req: FastifyRequest, reply: FastifyReply, done: () => void): void {
     if (!req.ws) return done();
-    const { stats, log } = this.deps;
     const ip = canonicalIp(req.ip);
+    const ipKey = perIpKey(ip, this.deps.config.ipv6PrefixBits);
     const refusal = this.draining ? 'shutting_down'
       // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
       : isIP(ip) === 0 ? 'bad_forwarded_address'
-      : this.admission.check(ip, this.peers.size);
-    if (refusal) {
-      stats.refused[refusal]++;
-      stats.upgradesFailed++;
-      log.info({ ip, reason: refusal }, 'upgrade refused');
-      void reply
-        .code(REFUSAL_STATUS[refusal])
-        .header('retry-after', '5')
-        .send({ error: refusal });
-      return;
-    }
+      : this.admission.check(ipKey, this.peers.size);
+    if (refusal) return this.refuse(reply, ip, refusal);
     const socket = req.raw.socket;
-    this.tickets.set(socket, this.admission.admit(ip));
+    this.tickets.set(socket, this.admission.admit(ipKey));
     socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
     done();
+  }
+
+  private refuse(reply: FastifyReply, ip: string, refusal: RefusalReason): void {
+    const { stats, log } = this.deps;
+    stats.refused[refusal]++;
+    stats.upgradesFailed++;
+    log.info({ ip, reason: refusal }, 'upgrade refused');
+    void reply
+      .code(REFUSAL_STATUS[refusal])
+      .header('retry-after', '5')
+      .send({ error: refusal });
+  }
+
+  /**
+   * ws found the upgrade request invalid (e.g. no Sec-WebSocket-Key). The
+   * slots admission gave it come back now, not when the client closes, and
+   * the socket is destroyed once the 400 is written: ending it only
+   * half-closes, which a client can hold open for ever.
+   */
+  private refuseInvalidUpgrade(socket: Duplex): void {
+    const { stats } = this.deps;
+    stats.refused.invalid_upgrade++;
+    stats.upgradesFailed++;
+    this.tickets.get(socket as Socket)?.release();
+    socket.once('finish', () => socket.destroy());
+    const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS); // a client that never reads
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+    socket.end(INVALID_UPGRADE_RESPONSE);
   }
 
   private onConnection(ws: WebSocket, req: FastifyRequest): void {

@@ -1,0 +1,106 @@
+/**
+ * Bounds on raw TCP connections to the HTTP listener, before any request
+ * is read from them.
+ *
+ * - Node's headersTimeout starts only at a request's first byte, so a
+ *   connection that never sends one would be held for ever: every
+ *   connection must complete its first request's headers within
+ *   `headersDeadlineMs` of connecting, or it is destroyed (counted
+ *   `headers_timeout`). Later requests on a kept-alive connection are
+ *   Node's (headersTimeout, keepAliveTimeout).
+ * - At most `maxPerIp` connections from one client address (IPv6 by
+ *   prefix), counted at accept; one more is destroyed at once, unanswered
+ *   (counted `max_per_ip`). Trusted proxies (Caddy) are exempt: one proxy
+ *   connection carries many clients, whose forwarded addresses the upgrade's
+ *   admission counts once the headers are read.
+ * - Sockets only: no HTTP parsing. Handlers are shared by all sockets
+ *   (memory per peer); the state a socket needs rides on it.
+ */
+import type { Server } from 'node:http';
+import type { Socket } from 'node:net';
+import type { BeaconStats } from '../metrics';
+import { canonicalIp } from '../protocol';
+import { perIpKey } from './client-address';
+
+export interface ConnectionGuardOptions {
+  headersDeadlineMs: number;
+  maxPerIp: number;
+  ipv6PrefixBits: number;
+  /** Whether `ip` (canonical) is a proxy whose X-Forwarded-For is believed. */
+  isTrustedProxy: (ip: string) => boolean;
+  stats: BeaconStats;
+}
+
+const DEADLINE = Symbol('headersDeadline');
+const IP_KEY = Symbol('perIpKey');
+type GuardedSocket = Socket & { [DEADLINE]?: NodeJS.Timeout | undefined; [IP_KEY]?: string };
+
+export class ConnectionGuard {
+  private readonly perIp = new Map<string, number>();
+  private readonly onConnection: (socket: Socket) => void;
+  private readonly onHeaders: (req: { socket: Socket }) => void;
+  /** `this` is the socket that closed. */
+  private readonly onClose: (this: Socket) => void;
+  private readonly onDeadline: (socket: Socket) => void;
+
+  constructor(private readonly options: ConnectionGuardOptions) {
+    const guard = this;
+    this.onConnection = (socket) => this.accept(socket as GuardedSocket);
+    this.onHeaders = (req) => clearDeadline(req.socket as GuardedSocket);
+    this.onClose = function onClose() {
+      const socket = this as GuardedSocket;
+      clearDeadline(socket);
+      const key = socket[IP_KEY];
+      if (key !== undefined) guard.release(key);
+    };
+    this.onDeadline = (socket) => {
+      (socket as GuardedSocket)[DEADLINE] = undefined;
+      options.stats.connectionsClosed.headers_timeout++;
+      socket.destroy();
+    };
+  }
+
+  /** Connections counted against `key` now (tests, metrics). */
+  connectionsFrom(key: string): number {
+    return this.perIp.get(key) ?? 0;
+  }
+
+  /** Guards every connection `server` accepts from now on. */
+  attach(server: Server): void {
+    server.on('connection', this.onConnection);
+    // Both mean a request's headers are complete.
+    server.on('request', this.onHeaders);
+    server.on('upgrade', this.onHeaders);
+  }
+
+  private accept(socket: GuardedSocket): void {
+    const { options } = this;
+    const ip = canonicalIp(socket.remoteAddress ?? '');
+    if (!options.isTrustedProxy(ip)) {
+      const key = perIpKey(ip, options.ipv6PrefixBits);
+      const count = this.perIp.get(key) ?? 0;
+      if (count >= options.maxPerIp) {
+        options.stats.connectionsClosed.max_per_ip++;
+        socket.destroy();
+        return;
+      }
+      this.perIp.set(key, count + 1);
+      socket[IP_KEY] = key;
+    }
+    socket[DEADLINE] = setTimeout(this.onDeadline, options.headersDeadlineMs, socket);
+    socket.on('close', this.onClose); // 'close' comes once; `once` would wrap it per socket
+  }
+
+  private release(key: string): void {
+    const left = (this.perIp.get(key) ?? 1) - 1;
+    if (left === 0) this.perIp.delete(key);
+    else this.perIp.set(key, left);
+  }
+}
+
+function clearDeadline(socket: GuardedSocket): void {
+  const timer = socket[DEADLINE];
+  if (timer === undefined) return;
+  clearTimeout(timer);
+  socket[DEADLINE] = undefined;
+}
