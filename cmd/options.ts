@@ -33,6 +33,7 @@ export interface RunFlags {
   udp: HostPort;
   keys?: string;
   registry?: HostPort;
+  registryTimeout: number;
   authTimeout: number;
   idleTimeout: number;
   maxPeers: number;
@@ -72,6 +73,8 @@ export function runOptions(): Option[] {
     flag('--keys <file>', `JSON keys file {"<node id>": "<base64 public key>"}, reloaded on change and on SIGHUP; without it, ./${DEFAULT_KEYS_FILE} if that exists`,
       (text) => text),
     flag('--registry <host:port>', 'Pilot registry to look up keys not in the keys file; none by default', parseHostPort),
+    flag('--registry-timeout <duration>', 'how long a registry lookup may take, whoever asked; an answer after a handshake gave up still fills the key cache',
+      parseDuration, d.registryTimeoutMs, formatDuration(d.registryTimeoutMs)),
     flag('--auth-timeout <duration>', 'a daemon must complete the handshake within this', parseDuration, d.authTimeoutMs, formatDuration(d.authTimeoutMs)),
     flag('--idle-timeout <duration>', 'a peer silent this long (no data, ping or pong) is disconnected', parseDuration, d.idleTimeoutMs, formatDuration(d.idleTimeoutMs)),
     flag('--max-peers <n>', 'authenticated peers; upgrades beyond it get HTTP 503', positiveInt, d.maxPeers, String(d.maxPeers)),
@@ -119,6 +122,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     udp: flags.udp,
     keysFile,
     registry: flags.registry,
+    registryTimeoutMs: flags.registryTimeout,
     authTimeoutMs: flags.authTimeout,
     idleTimeoutMs: flags.idleTimeout,
     maxPeers: flags.maxPeers,

@@ -22,11 +22,11 @@ interface Setup {
   keys: Map<number, string>;
 }
 
-async function setup(t: { after(fn: () => unknown): void }, nodes: number[] = [1, 2, 3]): Promise<Setup> {
+async function setup(t: { after(fn: () => unknown): void }, nodes: number[] = [1, 2, 3], timeoutMs = TIMEOUT_MS): Promise<Setup> {
   const keys = new Map(nodes.map((n) => [n, generatePublicKey()] as const));
   const registry = await startFakeRegistry(keys);
   const stats = new BeaconStats();
-  const client = new RegistryClient({ registry: { host: registry.host, port: registry.port }, stats });
+  const client = new RegistryClient({ registry: { host: registry.host, port: registry.port }, stats, timeoutMs });
   t.after(async () => {
     client.close();
     await registry.stop();
@@ -59,7 +59,7 @@ function cacheConfig(overrides: Partial<BeaconConfig> = {}): BeaconConfig {
 }
 
 function cached(t: { after(fn: () => unknown): void }, s: Setup, overrides: Partial<BeaconConfig> = {}): CachedKeyLookup {
-  const cache = new CachedKeyLookup((n, ms) => s.client.lookup(n, ms), { config: cacheConfig(overrides), stats: s.stats });
+  const cache = new CachedKeyLookup((n) => s.client.lookup(n), { config: cacheConfig(overrides), stats: s.stats });
   t.after(() => cache.close());
   return cache;
 }
@@ -81,7 +81,7 @@ function assertUnavailable(result: KeyLookup, pattern: RegExp): void {
 
 test('registry: a known node is found with its key', async (t) => {
   const s = await setup(t);
-  const result = await s.client.lookup(2, TIMEOUT_MS);
+  const result = await s.client.lookup(2);
   assertFound(result, 2, s.keys.get(2));
   if (result.status === 'found') assert.equal(result.key.source, 'registry');
   assert.equal(s.registry.requestsFor(2), 1);
@@ -90,7 +90,7 @@ test('registry: a known node is found with its key', async (t) => {
 
 test('registry: an error answer means the node is unknown', async (t) => {
   const s = await setup(t);
-  assert.deepEqual(await s.client.lookup(99, TIMEOUT_MS), { status: 'unknown' });
+  assert.deepEqual(await s.client.lookup(99), { status: 'unknown' });
   assert.equal(s.registry.requestsFor(99), 1);
   assert.deepEqual(s.stats.registryLookups, { found: 0, unknown: 1, error: 0 });
 });
@@ -99,7 +99,7 @@ test('registry: pipelined lookups on one connection get their own answers', asyn
   const s = await setup(t, [1, 2, 3, 4, 5]);
   s.registry.delayMs = 5;
   const nodes = [5, 1, 42, 3, 2, 4];
-  const results = await Promise.all(nodes.map((n) => s.client.lookup(n, TIMEOUT_MS)));
+  const results = await Promise.all(nodes.map((n) => s.client.lookup(n)));
   results.forEach((result, i) => {
     if (nodes[i] === 42) assert.deepEqual(result, { status: 'unknown' });
     else assertFound(result, nodes[i], s.keys.get(nodes[i]));
@@ -124,10 +124,10 @@ test('registry: malformed answers are unavailable, never found', async (t) => {
   ];
   for (const [nodeId, reply, pattern] of bad) {
     s.registry.replies.set(nodeId, reply);
-    assertUnavailable(await s.client.lookup(nodeId, TIMEOUT_MS), pattern);
+    assertUnavailable(await s.client.lookup(nodeId), pattern);
   }
   // After every kind of bad answer the client still works.
-  assertFound(await s.client.lookup(1, TIMEOUT_MS), 1, key);
+  assertFound(await s.client.lookup(1), 1, key);
   assert.deepEqual(s.stats.registryLookups, { found: 1, unknown: 0, error: bad.length });
 });
 
@@ -136,15 +136,15 @@ test('registry: an answer split across many TCP segments is reassembled', async 
   const key = s.keys.get(1) as string;
   const whole = frame(Buffer.from(JSON.stringify({ type: 'lookup_ok', node_id: 8, public_key: key, pad: 'x'.repeat(70_000) })));
   s.registry.replies.set(8, { bytes: whole });
-  const result = await s.client.lookup(8, TIMEOUT_MS);
+  const result = await s.client.lookup(8);
   assert.equal(result.status, 'found');
 });
 
 test('registry: nothing listening gives unavailable quickly', async () => {
   const stats = new BeaconStats();
-  const client = new RegistryClient({ registry: { host: '127.0.0.1', port: await closedPort() }, stats });
+  const client = new RegistryClient({ registry: { host: '127.0.0.1', port: await closedPort() }, stats, timeoutMs: 5000 });
   const started = Date.now();
-  const result = await client.lookup(1, 5000);
+  const result = await client.lookup(1);
   assertUnavailable(result, /ECONNREFUSED/);
   assert.ok(Date.now() - started < 1000, `took ${Date.now() - started} ms`);
   assert.deepEqual(stats.registryLookups, { found: 0, unknown: 0, error: 1 });
@@ -152,39 +152,27 @@ test('registry: nothing listening gives unavailable quickly', async () => {
 });
 
 test('registry: a registry that never answers gives unavailable within the timeout, then recovers', async (t) => {
-  const s = await setup(t, [1]);
+  const s = await setup(t, [1], 100);
   s.registry.neverAnswer = true;
   const started = Date.now();
-  assertUnavailable(await s.client.lookup(1, 100), /did not answer within 100 ms/);
+  assertUnavailable(await s.client.lookup(1), /did not answer within 100 ms/);
   const elapsed = Date.now() - started;
   assert.ok(elapsed >= 90 && elapsed < 1000, `took ${elapsed} ms`);
 
   s.registry.neverAnswer = false;
-  assertFound(await s.client.lookup(1, TIMEOUT_MS), 1, s.keys.get(1));
+  assertFound(await s.client.lookup(1), 1, s.keys.get(1));
   assert.equal(s.registry.connections, 2, 'the slow connection was dropped and a fresh one opened');
 });
 
 test('registry: a late answer after the oldest request timed out is not given to the next one', async (t) => {
-  const s = await setup(t, [1, 2]);
+  const s = await setup(t, [1, 2], 30);
   s.registry.delayMs = 150;
-  assertUnavailable(await s.client.lookup(1, 30), /did not answer/);
+  assertUnavailable(await s.client.lookup(1), /did not answer/);
   s.registry.delayMs = 0;
   // Node 1's answer is still due from the registry; node 2 must get its own.
-  assertFound(await s.client.lookup(2, TIMEOUT_MS), 2, s.keys.get(2));
+  assertFound(await s.client.lookup(2), 2, s.keys.get(2));
   await sleep(200); // past the moment node 1's late answer would have arrived
-  assertFound(await s.client.lookup(2, TIMEOUT_MS), 2, s.keys.get(2));
-});
-
-test('registry: a timed-out request behind a live one keeps its slot for its late answer', async (t) => {
-  const s = await setup(t, [1, 2, 3]);
-  s.registry.delayMs = 60; // answers come at ~60, ~120, ~180 ms, in order
-  const first = s.client.lookup(1, TIMEOUT_MS);
-  const second = s.client.lookup(2, 20);
-  const third = s.client.lookup(3, TIMEOUT_MS);
-  assertUnavailable(await second, /did not answer within 20 ms/);
-  assertFound(await first, 1, s.keys.get(1));
-  assertFound(await third, 3, s.keys.get(3));
-  assert.equal(s.registry.connections, 1);
+  assertFound(await s.client.lookup(2), 2, s.keys.get(2));
 });
 
 test('registry: lookups beyond the pending bound fail at once', async (t) => {
@@ -197,39 +185,39 @@ test('registry: lookups beyond the pending bound fail at once', async (t) => {
     await registry.stop();
   });
   registry.delayMs = 50;
-  const waiting = [client.lookup(1, TIMEOUT_MS), client.lookup(1, TIMEOUT_MS)];
-  assertUnavailable(await client.lookup(1, TIMEOUT_MS), /2 registry lookups already waiting/);
+  const waiting = [client.lookup(1), client.lookup(1)];
+  assertUnavailable(await client.lookup(1), /2 registry lookups already waiting/);
   for (const result of await Promise.all(waiting)) assertFound(result, 1, keys.get(1));
 });
 
 test('registry: the registry closing the connection fails pending lookups; the next one reconnects', async (t) => {
   const s = await setup(t, [1]);
   s.registry.neverAnswer = true;
-  const pending = s.client.lookup(1, TIMEOUT_MS);
+  const pending = s.client.lookup(1);
   await waitFor(() => s.registry.requestsFor(1) === 1);
   s.registry.dropConnections();
   assertUnavailable(await pending, /closed the connection|ECONNRESET/);
   s.registry.neverAnswer = false;
-  assertFound(await s.client.lookup(1, TIMEOUT_MS), 1, s.keys.get(1));
+  assertFound(await s.client.lookup(1), 1, s.keys.get(1));
   assert.equal(s.registry.connections, 2);
 });
 
 test('registry: an idle connection closed by the registry is reopened on the next lookup', async (t) => {
   const s = await setup(t, [1]);
-  assertFound(await s.client.lookup(1, TIMEOUT_MS), 1, s.keys.get(1));
+  assertFound(await s.client.lookup(1), 1, s.keys.get(1));
   s.registry.dropConnections();
   await sleep(50); // let the client see the close (nothing observable to wait on)
-  assertFound(await s.client.lookup(1, TIMEOUT_MS), 1, s.keys.get(1));
+  assertFound(await s.client.lookup(1), 1, s.keys.get(1));
   assert.equal(s.registry.connections, 2);
 });
 
 test('registry: close() fails pending lookups and later ones', async (t) => {
   const s = await setup(t, [1]);
   s.registry.neverAnswer = true;
-  const pending = s.client.lookup(1, TIMEOUT_MS);
+  const pending = s.client.lookup(1);
   s.client.close();
   assertUnavailable(await pending, /closed/);
-  assertUnavailable(await s.client.lookup(1, TIMEOUT_MS), /closed/);
+  assertUnavailable(await s.client.lookup(1), /closed/);
 });
 
 // --- the cache --------------------------------------------------------------
@@ -281,11 +269,30 @@ test('cache: concurrent lookups of one node make exactly one request', async (t)
   assert.equal(s.registry.totalRequests(), 1);
 });
 
+test('cache: a caller in a hurry gives up alone; the others get the answer, and the late answer fills the cache', async (t) => {
+  const s = await setup(t, [1, 2]);
+  s.registry.delayMs = 150;
+  const cache = cached(t, s);
+  // A stranger's lookup with 30 ms left, then a real daemon's for the same
+  // node, and one for another node pipelined behind it.
+  const hurried = cache.lookup(1, 30);
+  const patient = cache.lookup(1, TIMEOUT_MS);
+  const other = cache.lookup(2, TIMEOUT_MS);
+  assertUnavailable(await hurried, /30 ms/);
+  assertFound(await patient, 1, s.keys.get(1));
+  assertFound(await other, 2, s.keys.get(2));
+  assert.equal(s.registry.connections, 1, 'the shared connection was never torn down');
+  assert.equal(s.registry.requestsFor(1), 1);
+  // The answer the stranger did not wait for is cached.
+  assertFound(await cache.lookup(1, 1), 1, s.keys.get(1));
+  assert.equal(s.stats.keyCacheHits, 1);
+});
+
 test('cache: unavailable is never cached', async (t) => {
-  const s = await setup(t);
+  const s = await setup(t, [1, 2, 3], 30);
   const cache = cached(t, s);
   s.registry.neverAnswer = true;
-  assertUnavailable(await cache.lookup(1, 30), /did not answer/);
+  assertUnavailable(await cache.lookup(1, TIMEOUT_MS), /did not answer/);
   s.registry.neverAnswer = false;
   assertFound(await cache.lookup(1, TIMEOUT_MS), 1, s.keys.get(1));
   assert.equal(s.registry.requestsFor(1), 2);

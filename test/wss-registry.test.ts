@@ -102,3 +102,34 @@ test('a keys file reload that lands while a handshake is verifying decides that 
   assert.equal(tb.beacon.metrics().stats.authFailed.key_revoked, 1);
   assert.equal(tb.beacon.metrics().stats.authOk, 0);
 });
+
+test('a stranger answering just before its deadline cannot fail the next daemon\'s registry lookup', async (t) => {
+  // The attack: an auth_reply for an unknown node 30 ms before the stranger's
+  // deadline, against a registry answering in 200 ms, used to time out the
+  // shared registry connection under a real daemon's lookup.
+  const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
+  registry.delayMs = 200;
+  t.after(() => registry.stop());
+  const authTimeoutMs = 2_000;
+  const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: registry.port }, authTimeoutMs });
+  t.after(() => tb.close());
+  const stranger = await openCompat(tb.url);
+  const openedAt = Date.now();
+  const strangerClosed = closed(stranger.ws);
+  const sleepUntil = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, openedAt + ms - Date.now())));
+  await sleepUntil(authTimeoutMs - 500);
+  const daemon = await openCompat(tb.url); // starts right before: its own deadline is far
+  await sleepUntil(authTimeoutMs - 30);
+  // Both replies reach the beacon together; their lookups share the registry connection.
+  stranger.ws.send(authReplyMessage({ node_id: 4242, public_key: bob.publicKeyB64, sig: sign(bob, `compat_auth:4242:${stranger.nonce}`) }));
+  const answer = nextMessage(daemon.ws);
+  daemon.ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${daemon.nonce}`) }));
+  assert.equal((await answer).data.toString(), '{"type":"auth_ok"}');
+  assert.equal(tb.beacon.isConnected(7777), true);
+  assert.equal((await strangerClosed).code, CloseCode.PolicyViolation);
+  assert.equal(tb.beacon.metrics().stats.authFailed.registry_unavailable, 0);
+  assert.equal(registry.connections, 1);
+  // The stranger's late answer still filled the (negative) cache.
+  await eventually(() => tb.beacon.metrics().stats.registryLookups.unknown === 1, 3_000, 'the late answer');
+  daemon.ws.close();
+});

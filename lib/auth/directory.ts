@@ -29,9 +29,11 @@ const UNKNOWN: KeyLookup = Object.freeze({ status: 'unknown' });
 
 export function createKeyDirectory(options: KeyDirectoryOptions): KeyDirectory {
   const { keysFile, config, stats } = options;
-  const client = options.registry ? new RegistryClient({ registry: options.registry, stats }) : undefined;
+  const client = options.registry
+    ? new RegistryClient({ registry: options.registry, stats, timeoutMs: config.registryTimeoutMs })
+    : undefined;
   const cache = client
-    ? new CachedKeyLookup((nodeId, timeoutMs) => client.lookup(nodeId, timeoutMs), { config, stats })
+    ? new CachedKeyLookup((nodeId) => client.lookup(nodeId), { config, stats })
     : undefined;
 
   return {

@@ -6,8 +6,11 @@
  *   `keyCacheNegativeTtlMs`; `unavailable` is never remembered.
  * - At most `keyCacheMaxEntries` entries; when full, new answers are simply
  *   not cached (expired entries are swept periodically).
- * - Concurrent lookups of one node share one request to the source; a joiner
- *   waits on the first caller's timeout.
+ * - Concurrent lookups of one node share one request to the source, which
+ *   has the source's own timeout. Each caller waits only up to its own
+ *   deadline: one in a hurry (a stranger near the end of its handshake)
+ *   gives up alone, never shortening the request for the others, and an
+ *   answer that comes after it gave up still fills the cache.
  * - Every lookup not answered from the cache counts as a miss.
  */
 import NodeCache from 'node-cache';
@@ -16,8 +19,8 @@ import type { BeaconConfig } from '../config';
 import type { BeaconStats } from '../metrics/stats';
 import type { KeyLookup } from './keys';
 
-/** Any key source: resolves within `timeoutMs`, never rejects. */
-export type KeyLookupFn = (nodeId: NodeId, timeoutMs: number) => Promise<KeyLookup>;
+/** Any key source: resolves within its own timeout, never rejects. */
+export type KeyLookupFn = (nodeId: NodeId) => Promise<KeyLookup>;
 
 export type KeyCacheConfig = Pick<BeaconConfig, 'keyCacheTtlMs' | 'keyCacheNegativeTtlMs' | 'keyCacheMaxEntries'>;
 
@@ -55,7 +58,7 @@ export class CachedKeyLookup {
     return this.#cache.getStats().keys;
   }
 
-  /** Resolves within the source's time for `timeoutMs`; never rejects. */
+  /** Resolves within `timeoutMs` (this caller's deadline); never rejects. */
   lookup(nodeId: NodeId, timeoutMs: number): Promise<KeyLookup> {
     const cached = this.#cache.get<Cacheable>(nodeId);
     if (cached) {
@@ -63,11 +66,12 @@ export class CachedKeyLookup {
       return Promise.resolve(cached);
     }
     this.#stats.keyCacheMisses++;
-    const inFlight = this.#inFlight.get(nodeId);
-    if (inFlight) return inFlight;
-    const request = this.#fetch(nodeId, timeoutMs);
-    this.#inFlight.set(nodeId, request);
-    return request;
+    let request = this.#inFlight.get(nodeId);
+    if (!request) {
+      request = this.#fetch(nodeId);
+      this.#inFlight.set(nodeId, request);
+    }
+    return withDeadline(request, timeoutMs);
   }
 
   /** Stops the sweep timer and forgets everything. */
@@ -76,10 +80,10 @@ export class CachedKeyLookup {
     this.#cache.close();
   }
 
-  async #fetch(nodeId: NodeId, timeoutMs: number): Promise<KeyLookup> {
+  async #fetch(nodeId: NodeId): Promise<KeyLookup> {
     let result: KeyLookup;
     try {
-      result = await this.#source(nodeId, timeoutMs);
+      result = await this.#source(nodeId);
     } catch (err) {
       result = { status: 'unavailable', error: err instanceof Error ? err.message : String(err) };
     } finally {
@@ -98,6 +102,19 @@ export class CachedKeyLookup {
       // Full (ECACHEFULL): the answer is still returned, just not remembered.
     }
   }
+}
+
+/** `request`'s result, or unavailable once `timeoutMs` passed; the request itself runs on. */
+function withDeadline(request: Promise<KeyLookup>, timeoutMs: number): Promise<KeyLookup> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, Math.max(0, timeoutMs), {
+      status: 'unavailable', error: `no key source answer within this caller's ${timeoutMs} ms`,
+    } satisfies KeyLookup);
+    void request.then((result) => {
+      clearTimeout(timer);
+      resolve(result);
+    });
+  });
 }
 
 function checkPeriodSeconds(config: KeyCacheConfig): number {

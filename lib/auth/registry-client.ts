@@ -8,8 +8,11 @@
  *   matched in order through a FIFO (the registry answers in order).
  * - `lookup` never rejects: found, unknown (an `error` answer), or
  *   unavailable (connect error, timeout, closed connection, bad answer).
- * - When the oldest waiting request times out, the registry is slow: the
- *   connection is destroyed, so a late answer can never reach another request.
+ * - Every lookup has the client's own `timeoutMs`, whoever asks: a caller
+ *   in a hurry waits less on its side (key-cache.ts), it never shortens the
+ *   request. So the first request to time out is always the oldest: the
+ *   registry is slow, and the connection is destroyed, so a late answer can
+ *   never reach another request.
  * - It does not cache (key-cache.ts does) and does not retry.
  */
 import * as net from 'node:net';
@@ -26,11 +29,15 @@ export const REGISTRY_MAX_MESSAGE_BYTES = 1024 * 1024;
  * that a stalled registry cannot make the queue grow without bound.
  */
 export const REGISTRY_MAX_PENDING = 1024;
+/** How long the registry may take to answer a lookup (--registry-timeout). */
+export const REGISTRY_TIMEOUT_MS = 5_000;
 const LENGTH_BYTES = 4;
 
 export interface RegistryClientOptions {
   registry: HostPort;
   stats: BeaconStats;
+  /** How long each lookup waits for its answer; REGISTRY_TIMEOUT_MS by default. */
+  timeoutMs?: number;
   /** Bound on lookups waiting for an answer; beyond it a lookup fails at once. */
   maxPending?: number;
 }
@@ -46,6 +53,7 @@ export class RegistryClient {
   readonly #registry: HostPort;
   readonly #stats: BeaconStats;
   readonly #maxPending: number;
+  readonly #timeoutMs: number;
   #connection: RegistryConnection | undefined;
   #closed = false;
 
@@ -53,10 +61,11 @@ export class RegistryClient {
     this.#registry = options.registry;
     this.#stats = options.stats;
     this.#maxPending = options.maxPending ?? REGISTRY_MAX_PENDING;
+    this.#timeoutMs = options.timeoutMs ?? REGISTRY_TIMEOUT_MS;
   }
 
-  /** Resolves within `timeoutMs`; never rejects. */
-  lookup(nodeId: NodeId, timeoutMs: number): Promise<KeyLookup> {
+  /** Resolves within the client's timeout; never rejects. */
+  lookup(nodeId: NodeId): Promise<KeyLookup> {
     return new Promise<KeyLookup>((resolve) => {
       const done = (result: KeyLookup): void => {
         this.#count(result);
@@ -68,7 +77,7 @@ export class RegistryClient {
       if (connection.pendingCount >= this.#maxPending) {
         return done(unavailable(`${this.#maxPending} registry lookups already waiting`));
       }
-      connection.send({ nodeId, settled: false, timer: undefined, resolve: done }, timeoutMs);
+      connection.send({ nodeId, settled: false, timer: undefined, resolve: done }, this.#timeoutMs);
     });
   }
 
@@ -106,7 +115,7 @@ class RegistryConnection {
   readonly #name: string;
   readonly #socket: net.Socket;
   readonly #onClose: () => void;
-  /** Requests in the order sent; a timed-out one stays until its answer arrives. */
+  /** Requests in the order sent. */
   readonly #fifo: Pending[] = [];
   #buffer: Buffer = Buffer.alloc(0);
 
@@ -143,14 +152,13 @@ class RegistryConnection {
     this.#onClose();
   }
 
-  #onTimeout(request: Pending, timeoutMs: number): void {
-    const reason = `${this.#name} did not answer within ${timeoutMs} ms`;
-    // The oldest live request timing out means the registry is slow for all
-    // of them: start fresh. A younger one leaves its slot so the answer meant
-    // for it is consumed and dropped, never given to the next request.
-    const oldestLive = this.#fifo.find((pending) => !pending.settled);
-    if (oldestLive === request) this.destroy(reason);
-    else settle(request, unavailable(reason));
+  /**
+   * All requests share one timeout, so the one timing out is the oldest:
+   * the registry is slow for all of them. Start fresh; the late answer then
+   * cannot reach the next request.
+   */
+  #onTimeout(_request: Pending, timeoutMs: number): void {
+    this.destroy(`${this.#name} did not answer within ${timeoutMs} ms`);
   }
 
   #onData(chunk: Buffer): void {

@@ -22,6 +22,11 @@ export interface BeaconConfig {
   keysFile?: string;
   /** Pilot registry for key lookups; undefined when none. */
   registry?: HostPort;
+  /**
+   * How long a registry lookup may take, whoever asked (a handshake stops
+   * waiting at its own deadline; the lookup runs on and fills the cache).
+   */
+  registryTimeoutMs: number;
   /** A daemon must complete the handshake within this. */
   authTimeoutMs: number;
   /** A peer silent this long (no data, ping or pong) is disconnected. */
@@ -79,6 +84,9 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   udp: { host: '127.0.0.1', port: 9001 },
   keysFile: undefined,
   registry: undefined,
+  // Well under --auth-timeout, so a slow registry shows as
+  // registry_unavailable rather than as a client timeout.
+  registryTimeoutMs: 5_000,
   authTimeoutMs: 10_000,
   idleTimeoutMs: 90_000,
   maxPeers: 20_000,
@@ -137,7 +145,7 @@ export class ConfigError extends Error {
 /** Throws ConfigError naming the first field that cannot work. */
 export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
-    'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
+    'registryTimeoutMs', 'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
     'clusterDeadAfterMs',
