@@ -51,6 +51,7 @@ export interface RunFlags {
   udpEndpointTtl: number;
   maxUdpEndpoints: number;
   udpIo: UdpIoChoice;
+  maxUdpEndpointsPerIp: number;
   shutdownGrace: number;
   restartDelay: number;
   restartWindow: number;
@@ -94,7 +95,8 @@ export function runOptions(): Option[] {
     flag('--key-cache-negative-ttl <duration>', 'how long a node unknown to the registry is remembered', parseDuration, d.keyCacheNegativeTtlMs, formatDuration(d.keyCacheNegativeTtlMs)),
     flag('--key-cache-size <n>', 'registry answers kept in the key cache', positiveInt, d.keyCacheMaxEntries, String(d.keyCacheMaxEntries)),
     flag('--udp-endpoint-ttl <duration>', 'UDP endpoints not refreshed within this are forgotten', parseDuration, d.udpEndpointTtlMs, formatDuration(d.udpEndpointTtlMs)),
-    flag('--max-udp-endpoints <n>', 'bound on the UDP endpoint table', positiveInt, d.maxUdpEndpoints, String(d.maxUdpEndpoints)),
+    flag('--max-udp-endpoints <n>', 'bound on the UDP endpoint table; when full, the least recently refreshed entry makes room', positiveInt, d.maxUdpEndpoints, String(d.maxUdpEndpoints)),
+    flag('--max-udp-endpoints-per-ip <n>', 'UDP endpoint table entries one source address (IPv6: prefix) may hold', positiveInt, d.maxUdpEndpointsPerIp, String(d.maxUdpEndpointsPerIp)),
     new Option('--udp-io <mode>', 'UDP socket I/O: batched (recvmmsg/sendmmsg addon, Linux), dgram (Node\'s dgram), or auto: batched where the addon is built, else dgram')
       .choices(UDP_IO_CHOICES).default(d.udpIo).env(envName('--udp-io')),
     flag('--shutdown-grace <duration>', 'on shutdown, how long peers get to acknowledge the close', parseDuration, d.shutdownGraceMs, formatDuration(d.shutdownGraceMs)),
@@ -140,6 +142,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     udpEndpointTtlMs: flags.udpEndpointTtl,
     maxUdpEndpoints: flags.maxUdpEndpoints,
     udpIo: flags.udpIo,
+    maxUdpEndpointsPerIp: flags.maxUdpEndpointsPerIp,
     shutdownGraceMs: flags.shutdownGrace,
     restartDelayMs: flags.restartDelay,
     restartWindowMs: flags.restartWindow,

@@ -102,7 +102,13 @@ export class Beacon extends EventEmitter {
       onPacket: createPeerPacketHandler(stats, this.router, (peer, packet) => this.compat.sendToPeer(peer, packet)),
       onPeerClosed: (peer, code) => this.emit('peerClosed', { nodeId: peer.nodeId, replaced: peer.replaced, code }),
       peerListener: {
-        attached: (peer) => this.cluster?.attached(peer.nodeId, 'wss'),
+        attached: (peer) => {
+          // The authenticated attachment is the newer, stronger claim: a UDP
+          // endpoint recorded for the node before (by anyone) must not
+          // outlive it and take its traffic once it leaves.
+          this.udp.endpoints.delete(peer.nodeId);
+          this.cluster?.attached(peer.nodeId, 'wss');
+        },
         detached: (peer) => this.cluster?.detached(peer.nodeId, 'wss'),
       },
     });
@@ -294,8 +300,10 @@ export class Beacon extends EventEmitter {
   }
 
   private sendSync(): void {
+    // Authenticated peers first, then UDP nodes most recently refreshed
+    // first: if they do not all fit, the stalest (likeliest junk) are left out.
     const local = new Set<NodeId>(this.compat.peers.nodeIds());
-    for (const id of this.udp.endpoints.nodeIds()) local.add(id);
+    for (const id of [...this.udp.endpoints.nodeIds()].reverse()) local.add(id);
     const { packet, truncated } = this.beaconPeers.syncPacket(this.config.beaconId, [...local]);
     if (truncated) this.stats.drop('sync_truncated');
     for (const peer of this.beaconPeers.peers) {

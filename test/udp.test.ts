@@ -10,6 +10,7 @@ import {
   PacketType, decodePacket, encodeDiscover, encodeDiscoverReply, encodePunchCommand, encodePunchRequest,
   encodeRelay, encodeRelayDeliver, encodeSync,
 } from '../lib/protocol';
+import { EndpointTable } from '../lib/udp/endpoints';
 import { makeIdentity } from './helpers/identity';
 import { SUITE_UDP_IO } from './helpers/udp-io';
 import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
@@ -200,18 +201,91 @@ test('beacon_udp_packets_total counts by type, in metrics() and in the Prometheu
   assert.equal(promValue(text, 'beacon_udp_sent_total'), 7);
 });
 
-test('a full endpoint table refuses new nodes (endpoint_table_full) but keeps refreshing known ones', async (t) => {
-  const tb = await beacon(t, [], { maxUdpEndpoints: 1 });
+/** A UDP socket bound to another loopback address: another source for the beacon. */
+async function udpFrom(t: TestContext, address: string): Promise<dgram.Socket> {
+  const socket = dgram.createSocket('udp4');
+  t.after(() => socket.close());
+  await new Promise<void>((resolve) => socket.bind(0, address, resolve));
+  return socket;
+}
+
+test('one source cannot fill the endpoint table: past its share its new nodes are refused and counted, real nodes still get in', async (t) => {
+  // The attack: Discovers with random node IDs from one socket used to fill
+  // the whole table, and every real node after them was refused.
+  const tb = await beacon(t, [], { maxUdpEndpoints: 50, maxUdpEndpointsPerIp: 10 });
+  const attacker = await udpFrom(t, '127.0.0.2');
+  for (let i = 0; i < 50; i++) attacker.send(encodeDiscover(100_000 + i), tb.udpPort, '127.0.0.1');
+  await eventually(() => tb.beacon.metrics().stats.udpPackets.discover === 50, 3_000, 'the 50 Discovers');
+  assert.equal(tb.beacon.metrics().udpEndpoints, 10);
+  assert.equal(tb.beacon.metrics().stats.dropped.endpoint_source_full, 40);
+  // A known node of that source still refreshes.
+  attacker.send(encodeDiscover(100_000), tb.udpPort, '127.0.0.1');
+  await eventually(() => tb.beacon.metrics().stats.udpPackets.discover === 51, 3_000, 'the refresh');
+  assert.equal(tb.beacon.metrics().stats.dropped.endpoint_source_full, 40);
+
+  // Real nodes elsewhere: recorded, punched, relayed to.
   const a = await udpClient(t);
   const b = await udpClient(t);
   await discover(tb, a, 1111);
-  b.send(encodeDiscover(2222), tb.udpPort);
-  await eventually(() => tb.beacon.metrics().stats.dropped.endpoint_table_full === 1, 3_000, 'endpoint_table_full');
-  assert.equal(tb.beacon.metrics().udpEndpoints, 1);
-  await discover(tb, a, 1111); // a known node still refreshes
-  assert.equal(tb.beacon.metrics().stats.dropped.endpoint_table_full, 1);
+  await discover(tb, b, 2222);
+  a.send(encodePunchRequest(1111, 2222), tb.udpPort);
+  assert.equal((await a.next()).toString('hex'), encodePunchCommand({ ip: '127.0.0.1', port: b.port }).toString('hex'));
+  assert.equal((await b.next()).toString('hex'), encodePunchCommand({ ip: '127.0.0.1', port: a.port }).toString('hex'));
   a.send(encodeRelay(1111, 2222, Buffer.from('x')), tb.udpPort);
-  await eventually(() => tb.beacon.metrics().stats.relay.unknown === 1, 3_000, '2222 is not routable');
+  assert.equal((await b.next()).toString('hex'), encodeRelayDeliver(1111, Buffer.from('x')).toString('hex'));
+});
+
+test('a full endpoint table makes room by dropping the least recently refreshed entry, counted', async (t) => {
+  const tb = await beacon(t, [], { maxUdpEndpoints: 3 });
+  const clients = [await udpClient(t), await udpClient(t), await udpClient(t), await udpClient(t)];
+  await discover(tb, clients[0]!, 1111);
+  await discover(tb, clients[1]!, 2222);
+  await discover(tb, clients[2]!, 3333);
+  await discover(tb, clients[0]!, 1111); // refreshed: 2222 is now the stalest
+  await discover(tb, clients[3]!, 4444);
+  assert.equal(tb.beacon.metrics().udpEndpoints, 3);
+  assert.equal(tb.beacon.metrics().stats.udpEndpointsEvicted, 1);
+  assert.equal(promValue(await tb.beacon.metricsText(), 'beacon_udp_endpoints_evicted_total'), 1);
+  clients[3]!.send(encodeRelay(4444, 2222, Buffer.from('x')), tb.udpPort);
+  await eventually(() => tb.beacon.metrics().stats.dropped.unknown_dest === 1, 3_000, '2222 to be gone');
+  clients[3]!.send(encodeRelay(4444, 1111, Buffer.from('y')), tb.udpPort);
+  assert.equal((await clients[0]!.next()).toString('hex'), encodeRelayDeliver(4444, Buffer.from('y')).toString('hex'));
+});
+
+test('EndpointTable: least recently refreshed out first, per-source share by IPv6 prefix, expiry from the oldest', () => {
+  const table = new EndpointTable({ ttlMs: 100, maxEntries: 3, maxPerSource: 2, ipv6PrefixBits: 64 });
+  assert.equal(table.record(1, '2001:db8::1', 9), 'recorded');
+  assert.equal(table.record(2, '2001:db8::2', 9, 1), 'recorded');
+  assert.equal(table.record(3, '2001:db8::3', 9, 2), 'source_full'); // same /64
+  assert.equal(table.record(3, '2001:db8:0:1::3', 9, 2), 'recorded'); // the next /64
+  assert.equal(table.record(1, '2001:db8::1', 9, 3), 'recorded'); // refresh: 2 is the stalest
+  assert.equal(table.record(4, '198.51.100.1', 9, 4), 'evicted_oldest');
+  assert.deepEqual([...table.nodeIds()], [3, 1, 4]);
+  assert.equal(table.entriesFrom('2001:db8::77'), 1);
+  // A node moving to a source that holds its share keeps its old endpoint.
+  assert.equal(table.record(5, '198.51.100.1', 9, 5), 'evicted_oldest');
+  assert.equal(table.record(3, '198.51.100.1', 9, 6), 'source_full');
+  assert.equal(table.get(3), undefined); // 3 was evicted by 5 already
+  assert.equal(table.expire(103), 1); // 1 (refreshed at 3)
+  assert.deepEqual([...table.nodeIds()], [4, 5]);
+});
+
+test('authenticating over WebSocket removes the node\'s UDP endpoint, so a stranger\'s Discover cannot outlive the attachment', async (t) => {
+  const n103 = makeIdentity(103);
+  const sender = makeIdentity(104);
+  const tb = await beacon(t, [n103, sender]);
+  const stranger = await udpClient(t);
+  await discover(tb, stranger, 103); // before 103 attaches, UDP may claim it
+  assert.equal(tb.beacon.metrics().udpEndpoints, 1);
+  const peer = await WsPeer.connect(tb.url, n103);
+  assert.equal(tb.beacon.metrics().udpEndpoints, 0);
+  peer.close();
+  await eventually(() => !tb.beacon.isConnected(103), 3_000, '103 to leave');
+  const other = await WsPeer.connect(tb.url, sender);
+  t.after(() => other.close());
+  other.send(encodeRelay(104, 103, Buffer.from('for 103 only')));
+  await eventually(() => tb.beacon.metrics().stats.dropped.unknown_dest === 1, 3_000, 'the relay to be dropped');
+  await stranger.expectNothing();
 });
 
 test('dual-stack socket: IPv4 clients are answered as IPv4 (4 bytes), IPv6 clients as IPv6 (16 bytes)', async (t) => {

@@ -54,10 +54,12 @@ export interface BeaconConfig {
   keyCacheMaxEntries: number;
   /** UDP endpoints not refreshed within this are forgotten. */
   udpEndpointTtlMs: number;
-  /** Bound on the UDP endpoint table (anyone can send Discover). */
+  /** Bound on the UDP endpoint table (anyone can send Discover); when full, the stalest entry makes room. */
   maxUdpEndpoints: number;
   /** UDP socket I/O: 'batched' (recvmmsg/sendmmsg addon), 'dgram', or 'auto' (batched where the addon is built). */
   udpIo: UdpIoChoice;
+  /** Entries of the UDP endpoint table one source address (IPv6: prefix) may hold. */
+  maxUdpEndpointsPerIp: number;
   /** On shutdown, how long peers get to acknowledge the close. */
   shutdownGraceMs: number;
   /** (ours) Sent in the `restarting` notice: when clients should start reconnecting... */
@@ -112,6 +114,9 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   udpEndpointTtlMs: 10 * 60_000,
   maxUdpEndpoints: 100_000,
   udpIo: 'auto',
+  // 1% of the table: one source cannot fill it, and a NAT keeps room for
+  // far more UDP daemons than one address usually hides.
+  maxUdpEndpointsPerIp: 1_000,
   shutdownGraceMs: 2_000,
   // A systemd restart is the drain (--shutdown-grace) plus Node's start-up.
   restartDelayMs: 3_000,
@@ -147,7 +152,7 @@ export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
     'registryTimeoutMs', 'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
-    'udpEndpointTtlMs', 'maxUdpEndpoints', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
+    'udpEndpointTtlMs', 'maxUdpEndpoints', 'maxUdpEndpointsPerIp', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
     'clusterDeadAfterMs',
   ];
   for (const field of positive) {

@@ -78,6 +78,8 @@ export function createPrometheusRegistry(
     },
   });
   mirroredGauge(r, 'beacon_udp_endpoints', 'Nodes with a known UDP endpoint.', () => gauges.udpEndpoints());
+  mirroredCounter(r, 'beacon_udp_endpoints_evicted_total', 'UDP endpoints dropped, least recently refreshed first, to make room in a full table.', [],
+    () => [[{}, stats.udpEndpointsEvicted]]);
 
   mirroredCounter(r, 'beacon_relay_total', 'Relays by the route the router chose.', ['route'],
     () => byKey('route', stats.relay, RELAY_ROUTES));

@@ -31,8 +31,8 @@ export const DROP_REASONS = [
   'oversized',
   /** A message before the handshake finished. */
   'unauthenticated',
-  /** The UDP endpoint table is full. */
-  'endpoint_table_full',
+  /** A Discover or PunchRequest from a source that holds its share of the UDP endpoint table (--max-udp-endpoints-per-ip). */
+  'endpoint_source_full',
   /** The UDP socket refused a send. */
   'udp_send_error',
   /** The UDP socket's send buffer was full (batched I/O drops rather than queue; dgram queues). */
@@ -111,6 +111,8 @@ export class BeaconStats {
   revokedPeers = 0;
   udpPackets = zeroes(UDP_PACKET_TYPES);
   udpSent = 0;
+  /** Entries the full UDP endpoint table dropped (least recently refreshed) to make room. */
+  udpEndpointsEvicted = 0;
   relay = zeroes(RELAY_ROUTES);
   dropped = zeroes(DROP_REASONS);
   syncsSent = 0;

@@ -50,7 +50,13 @@ export class UdpServer {
   private expiry: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: UdpServerDeps) {
-    this.endpoints = new EndpointTable(deps.config.udpEndpointTtlMs, deps.config.maxUdpEndpoints);
+    const { config } = deps;
+    this.endpoints = new EndpointTable({
+      ttlMs: config.udpEndpointTtlMs,
+      maxEntries: config.maxUdpEndpoints,
+      maxPerSource: config.maxUdpEndpointsPerIp,
+      ipv6PrefixBits: config.ipv6PrefixBits,
+    });
   }
 
   /** 'udp6' sockets report IPv4 sources as IPv4-mapped IPv6. */
@@ -124,8 +130,7 @@ export class UdpServer {
     const packet = decodePacket(msg);
     if (packet?.type !== PacketType.Discover) return stats.drop('malformed');
     if (this.deps.isAttachedOverWss(packet.nodeId)) return stats.drop('wss_node_over_udp');
-    if (!this.endpoints.record(packet.nodeId, address, port)) stats.drop('endpoint_table_full');
-    else this.deps.onEndpointRecorded?.(packet.nodeId);
+    if (this.recordEndpoint(packet.nodeId, address, port)) this.deps.onEndpointRecorded?.(packet.nodeId);
     const source: UdpEndpoint = { address, port, ip: '' };
     this.send(encodeDiscoverReply({ ip: address, port }), source);
   }
@@ -135,13 +140,27 @@ export class UdpServer {
     const packet = decodePacket(msg);
     if (packet?.type !== PacketType.PunchRequest) return stats.drop('malformed');
     if (isAttachedOverWss(packet.requester)) return stats.drop('wss_node_over_udp');
-    if (!this.endpoints.record(packet.requester, address, port)) return stats.drop('endpoint_table_full');
+    if (!this.recordEndpoint(packet.requester, address, port)) return;
     this.deps.onEndpointRecorded?.(packet.requester);
     const requester = this.endpoints.get(packet.requester)!;
     const target = isAttachedOverWss(packet.target) ? undefined : this.endpoints.get(packet.target);
     if (!target) return stats.drop('punch_unavailable');
     this.send(encodePunchCommand(target), requester);
     this.send(encodePunchCommand(requester), target);
+  }
+
+  /** Records `nodeId` at its source; false (counted) when the source holds its share. */
+  private recordEndpoint(nodeId: NodeId, address: string, port: number): boolean {
+    switch (this.endpoints.record(nodeId, address, port)) {
+      case 'source_full':
+        this.deps.stats.drop('endpoint_source_full');
+        return false;
+      case 'evicted_oldest':
+        this.deps.stats.udpEndpointsEvicted++;
+        return true;
+      case 'recorded':
+        return true;
+    }
   }
 
   private onSync(msg: Buffer, address: string, port: number): void {
