@@ -27,7 +27,7 @@ import { ConnectionGuard } from './http/connection-guard';
 import { registerOpsRoutes } from './http/ops-routes';
 import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
 import { restartingMessage, type NodeId } from './protocol';
-import { BeaconPeers } from './relay/beacon-peers';
+import { BeaconPeers, SYNC_ROUTE_LIFETIME_INTERVALS } from './relay/beacon-peers';
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
 import { UdpServer } from './udp/udp-server';
@@ -300,6 +300,8 @@ export class Beacon extends EventEmitter {
   }
 
   private sendSync(): void {
+    // Routes from a beacon peer that stopped sending Sync go (it may be dead).
+    this.beaconPeers.expire(SYNC_ROUTE_LIFETIME_INTERVALS * this.config.syncIntervalMs);
     // Authenticated peers first, then UDP nodes most recently refreshed
     // first: if they do not all fit, the stalest (likeliest junk) are left out.
     const local = new Set<NodeId>(this.compat.peers.nodeIds());

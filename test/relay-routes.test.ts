@@ -283,6 +283,31 @@ test('peer beacons: a Relay from a beacon peer for a node not attached here is n
   assert.deepEqual(relays(tb), { ...none, beacon: 1, unknown: 2, wss: 1 });
 });
 
+test('peer beacons: routes from a peer that stops sending Sync expire after a few Sync intervals', async (t) => {
+  const syncIntervalMs = 100;
+  const peer = await udpClient(t);
+  const tb = await beacon(t, [alice], { beaconId: 1, peers: [{ host: '127.0.0.1', port: peer.port }], syncIntervalMs });
+  const a = await wsPeer(t, tb, alice);
+  // While the peer keeps sending Sync, its route stays, past the lifetime.
+  const startedAt = Date.now();
+  while (Date.now() - startedAt < 5 * syncIntervalMs) {
+    peer.send(encodeSync(2, [5555]), tb.udpPort);
+    await new Promise((resolve) => setTimeout(resolve, syncIntervalMs / 2));
+  }
+  assert.equal(tb.beacon.metrics().beaconRoutes, 1);
+  const relay = encodeRelay(7777, 5555, Buffer.from('to the peer'));
+  a.send(relay);
+  await eventually(() => tb.beacon.metrics().stats.relay.beacon === 1, 3_000, 'the relay to the peer');
+  // It falls silent (the beacon died): its routes go a few intervals later.
+  const lastSyncAt = Date.now();
+  await eventually(() => tb.beacon.metrics().beaconRoutes === 0, 3_000, 'the route to expire');
+  const silentFor = Date.now() - lastSyncAt;
+  assert.ok(silentFor >= 2 * syncIntervalMs, `expired after ${silentFor} ms, before the lifetime`);
+  a.send(encodeRelay(7777, 5555, Buffer.from('nowhere now')));
+  await eventually(() => tb.beacon.metrics().stats.dropped.unknown_dest === 1, 3_000, 'the relay to be dropped');
+  assert.equal(tb.beacon.metrics().stats.relay.beacon, 1);
+});
+
 test('peer beacons: a Sync replaces what that peer announced and skips nodes attached here', async (t) => {
   const { tb, fakes: [peer] } = await beaconWithFakePeers(t, [alice], 1);
   const a = await wsPeer(t, tb, alice);

@@ -5,6 +5,9 @@
  *   else is refused, since it could claim nodes and hijack their traffic.
  * - A Sync replaces everything known from that peer, skipping nodes
  *   attached here; the table is bounded by peers × 65535.
+ * - What a peer announced expires when it has sent no Sync for
+ *   SYNC_ROUTE_LIFETIME_INTERVALS Sync intervals: a beacon that died
+ *   stops getting relays a few intervals later, not at its next Sync.
  * - Matching a datagram's source is allocation-free: addresses are stored
  *   in the form the local socket reports them.
  */
@@ -14,9 +17,17 @@ import type { UdpEndpoint } from '../udp/endpoints';
 /** Node IDs that fit in one Sync datagram (65507-byte UDP payload). */
 export const MAX_SYNC_NODES_PER_DATAGRAM = Math.min(MAX_SYNC_NODES, Math.floor((65_507 - 7) / 4));
 
+/**
+ * Sync intervals without a Sync after which a peer's routes are dropped:
+ * one lost datagram (or a late timer) must not drop them, three in a row
+ * means the peer is gone.
+ */
+export const SYNC_ROUTE_LIFETIME_INTERVALS = 3;
+
 export class BeaconPeers {
   private readonly routes = new Map<NodeId, UdpEndpoint>();
   private readonly announced = new Map<UdpEndpoint, NodeId[]>();
+  private readonly lastSyncAt = new Map<UdpEndpoint, number>();
 
   constructor(readonly peers: readonly UdpEndpoint[]) {}
 
@@ -38,13 +49,31 @@ export class BeaconPeers {
   }
 
   /** Replaces what `peer` announced with `nodeIds`, skipping local nodes. */
-  acceptSync(peer: UdpEndpoint, nodeIds: readonly NodeId[], isLocal: (nodeId: NodeId) => boolean): void {
-    for (const nodeId of this.announced.get(peer) ?? []) {
-      if (this.routes.get(nodeId) === peer) this.routes.delete(nodeId);
-    }
+  acceptSync(peer: UdpEndpoint, nodeIds: readonly NodeId[], isLocal: (nodeId: NodeId) => boolean, now = Date.now()): void {
+    this.forget(peer);
     const kept = nodeIds.filter((nodeId) => !isLocal(nodeId));
     for (const nodeId of kept) this.routes.set(nodeId, peer);
     this.announced.set(peer, kept);
+    this.lastSyncAt.set(peer, now);
+  }
+
+  /** Drops the routes of peers that sent no Sync within `maxAgeMs`; returns how many peers. */
+  expire(maxAgeMs: number, now = Date.now()): number {
+    let expired = 0;
+    for (const [peer, at] of this.lastSyncAt) {
+      if (now - at < maxAgeMs) continue;
+      this.forget(peer);
+      this.lastSyncAt.delete(peer);
+      expired++;
+    }
+    return expired;
+  }
+
+  private forget(peer: UdpEndpoint): void {
+    for (const nodeId of this.announced.get(peer) ?? []) {
+      if (this.routes.get(nodeId) === peer) this.routes.delete(nodeId);
+    }
+    this.announced.delete(peer);
   }
 
   /** The Sync to send; `truncated` when there were more nodes than fit. */
