@@ -187,18 +187,11 @@ export class Beacon extends EventEmitter {
     try {
       this.udpAddress = await this.udp.start();
     } catch (err) {
-      await this.app.close();
       throw listenError(err, config.udp, '--udp');
     }
     this.beaconPeers = new BeaconPeers(await Promise.all(config.peers.map((p) => this.resolvePeer(p))));
     if (config.clusterServers.length > 0) {
-      try {
-        await this.joinCluster();
-      } catch (err) {
-        await this.udp.close();
-        await this.app.close();
-        throw err;
-      }
+      await this.joinCluster();
     }
     this.compat.startIdleSweep();
     if (this.keysFile) {
@@ -245,6 +238,20 @@ export class Beacon extends EventEmitter {
       hasUdpEndpoint: (nodeId) => this.udp.endpoints.get(nodeId) !== undefined,
       onFatal: (err) => this.emit('fatal', err),
     });
+  }
+
+  /**
+   * @internal Undoes a start() that failed part way (a socket bound, a
+   * timer or watcher started), so a failed start leaves nothing open.
+   */
+  async abandonStart(): Promise<void> {
+    clearInterval(this.syncTimer);
+    await this.compat.shutdown(0);
+    await this.cluster?.close();
+    await this.udp.close();
+    this.keysFile?.close();
+    this.keys.close();
+    await this.app.close();
   }
 
   /** Sends one binary packet to the peer attached over WebSocket as `dest`. */
@@ -356,7 +363,7 @@ export async function startBeacon(config: BeaconConfig, options: BeaconOptions =
   try {
     await beacon.start();
   } catch (err) {
-    keysFile?.close();
+    await beacon.abandonStart();
     throw err;
   }
   return beacon;
