@@ -32,6 +32,7 @@ import {
   type NodeId,
 } from '../protocol';
 import { perIpKey } from '../http/client-address';
+import { RateLimitedLog } from '../log/rate-limited-log';
 import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
 import { Peer } from './peer';
@@ -95,6 +96,10 @@ export class CompatServer {
   private readonly sockets = new Set<WebSocket>();
   private readonly verifier = new SignatureVerifier();
   private draining = false;
+  /** Lines any stranger can cause, rate-limited (see RateLimitedLog). */
+  private readonly refusedLog: RateLimitedLog;
+  private readonly authFailedLog: RateLimitedLog;
+  private readonly atCapacityLog: RateLimitedLog;
   private idleSweep: NodeJS.Timeout | undefined;
 
   /** Shared by all peers; `this` is the peer's socket. */
@@ -109,6 +114,9 @@ export class CompatServer {
   constructor(private readonly deps: CompatServerDeps) {
     this.peers = new PeerMap(deps.peerListener);
     this.admission = new Admission(deps.config);
+    this.refusedLog = new RateLimitedLog(deps.log, 'upgrade refused');
+    this.authFailedLog = new RateLimitedLog(deps.log, 'auth failed');
+    this.atCapacityLog = new RateLimitedLog(deps.log, 'peer refused: beacon at capacity');
     const { stats, log, onPacket } = deps;
     const server = this;
     this.onPeerMessage = function onPeerMessage(data, isBinary) {
@@ -257,10 +265,10 @@ export class CompatServer {
   }
 
   private refuse(reply: FastifyReply, ip: string, refusal: RefusalReason): void {
-    const { stats, log } = this.deps;
+    const { stats } = this.deps;
     stats.refused[refusal]++;
     stats.upgradesFailed++;
-    log.info({ ip, reason: refusal }, 'upgrade refused');
+    this.refusedLog.info({ ip, reason: refusal });
     void reply
       .code(REFUSAL_STATUS[refusal])
       .header('retry-after', '5')
@@ -286,7 +294,7 @@ export class CompatServer {
   }
 
   private onConnection(ws: WebSocket, req: FastifyRequest): void {
-    const { stats, log, config } = this.deps;
+    const { stats, config } = this.deps;
     stats.upgradesOk++;
     this.releaseUpgradeState(ws, req);
     this.sockets.add(ws);
@@ -302,14 +310,14 @@ export class CompatServer {
       ticket?.endHandshake();
       if (!result.ok) {
         stats.authFailed[result.reason]++;
-        log.info({ ip, reason: result.reason }, 'auth failed');
+        this.authFailedLog.info({ ip, reason: result.reason });
         if (result.reason !== 'closed') closeWithGrace(ws, CloseCode.PolicyViolation, CloseReason.authFailed);
         return;
       }
       if (this.draining) return closeWithGrace(ws, CloseCode.GoingAway, CloseReason.shuttingDown);
       if (this.peers.size >= config.maxPeers && !this.peers.has(result.nodeId)) {
         stats.refused.max_peers++;
-        log.info({ ip, nodeId: result.nodeId }, 'peer refused: beacon at capacity');
+        this.atCapacityLog.info({ ip, nodeId: result.nodeId });
         return closeWithGrace(ws, CloseCode.TryAgainLater, CloseReason.atCapacity);
       }
       this.attach(new Peer(result.nodeId, ws, result.key, ip, port, config.sendBufferBytes));

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import dgram from 'node:dgram';
 import WebSocket from 'ws';
-import { startBeacon, type Beacon } from '../../lib/beacon';
+import { startBeacon, type Beacon, type BeaconOptions } from '../../lib/beacon';
 import { makeConfig, type BeaconConfig } from '../../lib/config';
 import { COMPAT_PATH, COMPAT_SUBPROTOCOL, authReplyMessage, type NodeId } from '../../lib/protocol';
 import { keysFileJson, sign, type TestIdentity } from './identity';
@@ -35,11 +35,13 @@ export function testConfig(overrides: Partial<BeaconConfig> = {}): BeaconConfig 
   });
 }
 
-export async function startTestBeacon(ids: readonly TestIdentity[], overrides: Partial<BeaconConfig> = {}): Promise<TestBeacon> {
+export async function startTestBeacon(
+  ids: readonly TestIdentity[], overrides: Partial<BeaconConfig> = {}, options: BeaconOptions = {},
+): Promise<TestBeacon> {
   const dir = mkdtempSync(join(tmpdir(), 'beacon-test-'));
   const keysPath = join(dir, 'keys.json');
   writeFileSync(keysPath, keysFileJson(ids));
-  const beacon = await startBeacon(testConfig({ keysFile: keysPath, ...overrides }));
+  const beacon = await startBeacon(testConfig({ keysFile: keysPath, ...overrides }), options);
   const { port } = beacon.httpAddress;
   return {
     beacon,
@@ -158,8 +160,10 @@ export async function eventually(predicate: () => boolean, ms = 3_000, what = 'a
 export type { NodeId };
 
 /** startTestBeacon, closed when the test `t` ends. */
-export async function beaconFor(t: TestContext, ids: readonly TestIdentity[] = [], overrides: Partial<BeaconConfig> = {}): Promise<TestBeacon> {
-  const tb = await startTestBeacon(ids, overrides);
+export async function beaconFor(
+  t: TestContext, ids: readonly TestIdentity[] = [], overrides: Partial<BeaconConfig> = {}, options: BeaconOptions = {},
+): Promise<TestBeacon> {
+  const tb = await startTestBeacon(ids, overrides, options);
   t.after(() => tb.close());
   return tb;
 }
