@@ -11,11 +11,19 @@
  * - cmd/ only parses flags and calls lib/.
  */
 import { Command } from 'commander';
+import { DURATION_FORMS } from '../lib/config';
 import { VERSION } from '../lib/version';
 import { exitWithFailure } from './errors';
 import { keygenCommand, keysCommand } from './keys';
 import { runOptions, type RunFlags } from './options';
 import { runBeacon } from './run';
+
+/** Units and variables, once for all flags, so --help answers "90 what?". */
+const RUN_HELP_FOOTER = `
+Durations need a unit: ${DURATION_FORMS} (a bare number is refused).
+Sizes are bytes, or with KiB or MiB: 262144, 256KiB, 1MiB.
+Every flag can also be set by a variable: --idle-timeout is BEACON_IDLE_TIMEOUT,
+--peer is BEACON_PEERS (comma-separated); a flag on the command line wins.`;
 
 export function buildProgram(): Command {
   const program = new Command('beacon')
@@ -27,6 +35,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ outputError: () => undefined });
   for (const option of runOptions()) program.addOption(option);
+  program.addHelpText('after', RUN_HELP_FOOTER);
   program.action(() => runBeacon(program.opts<RunFlags>()));
   // Added after exitOverride/configureOutput so they inherit both.
   program.addCommand(inherit(program, keygenCommand()));

@@ -4,19 +4,25 @@
  * - `beacon keygen --out FILE`: a new daemon identity (lib/identity), mode
  *   0600 (its folder created 0700 if missing), never over an existing file;
  *   prints the public key and the next step.
- * - `beacon keys add --keys FILE --node-id N (--identity FILE | --public-key B64)`:
- *   adds or replaces one entry of the keys file and rewrites it atomically;
- *   an existing file that is invalid is refused, never overwritten.
+ * - `beacon keys add --keys FILE --node-id N (--identity FILE | --public-key B64) [--replace]`:
+ *   adds one entry to the keys file and rewrites it atomically; an existing
+ *   file that is invalid is refused, never overwritten. A node that already
+ *   has another key keeps it unless --replace is given: replacing it
+ *   disconnects the daemon that holds it, and a wrong --node-id is the
+ *   likelier mistake.
+ * - `beacon keys list`, `remove`, `check`: cmd/keys-manage.ts.
  * - Output is for people, on stdout; failures are thrown (cmd/errors.ts).
  */
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
-import { KeySet, KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
+import type { KeySet } from '../lib/auth/keys-file';
 import { generateIdentity, loadIdentity, publicKeyBase64, saveIdentity } from '../lib/identity';
-import { MAX_NODE_ID, PUBLIC_KEY_BYTES, decodeBase64Exact, type NodeId } from '../lib/protocol';
-import { parsePositiveInt } from '../lib/config';
+import { PUBLIC_KEY_BYTES, decodeBase64Exact, type NodeId } from '../lib/protocol';
 import { UsageError } from './errors';
+import {
+  countKeys, keysCheckCommand, keysFileOption, keysListCommand, keysRemoveCommand, nodeIdOption, readKeysForEdit, writeKeys,
+} from './keys-manage';
 import { DEFAULT_KEYS_FILE, usageParser } from './options';
 
 export function keygenCommand(): Command {
@@ -33,15 +39,18 @@ export function keysCommand(): Command {
       throw new UsageError(`keys needs a subcommand: beacon keys add --keys ${DEFAULT_KEYS_FILE} --node-id N --public-key B64`);
     });
   keys.addCommand(new Command('add')
-    .description('add or replace the public key of one node in the keys file')
-    .requiredOption('--keys <file>', 'keys file to update (created if missing)')
-    .addOption(new Option('--node-id <n>', `node ID, 1 to ${MAX_NODE_ID}`)
-      .argParser(usageParser((text: string) => parsePositiveInt(text, MAX_NODE_ID))).makeOptionMandatory())
+    .description('add the public key of one node to the keys file (with --replace, change it)')
+    .addOption(keysFileOption('update (created if missing)'))
+    .addOption(nodeIdOption('node ID').makeOptionMandatory())
     .addOption(new Option('--identity <file>', 'take the public key from this identity file (from beacon keygen)')
       .conflicts('publicKey'))
     .addOption(new Option('--public-key <b64>', `the public key: base64 of ${PUBLIC_KEY_BYTES} bytes`)
       .argParser(usageParser(parsePublicKey)))
+    .option('--replace', 'replace the key of a node that already has another one (its daemon is disconnected)')
     .action((flags: KeysAddFlags) => keysAdd(flags)));
+  keys.addCommand(keysListCommand());
+  keys.addCommand(keysRemoveCommand());
+  keys.addCommand(keysCheckCommand());
   return keys;
 }
 
@@ -65,6 +74,7 @@ interface KeysAddFlags {
   nodeId: NodeId;
   identity?: string;
   publicKey?: string;
+  replace?: boolean;
 }
 
 function keysAdd(flags: KeysAddFlags): void {
@@ -73,36 +83,38 @@ function keysAdd(flags: KeysAddFlags): void {
   }
   const publicKey = flags.publicKey ?? publicKeyBase64(loadIdentity(flags.identity as string));
   const raw = Buffer.from(publicKey, 'base64');
-  const existing = readExistingKeys(flags.keys);
+  const { keys: existing, badEntryDropped } = readKeysForEdit(flags.keys, flags.nodeId);
   const previous = existing.rawOf(flags.nodeId);
   if (previous?.equals(raw)) {
     process.stdout.write(`node ${flags.nodeId} already has this key in ${flags.keys}; nothing changed\n`);
     return;
   }
+  const replacing = previous !== undefined || badEntryDropped;
+  if (replacing && !flags.replace) throw refuseReplace(flags, existing, previous, raw);
   const keys = existing.with(flags.nodeId, raw);
-  try {
-    writeKeysFileAtomic(flags.keys, keys);
-  } catch (err) {
-    if (err instanceof KeysFileError) throw err;
-    const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-    throw new UsageError(`keys file ${flags.keys}: cannot be written (${code}); check that the directory exists and is writable`);
-  }
-  const what = previous === undefined ? `added node ${flags.nodeId} to` : `replaced the key of node ${flags.nodeId} in`;
+  writeKeys(flags.keys, keys);
+  const what = replacing ? `replaced the key of node ${flags.nodeId} in` : `added node ${flags.nodeId} to`;
   process.stdout.write([
-    `${what} ${flags.keys} (${keys.size} ${keys.size === 1 ? 'key' : 'keys'})`,
+    `${what} ${flags.keys} (${countKeys(keys.size)})`,
     `a beacon running with --keys ${flags.keys} picks this up by itself (it watches the file), or on SIGHUP (kill -HUP <pid>)`,
     '',
   ].join('\n'));
 }
 
-/** The file's keys; empty when the file does not exist yet; throws when it is invalid. */
-function readExistingKeys(file: string): KeySet {
-  try {
-    return loadKeysFile(file);
-  } catch (err) {
-    if (err instanceof KeysFileError && err.code === 'not_found') return KeySet.EMPTY;
-    throw err;
+/** Says whose key would go, and what to do instead. */
+function refuseReplace(flags: KeysAddFlags, keys: KeySet, previous: Buffer | undefined, raw: Buffer): UsageError {
+  let owner: NodeId | undefined;
+  for (const [nodeId, key] of keys.rawEntries()) {
+    if (key.equals(raw)) {
+      owner = nodeId;
+      break;
+    }
   }
+  const alsoOwner = owner === undefined ? '' : ` (this key is already registered for node ${owner})`;
+  const current = previous === undefined ? 'an invalid key' : `another key (${previous.toString('base64')})`;
+  return new UsageError(`node ${flags.nodeId} already has ${current} in ${flags.keys}; adding this one${alsoOwner} would replace it `
+    + `and disconnect the daemon that holds node ${flags.nodeId}'s key. Check --node-id; if node ${flags.nodeId} really has a new key, `
+    + 'run the same command with --replace');
 }
 
 function parsePublicKey(text: string): string {

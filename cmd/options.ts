@@ -69,11 +69,11 @@ export function runOptions(): Option[] {
   const d = DEFAULTS;
   return [
     flag('--bind <host:port>', 'HTTP/WebSocket listener: /v1/compat, /health, /metrics (plain HTTP; TLS terminates at the reverse proxy)',
-      parseHostPort, d.bind, formatHostPort(d.bind)),
-    flag('--udp <host:port>', 'UDP socket for Discover, PunchRequest, Relay and Sync', parseHostPort, d.udp, formatHostPort(d.udp)),
-    flag('--keys <file>', `JSON keys file {"<node id>": "<base64 public key>"}, reloaded on change and on SIGHUP; without it, ./${DEFAULT_KEYS_FILE} if that exists`,
+      (text) => parseHostPort(text), d.bind, formatHostPort(d.bind)),
+    flag('--udp <host:port>', 'UDP socket for Discover, PunchRequest, Relay and Sync', (text) => parseHostPort(text, '0.0.0.0:9001'), d.udp, formatHostPort(d.udp)),
+    flag('--keys <file>', `JSON keys file {"<node id>": "<base64 public key>"}, reloaded on change and on SIGHUP; without it, ./${DEFAULT_KEYS_FILE}, picked up whenever it appears`,
       (text) => text),
-    flag('--registry <host:port>', 'Pilot registry to look up keys not in the keys file; none by default', parseHostPort),
+    flag('--registry <host:port>', 'Pilot registry to look up keys not in the keys file; none by default', (text) => parseHostPort(text)),
     flag('--registry-timeout <duration>', 'how long a registry lookup may take, whoever asked; an answer after a handshake gave up still fills the key cache',
       parseDuration, d.registryTimeoutMs, formatDuration(d.registryTimeoutMs)),
     flag('--auth-timeout <duration>', 'a daemon must complete the handshake within this', parseDuration, d.authTimeoutMs, formatDuration(d.authTimeoutMs)),
@@ -194,7 +194,7 @@ function positiveInt(text: string): number {
 
 /** Repeated --peer flags accumulate; one value (or BEACON_PEERS) may hold several, comma-separated. */
 function parsePeers(text: string, previous: HostPort[]): HostPort[] {
-  const added = text.split(',').map((part) => part.trim()).filter(Boolean).map(parseHostPort);
+  const added = text.split(',').map((part) => part.trim()).filter(Boolean).map((part) => parseHostPort(part, '10.0.0.2:9001'));
   if (added.length === 0) throw new Error(`"${text}" names no beacon peer: use HOST:PORT, e.g. 10.0.0.2:9001`);
   return [...previous, ...added];
 }

@@ -2,8 +2,9 @@
  * `beacon [options]`: runs the beacon until a signal stops it.
  *
  * - Flags become a BeaconConfig (cmd/options.ts), validated before anything
- *   binds; the keys file is --keys, else ./keys.json if it exists, else none
- *   (with a warning that says how to add a key).
+ *   binds; the keys file is --keys (which must load), else ./keys.json,
+ *   watched even while it does not exist, so creating it later works at
+ *   once (a warning says how, and that no daemon can authenticate before).
  * - Logs are pino JSON on stdout, written synchronously so the last lines
  *   before an exit are never lost; the same logger is the beacon's.
  * - SIGTERM/SIGINT: close() (peers get 1001), then exit 0; a second one while
@@ -15,20 +16,24 @@
 import { existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { startBeacon, type Beacon } from '../lib/beacon';
-import { redactUrl, validateConfig } from '../lib/config';
+import { redactUrl, validateConfig, type BeaconConfig } from '../lib/config';
 import { VERSION } from '../lib/version';
 import { DEFAULT_KEYS_FILE, configFromFlags, type RunFlags } from './options';
 
 const STOP_SIGNALS = ['SIGTERM', 'SIGINT'] as const;
 
+/** The same advice in the start-up warning, on SIGHUP and in the docs. */
+const HOW_TO_ADD_A_KEY = `add a key with beacon keys add --keys ${DEFAULT_KEYS_FILE} --node-id N --public-key B64: `
+  + 'this beacon watches the file and picks it up at once, no restart needed';
+
 export async function runBeacon(flags: RunFlags): Promise<void> {
-  const keysFile = flags.keys ?? (existsSync(DEFAULT_KEYS_FILE) ? DEFAULT_KEYS_FILE : undefined);
-  const config = configFromFlags(flags, keysFile);
+  const keysFile = flags.keys ?? DEFAULT_KEYS_FILE;
+  const config: BeaconConfig = { ...configFromFlags(flags, keysFile), keysFileMayBeMissing: flags.keys === undefined };
   validateConfig(config);
 
   const log = pino({ level: config.logLevel, name: 'beacon' }, pino.destination({ fd: 1, sync: true }));
   log.info({
-    version: VERSION, keysFile: keysFile ?? null, registry: flags.registry ?? null,
+    version: VERSION, keysFile, registry: flags.registry ?? null,
     cluster: config.clusterServers.length > 0 ? config.clusterServers.map(redactUrl) : null,
   }, 'beacon starting');
 
@@ -47,12 +52,11 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
   for (const signal of STOP_SIGNALS) process.on(signal, stop);
   process.on('SIGHUP', () => {
     if (!beacon) return;
-    if (!config.keysFile) {
-      log.warn({ signal: 'SIGHUP' }, 'no keys file to reload; start the beacon with --keys FILE');
-      return;
-    }
-    log.info({ signal: 'SIGHUP', keysFile: config.keysFile }, 'reloading keys file');
-    void beacon.reloadKeys();
+    log.info({ signal: 'SIGHUP', keysFile }, 'reloading keys file');
+    // A failed reload of an existing file is logged by the beacon; a file that is not there yet, here.
+    void beacon.reloadKeys().then((loaded) => {
+      if (!loaded && !existsSync(keysFile)) log.warn({ signal: 'SIGHUP', keysFile }, `${keysFile} does not exist yet; ${HOW_TO_ADD_A_KEY}`);
+    });
   });
 
   try {
@@ -76,11 +80,10 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
   process.on('uncaughtException', crash);
   process.on('unhandledRejection', crash);
 
-  if (!keysFile && !config.registry) {
-    log.warn({ keysFile: null },
-      'no keys file and no registry: no daemon can authenticate yet; add a key with '
-      + `beacon keys add --keys ${DEFAULT_KEYS_FILE} --node-id N --public-key B64 `
-      + `and restart the beacon (it uses ./${DEFAULT_KEYS_FILE}), or start it with --keys FILE or --registry HOST:PORT`);
+  if (flags.keys === undefined && !config.registry && !existsSync(keysFile)) {
+    log.warn({ keysFile },
+      `no keys file yet (./${keysFile} does not exist) and no registry: no daemon can authenticate yet; ${HOW_TO_ADD_A_KEY}, `
+      + 'or start the beacon with --keys FILE or --registry HOST:PORT');
   }
   if (stopSignal) shutDown(beacon, stopSignal, log);
 }

@@ -354,11 +354,14 @@ function listenError(err: unknown, at: HostPort, flag: string): StartError {
 
 /**
  * Starts a beacon. Throws StartError (address in use, ...) or KeysFileError
- * (the keys file is missing or invalid) with a message naming the fix.
+ * (the keys file is invalid, or missing without keysFileMayBeMissing) with
+ * a message naming the fix.
  */
 export async function startBeacon(config: BeaconConfig, options: BeaconOptions = {}): Promise<Beacon> {
   validateConfig(config);
-  const keysFile = config.keysFile ? KeysFile.open(config.keysFile) : undefined;
+  const keysFile = config.keysFile
+    ? KeysFile.open(config.keysFile, { mayBeMissing: config.keysFileMayBeMissing === true })
+    : undefined;
   const beacon = new Beacon(config, keysFile, options);
   try {
     await beacon.start();

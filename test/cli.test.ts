@@ -9,161 +9,24 @@
  * is bounded; every child still running at the end is killed by its PID.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, test } from 'node:test';
 import WebSocket from 'ws';
 import { loadKeysFile } from '../lib/auth/keys-file';
 import { DEFAULTS } from '../lib/config';
 import { loadIdentity, publicKeyBase64, saveIdentity } from '../lib/identity';
-import { CloseCode, COMPAT_PATH } from '../lib/protocol';
+import { CloseCode } from '../lib/protocol';
 import { VERSION } from '../lib/version';
 import { closed, connectPeer, withTimeout } from './helpers/harness';
 import { keysFileJson, makeIdentity } from './helpers/identity';
+import {
+  FAST, assertRunning, assertUsageError, cleanUpBeaconCli, runCli, sockets, startCli, stopCli, tempDir,
+} from './helpers/beacon-cli';
 
-const CLI = join(__dirname, '..', 'cmd', 'beacon.js');
-/** Port 0 everywhere, and timeouts short enough that nothing waits on production defaults. */
-const FAST = ['--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--auth-timeout', '2s', '--shutdown-grace', '500ms'];
-const BASE_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BEACON_')));
-
-const running = new Set<ChildProcessWithoutNullStreams>();
-const dirs: string[] = [];
-const sockets: WebSocket[] = [];
-
-after(() => {
-  for (const child of running) child.kill('SIGKILL'); // by its PID: ChildProcess.kill signals child.pid
-  for (const ws of sockets) ws.terminate();
-  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'beacon-cli-'));
-  dirs.push(dir);
-  return dir;
-}
-
-interface LogLine {
-  level: number;
-  msg: string;
-  [field: string]: unknown;
-}
-
-interface Exit {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-}
-
-interface SpawnOptions {
-  env?: Record<string, string>;
-  cwd?: string;
-}
-
-/** One `beacon` child: its JSON log lines (stdout), its stderr, its exit. */
-class BeaconProcess {
-  readonly child: ChildProcessWithoutNullStreams;
-  readonly logs: LogLine[] = [];
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<Exit>;
-  private readonly onLine = new Set<() => void>();
-
-  constructor(args: string[], options: SpawnOptions = {}) {
-    this.child = spawn(process.execPath, [CLI, ...args], {
-      cwd: options.cwd ?? tempDir(),
-      env: { ...BASE_ENV, ...options.env },
-      stdio: 'pipe',
-    });
-    running.add(this.child);
-    createInterface({ input: this.child.stdout }).on('line', (line) => {
-      this.stdout += `${line}\n`;
-      try {
-        this.logs.push(JSON.parse(line) as LogLine);
-      } catch {
-        return; // --help, keygen and keys add print text
-      }
-      for (const notify of [...this.onLine]) notify();
-    });
-    this.child.stderr.setEncoding('utf8').on('data', (text: string) => { this.stderr += text; });
-    this.exited = once(this.child, 'close').then(([code, signal]) => {
-      running.delete(this.child);
-      return { code: code as number | null, signal: signal as NodeJS.Signals | null };
-    });
-  }
-
-  /** The first log line matching `predicate`, already logged or to come; rejects at exit or after `ms`. */
-  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
-    let notify: (() => void) | undefined;
-    const found = new Promise<LogLine>((resolve, reject) => {
-      notify = () => {
-        const line = this.logs.find(predicate);
-        if (line) resolve(line);
-      };
-      this.onLine.add(notify);
-      notify();
-      void this.exited.then(({ code, signal }) => {
-        notify?.();
-        reject(new Error(`beacon exited (${code ?? signal}) before logging ${what}; stderr: ${this.stderr}`));
-      });
-    });
-    return withTimeout(found, ms, what).finally(() => { if (notify) this.onLine.delete(notify); });
-  }
-
-  /** Resolves with the exit; rejects after `ms`. */
-  exit(ms = 10_000): Promise<Exit> {
-    return withTimeout(this.exited, ms, 'the beacon to exit');
-  }
-
-  signal(signal: NodeJS.Signals): void {
-    assert.ok(this.child.kill(signal), `could not send ${signal} to pid ${this.child.pid}`);
-  }
-}
-
-/** A running beacon and the addresses it logged in its 'beacon listening' line. */
-interface Running {
-  proc: BeaconProcess;
-  listening: LogLine;
-  bind: string;
-  url: string;
-  httpBase: string;
-}
-
-async function startCli(args: string[], options: SpawnOptions = {}): Promise<Running> {
-  const proc = new BeaconProcess(args, options);
-  const listening = await proc.waitForLog((l) => l.msg === 'beacon listening', "'beacon listening'");
-  const bind = String(listening.bind);
-  return { proc, listening, bind, url: `ws://${bind}${COMPAT_PATH}`, httpBase: `http://${bind}` };
-}
-
-/** Runs a command that exits by itself; resolves with its exit and output. */
-async function runCli(args: string[], options: SpawnOptions = {}): Promise<Exit & { stdout: string; stderr: string }> {
-  const proc = new BeaconProcess(args, options);
-  const exit = await proc.exit();
-  return { ...exit, stdout: proc.stdout, stderr: proc.stderr };
-}
-
-/** Exit code 2 and exactly one stderr line `beacon: ...` containing every `needle`; no stack trace. */
-function assertUsageError(result: Exit & { stderr: string }, ...needles: string[]): void {
-  assert.equal(result.code, 2, `exit code; stderr: ${result.stderr}`);
-  const lines = result.stderr.split('\n').filter((line) => line.length > 0);
-  assert.equal(lines.length, 1, `one stderr line, got: ${result.stderr}`);
-  assert.match(lines[0], /^beacon: \S/);
-  assert.doesNotMatch(lines[0], /\bat .+:\d+:\d+/);
-  for (const needle of needles) assert.ok(lines[0].includes(needle), `stderr names ${needle}: ${lines[0]}`);
-}
-
-async function stopCli(proc: BeaconProcess): Promise<void> {
-  proc.signal('SIGTERM');
-  assert.deepEqual(await proc.exit(5_000), { code: 0, signal: null });
-}
-
-function assertRunning(proc: BeaconProcess): void {
-  assert.equal(proc.child.exitCode, null, `beacon exited; stderr: ${proc.stderr}`);
-}
+after(cleanUpBeaconCli);
 
 // ---- help, version ----------------------------------------------------------
 
@@ -440,12 +303,16 @@ test('keys add with --identity and with --public-key; the beacon then accepts bo
   await stopCli(proc);
 });
 
-test('keys add replaces the key of a node already in the file', async () => {
+test('keys add refuses to replace a node\'s other key, naming it; with --replace it replaces it', async () => {
   const keys = join(tempDir(), 'keys.json');
   const old = makeIdentity(5);
   const renewed = makeIdentity(5);
   writeFileSync(keys, keysFileJson([old, makeIdentity(6)]));
-  const result = await runCli(['keys', 'add', '--keys', keys, '--node-id', '5', '--public-key', renewed.publicKeyB64]);
+  const before = readFileSync(keys, 'utf8');
+  const refused = await runCli(['keys', 'add', '--keys', keys, '--node-id', '5', '--public-key', renewed.publicKeyB64]);
+  assertUsageError(refused, 'node 5 already has another key', old.publicKeyB64, '--replace');
+  assert.equal(readFileSync(keys, 'utf8'), before);
+  const result = await runCli(['keys', 'add', '--keys', keys, '--node-id', '5', '--public-key', renewed.publicKeyB64, '--replace']);
   assert.equal(result.code, 0, result.stderr);
   assert.match(result.stdout, /replaced the key of node 5/);
   const loaded = loadKeysFile(keys);

@@ -129,16 +129,17 @@ test('a wrong URL scheme is refused with a clear line and exit 2', async () => {
   assert.match(bad.stderr, /--to <dest>.*"zero" is not a whole number/);
 });
 
-test('auth failure says to register the node key, and exits 1', async () => {
+test('auth failure first says to check --node-id against the identity\'s public key, then how to register, and exits 1', async () => {
   const result = await runCli(['send', tb.url, ...as(stranger), '--to', '8888', '--data', 'x']);
   assert.equal(result.code, 1);
   const line = oneLine(result.stderr);
   assert.match(line, /auth failed for node 4242/);
-  assert.match(line, /is node 4242's key registered on the beacon\?/);
-  assert.match(line, /beacon keys add --keys FILE --node-id 4242 --public-key /);
+  const check = line.indexOf(`First check that node 4242 is this identity's: its public key is ${stranger.publicKeyB64}`);
+  const register = line.indexOf(`beacon keys add --keys FILE --node-id 4242 --public-key ${stranger.publicKeyB64}`);
+  assert.ok(check > 0 && register > check, line);
   const connect = await runCli(['connect', tb.url, ...as(stranger)]);
   assert.equal(connect.code, 1);
-  assert.match(connect.stderr, /is node 4242's key registered on the beacon\?/);
+  assert.match(connect.stderr, /First check that node 4242 is this identity's/);
 });
 
 test('503 at capacity and a silent server are reported as such', async () => {

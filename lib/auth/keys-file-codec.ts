@@ -43,7 +43,8 @@ export function keySetFromText(file: string, keys: ReadonlyMap<NodeId, string>):
 export function parseNodeIdText(file: string, entry: string): NodeId {
   const nodeId = NODE_ID_TEXT.test(entry) ? Number(entry) : NaN;
   if (!(nodeId >= 1 && nodeId <= MAX_NODE_ID)) {
-    throw new KeysFileError('bad_node_id', file, `node ID must be a decimal number from 1 to ${MAX_NODE_ID}`, entry);
+    throw new KeysFileError('bad_node_id', file, `node ID must be a decimal number from 1 to ${MAX_NODE_ID}; `
+      + `correct or delete this entry in an editor, then check with: beacon keys check ${file}`, entry);
   }
   return nodeId;
 }
@@ -52,7 +53,9 @@ export function parsePublicKey(file: string, entry: string, value: unknown): Buf
   const raw = decodeBase64Exact(value, PUBLIC_KEY_BYTES);
   if (raw) return raw;
   throw new KeysFileError('bad_public_key', file,
-    `public key must be base64 of ${PUBLIC_KEY_BYTES} bytes (got ${describeBadKey(value)})`, entry);
+    `public key must be base64 of ${PUBLIC_KEY_BYTES} bytes (got ${describeBadKey(value)}); `
+    + `set it with: beacon keys add --keys ${file} --node-id ${entry} --public-key B64 --replace, `
+    + `or drop it with: beacon keys remove --keys ${file} --node-id ${entry}`, entry);
 }
 
 /** Says what was found instead of a key, for the error message. */
@@ -66,7 +69,13 @@ function describeBadKey(value: unknown): string {
 // ---- the general path: JSON.parse, then every entry in order ----
 
 function parseGeneralKeysFile(file: string, bytes: Uint8Array): KeySet {
-  const entries = Object.entries(parseJsonObject(file, bytes));
+  const object = parseJsonObject(file, bytes);
+  if (typeof object.public_key === 'string' && typeof object.private_key === 'string') {
+    // The likeliest wrong file: a daemon identity (beacon keygen) given as --keys.
+    throw new KeysFileError('identity_file', file, 'is a daemon identity file (it has "public_key" and "private_key"), not a keys file; '
+      + `register its public key in a keys file with: beacon keys add --keys keys.json --node-id N --identity ${file}`);
+  }
+  const entries = Object.entries(object);
   const ids = new Uint32Array(entries.length);
   const raws = new Uint8Array(entries.length * PUBLIC_KEY_BYTES);
   entries.forEach(([entry, value], i) => {
@@ -83,7 +92,7 @@ function parseJsonObject(file: string, bytes: Uint8Array): Record<string, unknow
     value = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).toString('utf8').replace(/^\uFEFF/, ''));
   } catch (err) {
     const message = err instanceof Error ? err.message : String(err);
-    throw new KeysFileError('bad_json', file, `invalid JSON (${message}); fix the syntax or rewrite it with beacon keys add`);
+    throw new KeysFileError('bad_json', file, `invalid JSON (${message}); fix the syntax in an editor, then check it with: beacon keys check ${file}`);
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     const got = value === null ? 'null' : Array.isArray(value) ? 'an array' : `a ${typeof value}`;

@@ -12,6 +12,7 @@ export type KeysFileErrorCode =
   | 'not_object'
   | 'bad_node_id'
   | 'bad_public_key'
+  | 'identity_file'
   | 'watch_failed';
 
 export class KeysFileError extends Error {

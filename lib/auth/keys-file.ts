@@ -11,9 +11,12 @@
  *   'reload', or keeps the old keys and emits 'reloadError'.
  * - `lookup()` gives a verify-ready key, built on first use and kept in a
  *   bounded cache (VerifyKeyCache).
- * - `watch()` watches the directory (editors and `beacon keys add` replace the
- *   file by rename), debounced, and skips content identical to the last load
- *   (compared by SHA-256, not by keeping the file's bytes).
+ * - Opened with `mayBeMissing` (the CLI's default ./keys.json), a file that
+ *   does not exist yet means no keys, and is loaded once it appears.
+ * - `watch()` reloads on change (file-watch.ts: renames, symlink swaps such
+ *   as a Kubernetes ConfigMap's `..data`, a file created later), and skips
+ *   content identical to the last load (compared by SHA-256, not by keeping
+ *   the file's bytes).
  * - `writeKeysFileAtomic` (temp file, fsync, rename over) serves `beacon keys
  *   add`. Not here: revoking peers and SIGHUP; the beacon listens to 'reload'
  *   and calls `reload()` itself.
@@ -25,6 +28,7 @@ import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import type { NodeId } from '../protocol';
 import type { RegisteredKey } from './keys';
+import { watchFile, type FileWatch } from './file-watch';
 import { KeySet } from './key-set';
 import { formatKeySet, keySetFromText, parseKeysFile } from './keys-file-codec';
 import { KeysFileError, readError } from './keys-file-error';
@@ -78,24 +82,36 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
   #keys: KeySet;
   #digest: Buffer;
   readonly #verifyKeys = new VerifyKeyCache(VERIFY_KEY_CACHE_ENTRIES);
-  #watcher: fs.FSWatcher | undefined;
-  #debounce: NodeJS.Timeout | undefined;
+  #watcher: FileWatch | undefined;
+  /** False while a file opened with `mayBeMissing` has not appeared yet. */
+  #exists: boolean;
   #loading: Promise<boolean> | undefined;
   #queued: QueuedLoad | undefined;
   #worker: Worker | undefined;
   #closed = false;
 
-  private constructor(file: string, digest: Buffer, keys: KeySet) {
+  private constructor(file: string, digest: Buffer, keys: KeySet, exists: boolean) {
     super();
     this.path = file;
     this.#digest = digest;
     this.#keys = keys;
+    this.#exists = exists;
   }
 
-  /** Loads the file on this thread (start-up: nothing is served yet); throws KeysFileError when it is missing or invalid. */
-  static open(file: string): KeysFile {
+  /**
+   * Loads the file on this thread (start-up: nothing is served yet); throws
+   * KeysFileError when it is invalid, or missing unless `mayBeMissing` (then
+   * it starts with no keys and `exists` is false until the file appears).
+   */
+  static open(file: string, options: { mayBeMissing?: boolean } = {}): KeysFile {
+    if (options.mayBeMissing && !fs.existsSync(file)) return new KeysFile(file, Buffer.alloc(0), KeySet.EMPTY, false);
     const bytes = readKeysFileBytes(file);
-    return new KeysFile(file, keysFileDigest(bytes), parseKeysFile(file, bytes));
+    return new KeysFile(file, keysFileDigest(bytes), parseKeysFile(file, bytes), true);
+  }
+
+  /** False while a file opened with `mayBeMissing` has not appeared yet. */
+  get exists(): boolean {
+    return this.#exists;
   }
 
   get keys(): KeySet {
@@ -120,27 +136,24 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
     return this.#load(false);
   }
 
-  /** Reloads automatically when the file changes; idempotent. Throws KeysFileError ('watch_failed'). */
+  /** Reloads automatically when the file changes (file-watch.ts); idempotent. Throws KeysFileError ('watch_failed'). */
   watch(): void {
     if (this.#watcher) return;
-    const name = path.basename(this.path);
-    // The directory, not the file: a rename over the file would leave a file
-    // watch on the old, unlinked inode. Not persistent: watching alone never
-    // keeps the process alive.
-    const dir = path.dirname(path.resolve(this.path));
     try {
-      this.#watcher = fs.watch(dir, { persistent: false }, (_event, changed) => {
-        if (changed === null || changed === name) this.#scheduleReload();
+      this.#watcher = watchFile(this.path, {
+        debounceMs: KEYS_FILE_DEBOUNCE_MS,
+        onChange: () => void this.#load(true),
+        onError: (err) => {
+          this.#watcher = undefined;
+          this.emit('reloadError', new KeysFileError('watch_failed', this.path,
+            `watching stopped (${err.message}); changes are picked up on SIGHUP only`));
+        },
       });
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      throw new KeysFileError('watch_failed', this.path, `cannot watch ${dir} (${message}); changes are picked up on SIGHUP only`);
+      throw new KeysFileError('watch_failed', this.path,
+        `cannot watch ${path.dirname(path.resolve(this.path))} (${message}); changes are picked up on SIGHUP only`);
     }
-    this.#watcher.on('error', (err) => {
-      this.#stopWatching();
-      this.emit('reloadError', new KeysFileError('watch_failed', this.path,
-        `watching stopped (${err.message}); changes are picked up on SIGHUP only`));
-    });
   }
 
   /** Stops watching and any load in progress (its promise resolves false). */
@@ -152,19 +165,8 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
   }
 
   #stopWatching(): void {
-    clearTimeout(this.#debounce);
-    this.#debounce = undefined;
     this.#watcher?.close();
     this.#watcher = undefined;
-  }
-
-  #scheduleReload(): void {
-    clearTimeout(this.#debounce);
-    this.#debounce = setTimeout(() => {
-      this.#debounce = undefined;
-      void this.#load(true);
-    }, KEYS_FILE_DEBOUNCE_MS);
-    this.#debounce.unref();
   }
 
   #load(skipIfUnchanged: boolean): Promise<boolean> {
@@ -196,6 +198,8 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
   }
 
   async #loadOffThread(skipIfUnchanged: boolean): Promise<boolean> {
+    // A file that may be missing and never was there: still no keys, nothing failed.
+    if (!this.#exists && !fs.existsSync(this.path)) return false;
     const job: KeysFileJob = { file: this.path, ...(skipIfUnchanged ? { unlessDigest: this.#digest } : {}) };
     let result: KeysFileJobResult | undefined;
     try {
@@ -213,6 +217,7 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
       case 'loaded':
         this.#digest = Buffer.from(result.digest);
         this.#keys = new KeySet(result.ids, result.raws);
+        this.#exists = true;
         this.emit('reload', this.#keys);
         return true;
     }

@@ -5,7 +5,8 @@
  *   RelayDeliver packets go to stdout as `from <sender>: <payload>`, state
  *   changes to stderr, and with `to` each stdin line is relayed.
  * - `send`: connect, relay one payload, optionally wait for a reply from
- *   the destination, exit.
+ *   the destination, exit. The protocol has no delivery report, so without
+ *   a reply the output says delivery is not confirmed.
  * - `discover`: one Discover over UDP, the observed endpoint on stdout;
  *   with `listen` (or `to`) it then stays attached over UDP like `connect`.
  * - The first connection failure of `connect` and `send` ends the command
@@ -156,7 +157,10 @@ export async function runSend(cmd: SendCommand, io: CliIo): Promise<number> {
     reply?.catch(() => undefined); // awaited below; keeps an early rejection from being "unhandled"
     const bytes = Buffer.byteLength(cmd.data, 'utf8');
     client.relay(cmd.to, cmd.data);
-    say(io, `sent ${bytes} bytes to node ${cmd.to} through ${client.url.host}`);
+    // The protocol has no delivery report: say what is known, and what is not.
+    say(io, `sent ${bytes} bytes to node ${cmd.to} through ${client.url.host}; ${reply
+      ? `waiting up to ${cmd.waitMs} ms for a reply`
+      : 'delivery is not confirmed (the beacon drops it if the node is not connected; --wait DURATION waits for a reply)'}`);
     if (reply) io.stdout.write(`${await reply}\n`);
     return ExitCode.ok;
   } finally {

@@ -110,7 +110,10 @@ export function fromHttpResponse(status: number, retryAfter: string | undefined,
         `the beacon at ${where} refused the connection with HTTP 429: too many connections from this address (its --max-per-ip); close some, or raise the limit; ${later}`,
         'ETOOMANYCONNS', details);
     case 404:
-      return new ConnectError(`${where} answered HTTP 404 for ${url.pathname}: the beacon's compat endpoint is ${COMPAT_PATH}`, 'EHTTP', details);
+      return new ConnectError(url.pathname === COMPAT_PATH
+        // The path was right, so whatever answered is not a beacon.
+        ? `${where} answered HTTP 404 for ${COMPAT_PATH}: something other than a beacon answered; check the host and port, and that the proxy forwards ${COMPAT_PATH} to the beacon`
+        : `${where} answered HTTP 404 for ${url.pathname}: the beacon's compat endpoint is ${COMPAT_PATH}`, 'EHTTP', details);
     case 400:
       return new ConnectError(
         `${where} answered HTTP 400 instead of the WebSocket upgrade${url.protocol === 'ws:' ? ': if a TLS proxy is in front of the beacon, use wss://' : ''}`,

@@ -92,9 +92,13 @@ export class ConnectError extends ClientError {
 export class AuthFailedError extends ConnectError {
   override name = 'AuthFailedError';
   constructor(readonly nodeId: number, readonly publicKey: string, closeCode: number, reason: string) {
+    // The order matters: a wrong --node-id is the likelier mistake, and "add
+    // this key for that node" would then replace another daemon's key.
     super(
-      `auth failed for node ${nodeId} (${reason || `close ${closeCode}`}): is node ${nodeId}'s key registered on the beacon? ` +
-        `Add it with: beacon keys add --keys FILE --node-id ${nodeId} --public-key ${publicKey}`,
+      `auth failed for node ${nodeId} (${reason || `close ${closeCode}`}): the beacon has no key for node ${nodeId}, or another one. ` +
+        `First check that node ${nodeId} is this identity's: its public key is ${publicKey}; ` +
+        `compare it with the beacon's entry (beacon keys list --keys FILE --node-id ${nodeId}). ` +
+        `If node ${nodeId} is new, register it: beacon keys add --keys FILE --node-id ${nodeId} --public-key ${publicKey}`,
       'EAUTHFAILED',
       { closeCode },
     );

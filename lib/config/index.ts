@@ -18,8 +18,14 @@ export interface BeaconConfig {
   bind: HostPort;
   /** UDP socket for Discover, PunchRequest, Relay and Sync. */
   udp: HostPort;
-  /** JSON keys file of PROTOCOL.md §4; undefined when none. */
+  /** JSON keys file (docs/protocol.md §4); undefined when none. */
   keysFile?: string;
+  /**
+   * The keys file may not exist yet (the CLI's default ./keys.json): start
+   * with no keys and load it once it appears. Otherwise a missing file is a
+   * start-up error.
+   */
+  keysFileMayBeMissing?: boolean;
   /** Pilot registry for key lookups; undefined when none. */
   registry?: HostPort;
   /**

@@ -6,12 +6,21 @@
 
 const DURATION_UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-/** `500ms`, `10s`, `2m`, `1h`, or a bare number of milliseconds. */
+/** How a duration is written, for help texts and error messages. */
+export const DURATION_FORMS = '500ms, 10s, 2m, 1h';
+
+/**
+ * `500ms`, `10s`, `2m`, `1h`. The unit is required: a bare `90` used to
+ * mean 90 ms, which nobody who types `--idle-timeout 90` means.
+ */
 export function parseDuration(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(text);
-  if (!match) throw new Error(`"${text}" is not a duration: use a number with ms, s, m or h, e.g. 500ms, 10s, 2m`);
-  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2] ?? 'ms']);
-  if (ms <= 0) throw new Error(`"${text}" is not a positive duration: use e.g. 500ms, 10s, 2m`);
+  if (!match) throw new Error(`"${text}" is not a duration: use a number with ms, s, m or h, e.g. ${DURATION_FORMS}`);
+  if (match[2] === undefined) {
+    throw new Error(`"${text}" has no unit: write it with ms, s, m or h (e.g. ${match[1]}s or ${match[1]}ms; ${DURATION_FORMS})`);
+  }
+  const ms = Math.round(Number(match[1]) * DURATION_UNITS[match[2]]);
+  if (ms <= 0) throw new Error(`"${text}" is not a positive duration: use e.g. ${DURATION_FORMS}`);
   return ms;
 }
 
@@ -40,12 +49,13 @@ export interface HostPort {
   port: number;
 }
 
-/** `127.0.0.1:8443`, `[::1]:9001`, `localhost:0`. */
-export function parseHostPort(text: string): HostPort {
+/** `127.0.0.1:8443`, `[::1]:9001`, `localhost:0`; `example` is shown in the error (a UDP address gets a UDP port). */
+export function parseHostPort(text: string, example = '127.0.0.1:8443'): HostPort {
   const match = /^\s*(?:\[([^\]]+)\]|([^:\s[\]]+)):(\d+)\s*$/.exec(text);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
-    throw new Error(`"${text}" is not HOST:PORT: use e.g. 127.0.0.1:8443 or [::1]:8443 (port 0 to 65535)`);
+    const examplePort = example.slice(example.lastIndexOf(':') + 1);
+    throw new Error(`"${text}" is not HOST:PORT: use e.g. ${example} or [::1]:${examplePort} (port 0 to 65535)`);
   }
   return { host: match[1] ?? match[2], port };
 }
