@@ -98,7 +98,7 @@ test('a bad node ID names the file, the entry and the valid range', () => {
     writeJson(file, { '1': key, [entry]: key });
     assertKeysFileError(() => loadKeysFile(file), {
       code: 'bad_node_id', file, entry,
-      message: /node ID must be a decimal number from 1 to 4294967295$/,
+      message: /node ID must be a decimal number from 1 to 4294967295; correct or delete this entry/,
     });
   }
 });
@@ -107,15 +107,15 @@ test('a bad public key names the file, the entry and what was found', () => {
   const file = path.join(tempDir(), 'keys.json');
   const good = generatePublicKey();
   const cases: [unknown, RegExp][] = [
-    [Buffer.alloc(31, 1).toString('base64'), /public key must be base64 of 32 bytes \(got 31 bytes\)$/],
-    [Buffer.alloc(33, 1).toString('base64'), /public key must be base64 of 32 bytes \(got 33 bytes\)$/],
-    ['', /\(got 0 bytes\)$/],
+    [Buffer.alloc(31, 1).toString('base64'), /public key must be base64 of 32 bytes \(got 31 bytes\); set it with: beacon keys add/],
+    [Buffer.alloc(33, 1).toString('base64'), /public key must be base64 of 32 bytes \(got 33 bytes\); set it with: beacon keys add/],
+    ['', /\(got 0 bytes\); set it with: beacon keys add/],
     [rawOf(good).toString('base64url'), /not standard base64 with padding/],
     [good.replace(/=+$/, ''), /not standard base64 with padding/],
     [`${good} `, /not standard base64 with padding/],
-    [12345, /\(got a number\)$/],
-    [null, /\(got null\)$/],
-    [[good], /\(got an array\)$/],
+    [12345, /\(got a number\); set it with: beacon keys add/],
+    [null, /\(got null\); set it with: beacon keys add/],
+    [[good], /\(got an array\); set it with: beacon keys add/],
   ];
   for (const [value, message] of cases) {
     writeJson(file, { '1': good, '7': value });
