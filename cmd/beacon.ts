@@ -16,7 +16,6 @@ import { VERSION } from '../lib/version';
 import { exitWithFailure } from './errors';
 import { keygenCommand, keysCommand } from './keys';
 import { runOptions, type RunFlags } from './options';
-import { runBeacon } from './run';
 
 /** Units and variables, once for all flags, so --help answers "90 what?". */
 const RUN_HELP_FOOTER = `
@@ -36,7 +35,8 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: () => undefined });
   for (const option of runOptions()) program.addOption(option);
   program.addHelpText('after', RUN_HELP_FOOTER);
-  program.action(() => runBeacon(program.opts<RunFlags>()));
+  // Loaded only to run: `beacon keys ...` and `--help` need none of the beacon's modules.
+  program.action(async () => (await import('./run')).runBeacon(program.opts<RunFlags>()));
   // Added after exitOverride/configureOutput so they inherit both.
   program.addCommand(inherit(program, keygenCommand()));
   program.addCommand(inherit(program, keysCommand()));

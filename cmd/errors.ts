@@ -11,7 +11,7 @@
  */
 import { CommanderError } from 'commander';
 import { KeysFileError } from '../lib/auth/keys-file';
-import { StartError } from '../lib/beacon';
+import { StartError } from '../lib/start-error';
 import { ConfigError } from '../lib/config';
 import { IdentityFileError } from '../lib/identity';
 

@@ -14,6 +14,7 @@
  *   NATS code is imported then and never otherwise, so the single-process
  *   beacon loads none of it.
  */
+import { StartError } from './start-error';
 import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
@@ -52,13 +53,7 @@ const HTTP_ROOM = 64;
  */
 const PER_IP_HTTP_ROOM = 8;
 
-/** A start-up failure an operator can act on; `message` names the problem and the fix. */
-export class StartError extends Error {
-  override name = 'StartError';
-  constructor(message: string, readonly code: string) {
-    super(message);
-  }
-}
+export { StartError };
 
 export class Beacon extends EventEmitter {
   readonly stats = new BeaconStats();

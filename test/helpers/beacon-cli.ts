@@ -3,7 +3,9 @@
  * tests of the CLI: each child in its own temporary directory (so no
  * ./keys.json leaks in) with the BEACON_* variables of the test process
  * removed; waited on by its JSON log lines or its exit, never by sleeping.
- * Every wait is bounded; cleanUpBeaconCli() kills what is left by PID.
+ * Every wait is bounded, generously: a loaded 2-core machine takes
+ * seconds to start a Node process. cleanUpBeaconCli() kills what is left
+ * by PID.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
@@ -88,7 +90,7 @@ export class BeaconProcess {
   }
 
   /** The first log line matching `predicate`, already logged or to come; rejects at exit or after `ms`. */
-  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 5_000): Promise<LogLine> {
+  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 15_000): Promise<LogLine> {
     let notify: (() => void) | undefined;
     const found = new Promise<LogLine>((resolve, reject) => {
       notify = () => {
@@ -106,7 +108,7 @@ export class BeaconProcess {
   }
 
   /** Resolves with the exit; rejects after `ms`. */
-  exit(ms = 10_000): Promise<Exit> {
+  exit(ms = 20_000): Promise<Exit> {
     return withTimeout(this.exited, ms, 'the beacon to exit');
   }
 
