@@ -98,7 +98,7 @@ test('a keys file that may be missing starts with no keys and is loaded when it 
   assert.equal(keysFile.exists, true);
 });
 
-test('reload() (SIGHUP) loads a file created after start; while it is missing, reload() is a no-op, not a failure', (t) => {
+test('reload() (SIGHUP) loads a file created after start; while it is missing, reload() is a no-op, not a failure', async (t) => {
   const file = path.join(tempDir(), 'keys.json');
   const keysFile = KeysFile.open(file, { mayBeMissing: true });
   t.after(() => keysFile.close());
@@ -106,15 +106,15 @@ test('reload() (SIGHUP) loads a file created after start; while it is missing, r
   keysFile.on('reload', () => events.push('reload'));
   keysFile.on('reloadError', (err: KeysFileError) => events.push(err.code));
 
-  assert.equal(keysFile.reload(), false);
+  assert.equal(await keysFile.reload(), false);
   assert.deepEqual(events, []);
   fs.writeFileSync(file, keysFileJson([makeIdentity(1), makeIdentity(2)]));
-  assert.equal(keysFile.reload(), true);
+  assert.equal(await keysFile.reload(), true);
   assert.deepEqual(events, ['reload']);
   assert.equal(keysFile.size, 2);
 });
 
-test('once loaded, a file that may be missing is handled like any other: deleting it keeps the keys and is a failed reload', (t) => {
+test('once loaded, a file that may be missing is handled like any other: deleting it keeps the keys and is a failed reload', async (t) => {
   const file = path.join(tempDir(), 'keys.json');
   fs.writeFileSync(file, keysFileJson([makeIdentity(1)]));
   const keysFile = KeysFile.open(file, { mayBeMissing: true });
@@ -122,7 +122,7 @@ test('once loaded, a file that may be missing is handled like any other: deletin
   const errors: string[] = [];
   keysFile.on('reloadError', (err: KeysFileError) => errors.push(err.code));
   fs.rmSync(file);
-  assert.equal(keysFile.reload(), false);
+  assert.equal(await keysFile.reload(), false);
   assert.deepEqual(errors, ['not_found']);
   assert.equal(keysFile.size, 1);
 });
