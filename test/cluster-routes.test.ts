@@ -25,8 +25,7 @@ let b: Instance;
 before(async () => {
   nats = await NatsServer.start();
   const keys = writeKeys([alice, bob]);
-  a = await joinedInstance('a', { nats: nats.url(), keys });
-  b = await joinedInstance('b', { nats: nats.url(), keys });
+  [a, b] = await Promise.all([joinedInstance('a', { nats: nats.url(), keys }), joinedInstance('b', { nats: nats.url(), keys })]);
   await allSee([a, b], 2);
 });
 

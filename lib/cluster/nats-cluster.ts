@@ -285,15 +285,27 @@ class NatsCluster implements ClusterNode {
   /** Watches the bucket from its start; resolves once the watch is set up. */
   private async watch(kv: KV, epoch: number): Promise<void> {
     this.watchStop?.();
+    const startedAt = Date.now();
+    const empty = (await kv.status()).values === 0;
     const entries = await kv.watch();
     if (epoch !== this.epoch) {
       entries.stop();
       return;
     }
     this.watchStop = () => entries.stop();
+    let loaded = false;
+    const markLoaded = () => {
+      loaded = true;
+      this.deps.log.info({ entries: this.directory.size, ms: Date.now() - startedAt }, 'cluster directory loaded');
+    };
+    if (empty) markLoaded();
     void (async () => {
       try {
-        for await (const entry of entries) this.onDirectoryEntry(entry);
+        for await (const entry of entries) {
+          this.onDirectoryEntry(entry);
+          // delta: messages still pending behind this one; 0 ends the initial snapshot.
+          if (!loaded && entry.delta === 0) markLoaded();
+        }
       } catch (err) {
         this.deps.log.debug({ err: describe(err) }, 'cluster: directory watch ended');
       }
