@@ -51,8 +51,39 @@ export interface DirectoryDeps {
   onStoreError(err: unknown, op: string): void;
 }
 
+/**
+ * KV writes in flight at once. A reconnect re-announces every node of this
+ * instance and a survivor deletes every entry of a dead one: tens of
+ * thousands of requests at once would time out in the client's queue
+ * rather than wait; beyond the window they wait here, in order.
+ */
+export const STORE_WINDOW = 256;
+
+/** Runs at most `limit` async operations at once, the rest in order as slots free. */
+class Window {
+  private running = 0;
+  private readonly waiting: Array<() => void> = [];
+
+  constructor(private readonly limit: number) {}
+
+  run<T>(op: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const start = () => {
+        this.running++;
+        op().then(resolve, reject).finally(() => {
+          this.running--;
+          this.waiting.shift()?.();
+        });
+      };
+      if (this.running < this.limit) start();
+      else this.waiting.push(start);
+    });
+  }
+}
+
 export class Directory {
   private readonly mirror = new Map<NodeId, Placement>();
+  private readonly window = new Window(STORE_WINDOW);
   private readonly own = new Map<NodeId, OwnEntry>();
   /** Set while connected and the bucket is open. */
   store: DirectoryStore | undefined;
@@ -169,9 +200,8 @@ export class Directory {
 
   /** Deletes `nodeId`'s entry if it is still at `rev`. */
   remove(nodeId: NodeId, rev: number): Promise<void> {
-    const store = this.store;
-    if (!store) return Promise.resolve();
-    return store.delete(String(nodeId), rev).catch((err: unknown) => {
+    if (!this.store) return Promise.resolve();
+    return this.window.run(() => this.store?.delete(String(nodeId), rev) ?? Promise.resolve()).catch((err: unknown) => {
       // "wrong last sequence": someone wrote it since; theirs stands.
       if (!isWrongSequence(err)) this.deps.onStoreError(err, 'delete');
     });
@@ -183,10 +213,14 @@ export class Directory {
   }
 
   private announce(nodeId: NodeId): void {
-    const store = this.store;
     const entry = this.own.get(nodeId);
-    if (!store || !entry) return; // announced on (re)connect
-    store.put(String(nodeId), encodePlacement(entry.kind, this.deps.self.id)).then((rev) => {
+    if (!this.store || !entry) return; // announced on (re)connect
+    this.window.run(() => {
+      // Still ours and still connected when its turn comes?
+      if (this.own.get(nodeId) !== entry || !this.store) return Promise.resolve(undefined);
+      return this.store.put(String(nodeId), encodePlacement(entry.kind, this.deps.self.id));
+    }).then((rev) => {
+      if (rev === undefined) return;
       const current = this.own.get(nodeId);
       if (current !== entry) {
         // Detached (or replaced by another attachment here) while in flight.

@@ -5,7 +5,9 @@
  *   heard from for `deadAfterMs` is dead: `live` turns false, so mirrors
  *   stop routing to it at once (the router reads the flag, nothing else).
  * - One survivor, the live instance with the lowest ID, removes a dead
- *   instance's directory entries; the others wait for the deletes.
+ *   instance's directory entries (also those of an instance it never heard
+ *   from, once it has listened for dead-after); the others wait for the
+ *   deletes.
  * - While this instance is cut off from NATS nobody is declared dead (we
  *   cannot hear them); on reconnect everyone gets a fresh `deadAfterMs`.
  * - An Instance also carries what the forwarder batches for it this turn,

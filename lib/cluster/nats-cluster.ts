@@ -44,6 +44,8 @@ const WHO_TIMEOUT_MS = 500;
 const UDP_RECONCILE_MS = 5_000;
 /** KV writes in flight per announce burst would be unbounded without a window; NATS acks fast. */
 const KV_TIMEOUT_MS = 5_000;
+/** Directory entries applied between two turns of the event loop (~1 µs each): a bound on the stall. */
+const WATCH_YIELD_EVERY = 2_000;
 /** Shutdown waits this long for our entries to be deleted. */
 const WITHDRAW_MS = 1_000;
 
@@ -67,6 +69,8 @@ class NatsCluster implements ClusterNode {
   private watchStop: (() => void) | undefined;
   /** Bumped on every (re)connect and close; stale async work checks it. */
   private epoch = 0;
+  /** When the current connection's sync began: before dead-after has passed we have not heard everyone yet. */
+  private syncedAt = 0;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -239,7 +243,8 @@ class NatsCluster implements ClusterNode {
         const kv = await openBucket(nc, this.subjects.bucket);
         if (epoch !== this.epoch) return;
         this.isConnected = true;
-        this.members.graceAll(Date.now());
+        this.syncedAt = Date.now();
+        this.members.graceAll(this.syncedAt);
         this.heartbeat();
         this.directory.store = storeOf(kv);
         await this.watch(kv, epoch);
@@ -301,10 +306,17 @@ class NatsCluster implements ClusterNode {
     if (empty) markLoaded();
     void (async () => {
       try {
+        let sinceYield = 0;
         for await (const entry of entries) {
           this.onDirectoryEntry(entry);
           // delta: messages still pending behind this one; 0 ends the initial snapshot.
           if (!loaded && entry.delta === 0) markLoaded();
+          // The iterator hands over what it holds in microtasks, with no I/O in
+          // between: a large directory would stall relaying for as long.
+          if (++sinceYield === WATCH_YIELD_EVERY) {
+            sinceYield = 0;
+            await new Promise(setImmediate);
+          }
         }
       } catch (err) {
         this.deps.log.debug({ err: describe(err) }, 'cluster: directory watch ended');
@@ -330,6 +342,8 @@ class NatsCluster implements ClusterNode {
     for (const instance of this.members.expire(Date.now())) {
       log.warn({ instance: instance.id, deadAfterMs: this.deps.config.clusterDeadAfterMs }, 'cluster: instance silent; routes to it dropped');
     }
+    // A newcomer has not heard every live instance's heartbeat yet: it must not take them for dead.
+    if (Date.now() - this.syncedAt < this.deps.config.clusterDeadAfterMs) return;
     for (const instance of this.members.toSweep()) {
       instance.swept = true;
       const entries = this.directory.entriesOf(instance);

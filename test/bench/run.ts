@@ -6,7 +6,7 @@
  *   npm run bench -- --quick          smaller and shorter (< 1 min; 64 B payloads only)
  *   npm run bench -- --json FILE      also write the results as JSON
  *   npm run bench -- --md FILE        also write the results as a Markdown table
- *   npm run bench -- --only 1,5       only these scenarios (numbers or names)
+ *   npm run bench -- --only 1,5       only these scenarios (numbers or names; 8/cluster needs nats-server)
  *   npm run bench -- --runs N         repetitions (default 3; medians need >= 3)
  *   npm run bench -- --profile DIR    CPU profile of each beacon process (under load, not start-up) into DIR,
  *                                     with a summary of the top functions
@@ -31,6 +31,7 @@ import { join } from 'node:path';
 import { hasTaskset, stopLeftovers } from './common/child';
 import { makeIdentities, writeIdentityFiles } from './common/identities';
 import type { BenchSettings, Row } from './scenarios/context';
+import { clusterScenario } from './scenarios/cluster';
 import { handshakeStorm } from './scenarios/handshake-storm';
 import { memoryPerPeer } from './scenarios/memory';
 import { mixedRoutes } from './scenarios/mixed';
@@ -107,6 +108,9 @@ async function main(): Promise<void> {
     { id: '4', name: 'storm', run: (s) => handshakeStorm(s, { established: 100, stormSize, storm0: Math.max(...memoryPeers) + 101, steadyRatePerFlow: 100, windowMs: quick ? 200 : 1_500 }) },
     { id: '5', name: 'memory', run: (s) => memoryPerPeer(s, { counts: memoryPeers }) },
     { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 200 : 1_500 }) },
+    { id: '8', name: 'cluster', run: (s) => clusterScenario(s, quick
+      ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000 }
+      : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 64_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
     || (args.only.includes('6') && s.id === '1'));

@@ -1,0 +1,346 @@
+/**
+ * Scenario 8 (cluster): what cluster mode costs and how fast it converges
+ * (issue 14). A real nats-server and beacon instances as child processes
+ * (`dist/cmd/beacon.js --cluster`), WebSocket daemons in this process.
+ *
+ * - Cost of a hop: pairs relay at one offered rate, receivers either on
+ *   the sender's instance (local) or on another one (cross). CPU per
+ *   delivered frame is read from /proc for every process on the path: the
+ *   one instance locally; both instances and nats-server across. The
+ *   "beacon" column is the cross-instance figure, "baseline" the local one,
+ *   so the ratio is the hop's cost. Then the highest offered rate (doubling)
+ *   each delivers without loss.
+ * - Convergence: nodes authenticate on instance B one after another; from
+ *   A a probe is relayed to each every 5 ms from its auth_ok on, and the
+ *   first that arrives gives the time to reachable. Moves: a node on A
+ *   reconnects to B; the time from B's auth_ok to the old socket's close.
+ * - Directory at scale: entries written into the bucket directly (a node
+ *   each, held by a dead instance), then a new instance starts: its load
+ *   time, the largest event-loop stall it reports meanwhile, its heap per
+ *   entry, and the relay rate of instance A during the load against before.
+ * - Every loop is bounded in count and time; traffic stays on 127.0.0.1;
+ *   children are stopped by their PIDs.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import WebSocket from 'ws';
+import { connect as natsConnect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { NatsServer } from '../../helpers/nats';
+import { loadSigners, type Signer } from '../common/identities';
+import { spread } from '../common/stats';
+import { Figures, sleep, type BenchSettings, type Row } from './context';
+
+const CLI = join(__dirname, '..', '..', '..', 'cmd', 'beacon.js');
+const SUBPROTOCOL = 'pilot.v1';
+
+export interface ClusterPlan {
+  pairs: number;
+  payload: number;
+  /** Offered frames per second for the CPU-per-frame figure. */
+  rate: number;
+  windowMs: number;
+  /** Highest offered rate the zero-loss search tries. */
+  maxRate: number;
+  attaches: number;
+  moves: number;
+  directoryEntries: number;
+}
+
+interface Proc {
+  child: ChildProcess;
+  logs: Array<Record<string, unknown>>;
+  url: string;
+  http: string;
+}
+
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+async function startInstance(settings: BenchSettings, nats: string, id: string, extra: string[] = []): Promise<Proc> {
+  const child = spawn(process.execPath, [CLI, '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
+    '--cluster', nats, '--cluster-name', 'bench', '--instance-id', id, '--cluster-dead-after', '2s',
+    '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc: Proc = { child, logs: [], url: '', http: '' };
+  createInterface({ input: child.stdout! }).on('line', (line) => {
+    try { proc.logs.push(JSON.parse(line) as Record<string, unknown>); } catch { /* not JSON */ }
+  });
+  const listening = await waitForLog(proc, 'beacon listening', 20_000);
+  proc.url = `ws://${String(listening.bind)}/v1/compat`;
+  proc.http = `http://${String(listening.bind)}`;
+  return proc;
+}
+
+async function waitForLog(proc: Proc, msg: string, ms: number): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const line = proc.logs.find((l) => l.msg === msg);
+    if (line) return line;
+    if (proc.child.exitCode !== null) throw new Error(`instance exited before logging ${msg}`);
+    await sleep(10);
+  }
+  throw new Error(`no "${msg}" within ${ms} ms`);
+}
+
+async function stopProc(proc: Proc | undefined): Promise<void> {
+  if (!proc || proc.child.exitCode !== null || proc.child.signalCode !== null) return;
+  const exited = once(proc.child, 'exit');
+  proc.child.kill('SIGTERM');
+  const timer = setTimeout(() => proc.child.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function metric(proc: Proc, name: string): Promise<number> {
+  const text = await (await fetch(`${proc.http}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+/** An authenticated daemon: counts RelayDelivers and notes the time of each. */
+class Daemon {
+  received = 0;
+  onFrame: ((frame: Buffer) => void) | undefined;
+  constructor(readonly ws: WebSocket, readonly nodeId: number) {
+    ws.on('message', (data, isBinary) => {
+      if (!isBinary) return;
+      this.received++;
+      this.onFrame?.(data as Buffer);
+    });
+  }
+
+  static async connect(url: string, signer: Signer): Promise<{ daemon: Daemon; authOkAt: number }> {
+    const ws = new WebSocket(url, [SUBPROTOCOL]);
+    const challenge = await new Promise<string>((resolve, reject) => {
+      ws.once('message', (data) => resolve(String(data)));
+      ws.once('error', reject);
+      ws.once('close', (code) => reject(new Error(`closed ${code} before the challenge`)));
+    });
+    const { nonce } = JSON.parse(challenge) as { nonce: string };
+    ws.send(JSON.stringify({ type: 'auth_reply', node_id: signer.nodeId, public_key: signer.publicKeyBase64, sig: signer.sign(nonce) }));
+    const ok = await new Promise<string>((resolve, reject) => {
+      ws.once('message', (data) => resolve(String(data)));
+      ws.once('close', (code) => reject(new Error(`closed ${code} during auth`)));
+    });
+    if (!ok.includes('auth_ok')) throw new Error(`expected auth_ok, got ${ok}`);
+    const authOkAt = performance.now();
+    ws.removeAllListeners('close');
+    return { daemon: new Daemon(ws, signer.nodeId), authOkAt };
+  }
+
+  close(): void {
+    this.ws.terminate();
+  }
+}
+
+function relay(sender: number, dest: number, payload: Buffer): Buffer {
+  const buf = Buffer.allocUnsafe(9 + payload.length);
+  buf[0] = 0x05;
+  buf.writeUInt32BE(sender, 1);
+  buf.writeUInt32BE(dest, 5);
+  payload.copy(buf, 9);
+  return buf;
+}
+
+/** Offers `rate` frames/s from senders[i] to receivers[i] for `ms`; returns sent and delivered. */
+async function offer(senders: Daemon[], receivers: Daemon[], rate: number, ms: number, payload: Buffer): Promise<{ sent: number; delivered: number }> {
+  const frames = senders.map((s, i) => relay(s.nodeId, receivers[i]!.nodeId, payload));
+  const before = receivers.reduce((n, r) => n + r.received, 0);
+  const tickMs = 5;
+  const perTick = (rate * tickMs) / 1000;
+  let sent = 0;
+  let owed = 0;
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    owed += perTick;
+    for (; owed >= 1; owed--) {
+      const i = sent % senders.length;
+      senders[i]!.ws.send(frames[i]!);
+      sent++;
+    }
+    await sleep(tickMs);
+  }
+  // Let the last frames land (bounded).
+  const settleUntil = performance.now() + 1_000;
+  let last = -1;
+  while (performance.now() < settleUntil) {
+    const now = receivers.reduce((n, r) => n + r.received, 0);
+    if (now - before >= sent || now === last) break;
+    last = now;
+    await sleep(100);
+  }
+  return { sent, delivered: receivers.reduce((n, r) => n + r.received, 0) - before };
+}
+
+function percentile(values: number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan): Promise<Row[]> {
+  const signers = loadSigners(settings.identitiesPath);
+  const signer = (id: number) => {
+    const s = signers.get(id);
+    if (!s) throw new Error(`no identity ${id}`);
+    return s;
+  };
+  const figures = new Figures('cluster');
+  figures.define('CPU per delivered frame (cross-instance vs local)', 'µs', 'lower',
+    (_b, ratio) => ({ text: 'cross-instance <= 2.5x local', met: ratio.median <= 2.5 }));
+  figures.define('zero-loss rate (cross-instance vs local)', 'frames/s', 'higher');
+  const single = new Figures('cluster');
+  single.define('time to reachable from another instance, p99', 'ms', 'lower', (b) => ({ text: '<= 50 ms after auth_ok (p99)', met: b.median <= 50 }));
+  single.define('time to reachable, p50', 'ms', 'lower');
+  single.define('moved node: old socket closed after the new auth_ok, p99', 'ms', 'lower', (b) => ({ text: '<= 100 ms (p99)', met: b.median <= 100 }));
+  single.define(`directory load, ${plan.directoryEntries} entries`, 'ms', 'lower', (b) => ({ text: plan.directoryEntries >= 1_000_000 ? '<= 10 s' : '<= 10 s at 1M (smaller here)', met: b.median <= 10_000 }));
+  single.define('largest event-loop stall while loading', 'ms', 'lower', (b) => ({ text: '<= 50 ms', met: b.median <= 50 }));
+  single.define('heap per directory entry', 'bytes', 'lower', (b) => ({ text: '<= 150 bytes', met: b.median <= 150 }));
+  single.define('relay rate of another instance during the load / before', 'ratio', 'higher', (b) => ({ text: 'unchanged (>= 0.95)', met: b.median >= 0.95 }));
+
+  const payload = Buffer.alloc(plan.payload, 0x61);
+  const nats = await NatsServer.start();
+  const procs: Proc[] = [];
+  const daemons: Daemon[] = [];
+  try {
+    const a = await startInstance(settings, nats.url(), 'bench-a');
+    const b = await startInstance(settings, nats.url(), 'bench-b');
+    procs.push(a, b);
+    await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
+    const natsPid = (nats as unknown as { child: ChildProcess }).child.pid!;
+
+    // ---- cost of a hop ----
+    const P = plan.pairs;
+    const senders = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + i)).then((d) => d.daemon)));
+    const localReceivers = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + P + i)).then((d) => d.daemon)));
+    const crossReceivers = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(b.url, signer(1 + 2 * P + i)).then((d) => d.daemon)));
+    daemons.push(...senders, ...localReceivers, ...crossReceivers);
+    await sleep(500); // the directory has every entry
+    await offer(senders, crossReceivers, plan.rate, 300, payload); // warm-up both paths
+    await offer(senders, localReceivers, plan.rate, 300, payload);
+    for (let run = 0; run < settings.runs; run++) {
+      for (const kind of run % 2 === 0 ? ['local', 'cross'] as const : ['cross', 'local'] as const) {
+        const pids = kind === 'local' ? [a.child.pid!] : [a.child.pid!, b.child.pid!, natsPid];
+        const cpu0 = pids.reduce((s, pid) => s + cpuSeconds(pid), 0);
+        const { sent, delivered } = await offer(senders, kind === 'local' ? localReceivers : crossReceivers, plan.rate, plan.windowMs, payload);
+        const cpu = pids.reduce((s, pid) => s + cpuSeconds(pid), 0) - cpu0;
+        settings.log(`  run ${run + 1} ${kind}: sent ${sent}, delivered ${delivered}, CPU ${cpu.toFixed(2)} s over ${pids.length} process(es)`);
+        figures.add('CPU per delivered frame (cross-instance vs local)', kind === 'cross' ? 'beacon' : 'baseline', (cpu * 1e6) / Math.max(1, delivered));
+      }
+    }
+    for (let run = 0; run < settings.runs; run++) {
+      for (const kind of ['local', 'cross'] as const) {
+        let best = 0;
+        for (let rate = 2_000; rate <= plan.maxRate; rate *= 2) {
+          const { sent, delivered } = await offer(senders, kind === 'local' ? localReceivers : crossReceivers, rate, Math.max(300, plan.windowMs / 2), payload);
+          if (delivered < sent) break;
+          best = rate;
+        }
+        settings.log(`  run ${run + 1} ${kind}: zero-loss up to ${best} frames/s`);
+        figures.add('zero-loss rate (cross-instance vs local)', kind === 'cross' ? 'beacon' : 'baseline', best);
+      }
+    }
+
+    // ---- convergence ----
+    const watcher = senders[0]!;
+    const firstAttach = 3 * P + 1;
+    const reachMs: number[] = [];
+    const CONCURRENCY = 8;
+    let next = 0;
+    const attachOne = async (nodeId: number) => {
+      const { daemon, authOkAt } = await Daemon.connect(b.url, signer(nodeId));
+      const probe = relay(watcher.nodeId, nodeId, payload);
+      const arrived = new Promise<number>((resolve) => { daemon.onFrame = () => resolve(performance.now()); });
+      let stop = false;
+      void (async () => {
+        for (let i = 0; i < 200 && !stop; i++) {
+          watcher.ws.send(probe);
+          await sleep(5);
+        }
+      })();
+      const at = await Promise.race([arrived, sleep(2_000).then(() => NaN)]);
+      stop = true;
+      reachMs.push(at - authOkAt);
+      daemon.close();
+    };
+    await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+      while (next < plan.attaches) await attachOne(firstAttach + next++);
+    }));
+    const failed = reachMs.filter((ms) => !Number.isFinite(ms)).length;
+    settings.log(`  ${plan.attaches} attaches: ${failed} never reachable within 2 s; p50 ${percentile(reachMs.filter(Number.isFinite), 50).toFixed(1)} ms, p99 ${percentile(reachMs.filter(Number.isFinite), 99).toFixed(1)} ms`);
+    single.add('time to reachable from another instance, p99', 'beacon', failed > plan.attaches / 100 ? Infinity : percentile(reachMs.filter(Number.isFinite), 99));
+    single.add('time to reachable, p50', 'beacon', percentile(reachMs.filter(Number.isFinite), 50));
+
+    const closeMs: number[] = [];
+    const firstMove = firstAttach + plan.attaches;
+    for (let i = 0; i < plan.moves; i++) {
+      const nodeId = firstMove + i;
+      const old = await Daemon.connect(a.url, signer(nodeId));
+      const closedAt = once(old.daemon.ws, 'close').then(() => performance.now());
+      await sleep(20); // the first attach is in the directory
+      const moved = await Daemon.connect(b.url, signer(nodeId));
+      const at = await Promise.race([closedAt, sleep(2_000).then(() => NaN)]);
+      closeMs.push(at - moved.authOkAt);
+      old.daemon.close();
+      moved.daemon.close();
+    }
+    settings.log(`  ${plan.moves} moves: old socket closed p50 ${percentile(closeMs, 50).toFixed(1)} ms, p99 ${percentile(closeMs, 99).toFixed(1)} ms`);
+    single.add('moved node: old socket closed after the new auth_ok, p99', 'beacon', percentile(closeMs, 99));
+
+    // ---- directory at scale ----
+    // The entries belong to a live instance (this process heartbeats for it), as 1M attached nodes would.
+    const nc = await natsConnect({ servers: `127.0.0.1:${nats.port}` });
+    const ghostBeat = setInterval(() => nc.publish('bench.hb.bench-ghost', 'bench-ghost 0b0b'), 200);
+    try {
+      const kv = await new Kvm(nc).open('bench-directory');
+      const base = 100_000_000;
+      const value = Buffer.from('w bench-ghost');
+      const t0 = Date.now();
+      for (let i = 0; i < plan.directoryEntries; i++) {
+        nc.publish(`$KV.bench-directory.${base + i}`, value);
+        if (i % 5_000 === 4_999) await nc.flush();
+      }
+      await nc.flush();
+      for (let i = 0; i < 600; i++) {
+        if ((await kv.status()).values >= plan.directoryEntries) break;
+        await sleep(100);
+      }
+      settings.log(`  wrote ${plan.directoryEntries} entries in ${Date.now() - t0} ms`);
+      // Instance a relays between local pairs before and during the new instance's load.
+      const rateWindow = Math.max(500, plan.windowMs);
+      const before = await offer(senders, localReceivers, plan.rate, rateWindow, payload);
+      const startedAt = Date.now();
+      const c = await startInstance(settings, nats.url(), 'bench-c');
+      procs.push(c);
+      await metric(c, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag window
+      const during = offer(senders, localReceivers, plan.rate, rateWindow, payload);
+      const loaded = await waitForLog(c, 'cluster directory loaded', 60_000);
+      const lagMax = await metric(c, 'beacon_nodejs_eventloop_lag_max_seconds');
+      const duringRate = await during;
+      await sleep(1_000);
+      const heapC = await metric(c, 'beacon_nodejs_heap_size_used_bytes');
+      const heapB = await metric(b, 'beacon_nodejs_heap_size_used_bytes');
+      const entries = Number(loaded.entries);
+      settings.log(`  new instance: directory of ${entries} entries loaded ${Number(loaded.ms)} ms after joining, ${Date.now() - startedAt} ms after start; lag max ${(lagMax * 1000).toFixed(0)} ms; heap ${(heapC / 1e6).toFixed(0)} MB vs ${(heapB / 1e6).toFixed(0)} MB`);
+      single.add(`directory load, ${plan.directoryEntries} entries`, 'beacon', Number(loaded.ms));
+      single.add('largest event-loop stall while loading', 'beacon', lagMax * 1000);
+      single.add('heap per directory entry', 'beacon', (heapC - heapB) / Math.max(1, entries));
+      single.add('relay rate of another instance during the load / before', 'beacon',
+        (duringRate.delivered / duringRate.sent) / Math.max(1e-9, before.delivered / before.sent));
+    } finally {
+      clearInterval(ghostBeat);
+      await nc.close();
+    }
+  } finally {
+    for (const d of daemons) d.close();
+    await Promise.all(procs.map(stopProc));
+    await nats.close();
+  }
+  return [...figures.rows(), ...single.rows().map((r) => ({ ...r, baseline: spread([]), ratio: spread([]) }))];
+}
