@@ -227,10 +227,15 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     for (let run = 0; run < settings.runs; run++) {
       for (const kind of run % 2 === 0 ? ['local', 'cross'] as const : ['cross', 'local'] as const) {
         const pids = kind === 'local' ? [a.child.pid!] : [a.child.pid!, b.child.pid!, natsPid];
-        const cpu0 = pids.reduce((s, pid) => s + cpuSeconds(pid), 0);
+        const cpu0 = pids.map(cpuSeconds);
+        const batches0 = kind === 'cross' ? await metric(a, 'beacon_cluster_batches_total{direction="out"}') : 0;
         const { sent, delivered } = await offer(senders, kind === 'local' ? localReceivers : crossReceivers, plan.rate, plan.windowMs, payload);
-        const cpu = pids.reduce((s, pid) => s + cpuSeconds(pid), 0) - cpu0;
-        settings.log(`  run ${run + 1} ${kind}: sent ${sent}, delivered ${delivered}, CPU ${cpu.toFixed(2)} s over ${pids.length} process(es)`);
+        const each = pids.map((pid, i) => cpuSeconds(pid) - cpu0[i]!);
+        const cpu = each.reduce((x, y) => x + y, 0);
+        const batches = kind === 'cross' ? await metric(a, 'beacon_cluster_batches_total{direction="out"}') - batches0 : 0;
+        const perFrame = each.map((c) => ((c * 1e6) / Math.max(1, delivered)).toFixed(1));
+        settings.log(`  run ${run + 1} ${kind}: sent ${sent}, delivered ${delivered}, CPU µs per frame ${kind === 'local' ? `instance ${perFrame[0]}`
+          : `sender's instance ${perFrame[0]} + receiver's ${perFrame[1]} + nats-server ${perFrame[2]}; ${(delivered / Math.max(1, batches)).toFixed(1)} frames per NATS message`}`);
         figures.add('CPU per delivered frame (cross-instance vs local)', kind === 'cross' ? 'beacon' : 'baseline', (cpu * 1e6) / Math.max(1, delivered));
       }
     }
