@@ -44,8 +44,6 @@ const WHO_TIMEOUT_MS = 500;
 const UDP_RECONCILE_MS = 5_000;
 /** KV writes in flight per announce burst would be unbounded without a window; NATS acks fast. */
 const KV_TIMEOUT_MS = 5_000;
-/** Directory entries applied between two turns of the event loop (~1 µs each): a bound on the stall. */
-const WATCH_YIELD_EVERY = 2_000;
 /** Shutdown waits this long for our entries to be deleted. */
 const WITHDRAW_MS = 1_000;
 
@@ -306,17 +304,13 @@ class NatsCluster implements ClusterNode {
     if (empty) markLoaded();
     void (async () => {
       try {
-        let sinceYield = 0;
+        // Entries are applied as each socket read brings them (microtasks), so
+        // reading keeps pace with applying: yielding in between would let the
+        // client buffer the whole directory as messages first.
         for await (const entry of entries) {
           this.onDirectoryEntry(entry);
           // delta: messages still pending behind this one; 0 ends the initial snapshot.
           if (!loaded && entry.delta === 0) markLoaded();
-          // The iterator hands over what it holds in microtasks, with no I/O in
-          // between: a large directory would stall relaying for as long.
-          if (++sinceYield === WATCH_YIELD_EVERY) {
-            sinceYield = 0;
-            await new Promise(setImmediate);
-          }
         }
       } catch (err) {
         this.deps.log.debug({ err: describe(err) }, 'cluster: directory watch ended');
