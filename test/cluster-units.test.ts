@@ -1,8 +1,8 @@
 /**
  * The pure parts of cluster mode, without NATS: the wire (subjects, values,
- * batches), liveness, the forwarder's per-turn batches, and the directory's
- * last-writer-wins rules, driven through its store interface the way the KV
- * watch drives it.
+ * batches), liveness, the forwarder's per-turn batches, the directory's
+ * last-writer-wins rules (driven through its store interface the way the KV
+ * watch drives it), and the router's cluster route.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -11,6 +11,7 @@ import { encodeRelay } from '../lib/protocol';
 import { Directory, type DirectoryStore } from '../lib/cluster/directory';
 import { Forwarder } from '../lib/cluster/forwarder';
 import { Instances } from '../lib/cluster/instances';
+import { RelayRouter, type ClusterInstance } from '../lib/relay/router';
 import {
   decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeBatch, encodeHeartbeat, encodePlacement, subjectsFor,
 } from '../lib/cluster/wire';
@@ -176,4 +177,32 @@ test('directory: our entry deleted by someone else is written again; a stale ent
   directory.applyDelete(13, 701);
   assert.equal(directory.instanceOf(13), undefined);
   assert.equal(directory.size, 1, 'the stale entry of ours stays mirrored until its delete comes back');
+});
+
+test('router: the cluster route comes after local ones and before beacon peers; a forwarded relay is never forwarded again (cluster_moved)', () => {
+  const stats = new BeaconStats();
+  const other: ClusterInstance = { id: 'b' };
+  const forwarded: Array<[string, number]> = [];
+  const delivered: number[] = [];
+  const router = new RelayRouter({
+    isAttachedOverWss: (id) => id === 1,
+    writeFrame: (id) => { delivered.push(id); return true; },
+    udpEndpointOf: () => undefined,
+    beaconFor: (id) => (id === 3 || id === 2 ? { address: '127.0.0.1', port: 9, ip: '127.0.0.1' } : undefined),
+    sendDatagram: () => undefined,
+    instanceOf: (id) => (id === 2 ? other : undefined),
+    forwardToInstance: (instance, relay) => { forwarded.push([instance.id, relay.readUInt32BE(5)]); },
+  }, stats);
+  assert.equal(router.route(encodeRelay(9, 1, Buffer.from('a')), 'wss'), 'wss');
+  assert.equal(router.route(encodeRelay(9, 2, Buffer.from('b')), 'wss'), 'cluster', 'before the beacon peer that also announced 2');
+  assert.equal(router.route(encodeRelay(9, 2, Buffer.from('c')), 'beacon'), 'cluster', 'a Go beacon\'s relay crosses the cluster');
+  assert.equal(router.route(encodeRelay(9, 3, Buffer.from('d')), 'wss'), 'beacon');
+  assert.equal(router.route(encodeRelay(9, 1, Buffer.from('e')), 'cluster'), 'wss', 'delivered locally');
+  assert.equal(router.route(encodeRelay(9, 2, Buffer.from('f')), 'cluster'), 'unknown', 'never forwarded again');
+  assert.equal(router.route(encodeRelay(9, 3, Buffer.from('g')), 'cluster'), 'unknown', 'nor to a beacon peer');
+  assert.deepEqual(forwarded, [['b', 2], ['b', 2]]);
+  assert.deepEqual(delivered, [1, 1]);
+  assert.equal(stats.relay.cluster, 2);
+  assert.equal(stats.dropped.cluster_moved, 2);
+  assert.equal(stats.dropped.unknown_dest, 0);
 });
