@@ -22,6 +22,7 @@ import {
   AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
+import { jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
@@ -42,8 +43,10 @@ const RETRY_MS = 1_000;
 const WHO_TIMEOUT_MS = 500;
 /** UDP endpoints expire silently; our directory entries for them are reconciled this often. */
 const UDP_RECONCILE_MS = 5_000;
-/** KV writes in flight per announce burst would be unbounded without a window; NATS acks fast. */
+/** A directory write not acknowledged by then has failed (it is redone on reconnect). */
 const KV_TIMEOUT_MS = 5_000;
+/** JetStream API calls (bucket, watch set-up) may take this long. */
+const JETSTREAM_TIMEOUT_MS = 30_000;
 /** Shutdown waits this long for our entries to be deleted. */
 const WITHDRAW_MS = 1_000;
 
@@ -458,14 +461,16 @@ function refusal(err: unknown): StartError | undefined {
 }
 
 async function openBucket(nc: NatsConnection, bucket: string): Promise<KV> {
-  const kvm = new Kvm(nc);
+  // Starting a watch makes the server find the last entry of every key: with
+  // a million keys that takes seconds (nats-server 2.9), past the default 5 s.
+  const kvm = new Kvm(jetstream(nc, { timeout: JETSTREAM_TIMEOUT_MS }));
   // One value per key: the directory needs the last writer, not a history.
   return kvm.create(bucket, { history: 1, timeout: KV_TIMEOUT_MS });
 }
 
 function storeOf(kv: KV) {
   return {
-    put: (key: string, value: string) => kv.put(key, value),
+    put: (key: string, value: string) => kv.put(key, value, { timeout: KV_TIMEOUT_MS }),
     delete: (key: string, previousRev: number) => kv.delete(key, { previousSeq: previousRev }),
   };
 }
