@@ -63,15 +63,17 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
-async function startInstance(settings: BenchSettings, nats: string, id: string, extra: string[] = []): Promise<Proc> {
+/** Spawns an instance; it goes into `procs` at once, so it is stopped even if it never says it listens. */
+async function startInstance(settings: BenchSettings, nats: string, id: string, procs: Proc[], extra: string[] = []): Promise<Proc> {
   const child = spawn(process.execPath, [CLI, '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
     '--cluster', nats, '--cluster-name', 'bench', '--instance-id', id, '--cluster-dead-after', '2s',
     '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   const proc: Proc = { child, logs: [], url: '', http: '' };
+  procs.push(proc);
   createInterface({ input: child.stdout! }).on('line', (line) => {
     try { proc.logs.push(JSON.parse(line) as Record<string, unknown>); } catch { /* not JSON */ }
   });
-  const listening = await waitForLog(proc, 'beacon listening', 20_000);
+  const listening = await waitForLog(proc, 'beacon listening', 120_000);
   proc.url = `ws://${String(listening.bind)}/v1/compat`;
   proc.http = `http://${String(listening.bind)}`;
   return proc;
@@ -206,9 +208,8 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
   const procs: Proc[] = [];
   const daemons: Daemon[] = [];
   try {
-    const a = await startInstance(settings, nats.url(), 'bench-a');
-    const b = await startInstance(settings, nats.url(), 'bench-b');
-    procs.push(a, b);
+    const a = await startInstance(settings, nats.url(), 'bench-a', procs);
+    const b = await startInstance(settings, nats.url(), 'bench-b', procs);
     await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
     const natsPid = (nats as unknown as { child: ChildProcess }).child.pid!;
 
@@ -334,8 +335,8 @@ async function directoryAtScale(
     const rateWindow = Math.max(500, plan.windowMs);
     const before = await offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const startedAt = Date.now();
-    const c = await startInstance(settings, nats.url(), 'bench-c');
-    procs.push(c);
+    // Listening comes after the directory watch is set up: over a million keys that takes seconds.
+    const c = await startInstance(settings, nats.url(), 'bench-c', procs);
     await metric(c, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag window
     const during = offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const loaded = await waitForLog(c, 'cluster directory loaded', 180_000).catch(async (err: Error) => {
