@@ -127,7 +127,9 @@ test('a stranger answering just before its deadline cannot fail the next daemon\
   assert.equal((await answer).data.toString(), '{"type":"auth_ok"}');
   assert.equal(tb.beacon.isConnected(7777), true);
   assert.equal((await strangerClosed).code, CloseCode.PolicyViolation);
-  assert.equal(tb.beacon.metrics().stats.authFailed.registry_unavailable, 0);
+  // The stranger's own lookup may give up at its own deadline (which timer
+  // fires first is a matter of milliseconds); the daemon's never does.
+  assert.ok(tb.beacon.metrics().stats.authFailed.registry_unavailable <= 1, 'only the stranger\'s own lookup may give up');
   assert.equal(registry.connections, 1);
   // The stranger's late answer still filled the (negative) cache.
   await eventually(() => tb.beacon.metrics().stats.registryLookups.unknown === 1, 3_000, 'the late answer');
