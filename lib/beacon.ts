@@ -111,7 +111,7 @@ export class Beacon extends EventEmitter {
     this.udp = new UdpServer({
       config, stats, log: this.log, router: this.router,
       beaconPeers: () => this.beaconPeers,
-      // PROTOCOL.md §3 across instances: UDP cannot speak for a node on a WebSocket anywhere in the cluster.
+      // docs/protocol.md §3 across instances: UDP cannot speak for a node on a WebSocket anywhere in the cluster.
       isAttachedOverWss: (id) => this.compat.peers.has(id) || (this.cluster?.isWssElsewhere(id) ?? false),
       onEndpointRecorded: (id) => this.cluster?.attached(id, 'udp'),
       io: this.udpIo.io, addon: this.udpIo.addon,

@@ -1,5 +1,5 @@
 /**
- * Identity files the client loads (PROTOCOL.md §5), and Ed25519 agreement:
+ * Identity files the client loads (docs/protocol.md §5), and Ed25519 agreement:
  * the client signs with tweetnacl, the beacon verifies with Node's native
  * Ed25519; RFC 8032's vectors show the two can never disagree.
  */

@@ -126,7 +126,7 @@ test('many relays in one turn share NATS messages (batched per destination insta
   }
 });
 
-test('PROTOCOL.md §3 across instances: a UDP packet speaking for a node attached over WebSocket elsewhere is dropped', async () => {
+test('docs/protocol.md §3 across instances: a UDP packet speaking for a node attached over WebSocket elsewhere is dropped', async () => {
   const pa = await WsPeer.connect(a.url, alice);
   const pb = await WsPeer.connect(b.url, bob);
   const liar = await UdpClient.open();

@@ -1,5 +1,5 @@
 /**
- * Unit tests of the codec (PROTOCOL.md §1, §2): round trips, byte-exact
+ * Unit tests of the codec (docs/protocol.md §1, §2): round trips, byte-exact
  * layouts against hand-written hex, and every short or malformed packet.
  */
 import assert from 'node:assert/strict';

@@ -1,5 +1,5 @@
 /**
- * Every route of the relay router against real beacons (PROTOCOL.md §1, §3):
+ * Every route of the relay router against real beacons (docs/protocol.md §1, §3):
  * WSS->WSS, WSS->UDP, UDP->WSS, UDP->UDP, unknown, beacon peers (real pairs
  * and UDP sockets configured as beacon peers), stranger Syncs, both
  * anti-spoofing rules, and Discover over WebSocket (direct and proxied).

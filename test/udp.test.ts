@@ -1,5 +1,5 @@
 /**
- * The UDP side against a real beacon (PROTOCOL.md §1): Discover,
+ * The UDP side against a real beacon (docs/protocol.md §1): Discover,
  * PunchRequest, malformed and unexpected datagrams, and the
  * beacon_udp_packets_total counter, with real sockets on 127.0.0.1.
  */

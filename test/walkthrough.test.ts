@@ -19,7 +19,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { CLIENT_DEFAULTS } from '../lib/client/compat-client';
 import { DEFAULTS } from '../lib/config';
-import { commands, promised, readWalkthrough, step } from './helpers/walkthrough';
+import { commands, promised, readSubsection, readWalkthrough, step } from './helpers/walkthrough';
 
 const ROOT = join(__dirname, '..', '..');
 const README = join(ROOT, 'README.md');
@@ -43,6 +43,10 @@ test('the walkthrough has its steps 0-7, with the commands and promised output t
   assert.ok(promised(step(steps, 5)).includes('from 7777: hello bob'));
   assert.match(commands(step(steps, 6))[0], /^beacon-client discover 127\.0\.0\.1:9001 /);
   assert.equal(promised(step(steps, 7)).length, 4);
+  // Trying Caddy locally must not touch the system's trust store.
+  const tls = readSubsection(readFileSync(README, 'utf8'), 'Through TLS');
+  assert.ok(tls.blocks.some((b) => b.lines.some((l) => l.trim() === 'skip_install_trust')), 'the local Caddyfile sets skip_install_trust');
+  assert.match(tls.text.replace(/\s+/g, ' '), /Caddy running as root adds its local CA to the system's trusted roots/);
 });
 
 test('the reconnect waits the docs give are the ones the code\'s constants produce', () => {
@@ -69,7 +73,7 @@ function canIsolate(): boolean {
   return probe.status === 0;
 }
 
-test('the walkthrough runs as written: two identities, a beacon, WebSocket and UDP both ways, a restart', async (t) => {
+test('the walkthrough runs as written: two identities, a beacon, WebSocket and UDP both ways, TLS through a local Caddy, a restart', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'beacon-walkthrough-'));
   dirs.push(dir);
   // The project's layout as the walkthrough sees it: built, installed.
@@ -88,5 +92,6 @@ test('the walkthrough runs as written: two identities, a beacon, WebSocket and U
   assert.equal(code, 0, `the walkthrough failed:\n${output}`);
   // It really went through the last step.
   assert.match(output, /stdout: from 8888: back over wss\n/);
+  assert.match(output, /\$ beacon-client send wss:\/\/localhost:8444\/v1\/compat .*\n  stdout: from 7777: ping\n/);
   assert.match(output, /stderr: beacon-client: reconnecting in \d+ ms \(attempt 1, restarting\)\n/);
 });

@@ -1,4 +1,4 @@
-/** The compat handshake of PROTOCOL.md §2 against the real beacon. */
+/** The compat handshake of docs/protocol.md §2 against the real beacon. */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';

@@ -1,5 +1,5 @@
 /**
- * The beacon's half of the compat handshake (PROTOCOL.md §2).
+ * The beacon's half of the compat handshake (docs/protocol.md §2).
  *
  * - A challenge is 32 random bytes sent as 64 lowercase hex chars.
  * - Verification uses Node's native Ed25519 (about 100× faster than pure

@@ -1,6 +1,6 @@
 /**
  * A cache in front of a slow key source (the registry), so a reconnect storm
- * does not become a registry storm (PROTOCOL.md §4).
+ * does not become a registry storm (docs/protocol.md §4).
  *
  * - Found keys are remembered for `keyCacheTtlMs`, unknown nodes for
  *   `keyCacheNegativeTtlMs`; `unavailable` is never remembered.

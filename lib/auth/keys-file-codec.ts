@@ -1,5 +1,5 @@
 /**
- * The keys file's bytes <-> KeySet (PROTOCOL.md §4: `{"7777": "<base64 of
+ * The keys file's bytes <-> KeySet (docs/protocol.md §4: `{"7777": "<base64 of
  * 32 bytes>", …}`). No I/O: the KeysFile, its reload worker and `beacon
  * keys add` call these.
  *

@@ -1,5 +1,5 @@
 /**
- * The JSON keys file of PROTOCOL.md §4: `{"7777": "<base64 of 32 bytes>", …}`.
+ * The JSON keys file of docs/protocol.md §4: `{"7777": "<base64 of 32 bytes>", …}`.
  *
  * - `loadKeysFile` reads and validates the whole file, or throws a
  *   KeysFileError naming the file, the entry at fault and the fix; a file

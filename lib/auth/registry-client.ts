@@ -1,5 +1,5 @@
 /**
- * A client for the Pilot registry's key lookups (PROTOCOL.md §4).
+ * A client for the Pilot registry's key lookups (docs/protocol.md §4).
  *
  * - Wire: each message is a u32 big-endian length and that many bytes of
  *   JSON (at most 1 MiB); a larger length is a protocol error.

@@ -1,6 +1,6 @@
 /**
  * CompatClient: a daemon's one long-lived compat WebSocket to a beacon
- * (PROTOCOL.md §2), with the handshake, keepalive and reconnects done right.
+ * (docs/protocol.md §2), with the handshake, keepalive and reconnects done right.
  *
  * - Dials ws:// or wss:// (a private CA through `ca`) with subprotocol
  *   pilot.v1 and a 64 KiB message limit; waits for auth_challenge, signs

@@ -7,7 +7,7 @@
  * - `discoverOverUdp`: Discover over UDP (udp-discover.ts).
  * - Packet helpers are lib/protocol's, re-exported here: the project has one
  *   codec, shared by the beacon and its clients.
- * - Identity files are lib/identity's (PROTOCOL.md §5), re-exported here.
+ * - Identity files are lib/identity's (docs/protocol.md §5), re-exported here.
  * - Errors carry stable codes (errors.ts); the CLI's work is in cli.ts.
  */
 export * from './compat-client';

@@ -1,5 +1,5 @@
 /**
- * The UDP side of a daemon (PROTOCOL.md §1): what a daemon that can use
+ * The UDP side of a daemon (docs/protocol.md §1): what a daemon that can use
  * UDP does instead of the compat WebSocket.
  *
  * - `UdpNode` owns one UDP socket connected to the beacon, so only the

@@ -106,7 +106,7 @@ export class Directory {
     return instance.live && !instance.self ? instance : undefined;
   }
 
-  /** Attached over WebSocket to another live instance (PROTOCOL.md §3 across instances). */
+  /** Attached over WebSocket to another live instance (docs/protocol.md §3 across instances). */
   isWssElsewhere(nodeId: NodeId): boolean {
     const placement = this.mirror.get(nodeId);
     return placement !== undefined && placement.kind === 'wss' && placement.instance.live && !placement.instance.self;

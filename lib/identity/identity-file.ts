@@ -1,5 +1,5 @@
 /**
- * Daemon identities and their files (PROTOCOL.md §5).
+ * Daemon identities and their files (docs/protocol.md §5).
  *
  * - An identity is an Ed25519 key pair; the file is JSON
  *   `{"public_key": b64(32), "private_key": b64(64)}` where the private key

@@ -1,5 +1,5 @@
 /**
- * The compat WebSocket transport (PROTOCOL.md §2): path, subprotocol, size
+ * The compat WebSocket transport (docs/protocol.md §2): path, subprotocol, size
  * limit, close codes and the text control messages of the handshake.
  *
  * - Control messages are JSON on text frames; binary frames carry §1 packets.

@@ -1,5 +1,5 @@
 /**
- * Beacon packets (PROTOCOL.md §1): bytes <-> typed packets, no I/O.
+ * Beacon packets (docs/protocol.md §1): bytes <-> typed packets, no I/O.
  *
  * - The same packets travel over UDP (one per datagram) and over the compat
  *   WebSocket (one per binary message).

@@ -1,5 +1,5 @@
 /**
- * Beacon peers and the nodes they announce (PROTOCOL.md §1, Sync).
+ * Beacon peers and the nodes they announce (docs/protocol.md §1, Sync).
  *
  * - Only configured peer addresses are beacon peers: a Sync from anyone
  *   else is refused, since it could claim nodes and hijack their traffic.

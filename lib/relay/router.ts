@@ -1,6 +1,6 @@
 /**
  * The relay router: for every Relay, from either transport, decide where it
- * goes and hand it to that transport (PROTOCOL.md §1, §2).
+ * goes and hand it to that transport (docs/protocol.md §1, §2).
  *
  * - Order: attached over WebSocket -> RelayDeliver via writeFrame; else a
  *   UDP endpoint -> RelayDeliver datagram; else attached to another live

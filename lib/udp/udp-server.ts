@@ -1,5 +1,5 @@
 /**
- * The beacon's UDP side (PROTOCOL.md §1): one socket, IPv4 or IPv6.
+ * The beacon's UDP side (docs/protocol.md §1): one socket, IPv4 or IPv6.
  *
  * - Discover records the source as the node's endpoint and answers with it;
  *   PunchRequest records the requester and sends each side a PunchCommand

@@ -1,5 +1,5 @@
 /**
- * The compat WebSocket listener at /v1/compat (PROTOCOL.md §2, §3).
+ * The compat WebSocket listener at /v1/compat (docs/protocol.md §2, §3).
  *
  * - Admission runs in the route's onRequest hook, before any WebSocket
  *   work: draining, --max-peers, --max-handshakes (HTTP 503) and

@@ -1,5 +1,5 @@
 /**
- * The compat handshake on one fresh WebSocket (PROTOCOL.md §2).
+ * The compat handshake on one fresh WebSocket (docs/protocol.md §2).
  *
  * - Sends the challenge, accepts exactly one text auth_reply, looks up the
  *   key registered for the claimed node ID and verifies the signature.

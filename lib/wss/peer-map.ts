@@ -1,5 +1,5 @@
 /**
- * Authenticated peers keyed by node ID (PROTOCOL.md §2, §3).
+ * Authenticated peers keyed by node ID (docs/protocol.md §2, §3).
  *
  * - Last writer wins: attaching a node that is already attached returns the
  *   old peer, which the caller closes.

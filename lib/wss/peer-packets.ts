@@ -1,5 +1,5 @@
 /**
- * What a WebSocket peer may send after auth_ok (PROTOCOL.md §1, §3).
+ * What a WebSocket peer may send after auth_ok (docs/protocol.md §1, §3).
  *
  * - Relay: its sender must be the peer's own node ID; then the router
  *   decides where it goes.

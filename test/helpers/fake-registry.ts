@@ -1,5 +1,5 @@
 /**
- * A real TCP Pilot registry for tests (PROTOCOL.md §4), on 127.0.0.1 port 0.
+ * A real TCP Pilot registry for tests (docs/protocol.md §4), on 127.0.0.1 port 0.
  *
  * - Speaks u32-length-prefixed JSON; answers each connection's requests in
  *   order, one after the other, like the real registry.

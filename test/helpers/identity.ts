@@ -13,7 +13,7 @@ export function makeIdentity(nodeId: number): TestIdentity {
   return { nodeId, ...pair, publicKeyB64: Buffer.from(pair.publicKey).toString('base64') };
 }
 
-/** The keys file content of PROTOCOL.md §4 for `ids`. */
+/** The keys file content of docs/protocol.md §4 for `ids`. */
 export function keysFileJson(ids: readonly TestIdentity[]): string {
   return JSON.stringify(Object.fromEntries(ids.map((id) => [String(id.nodeId), id.publicKeyB64])), null, 2);
 }

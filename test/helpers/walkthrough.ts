@@ -10,12 +10,16 @@
  *   `discover --to`) stay up; "type a line" is a write to their stdin;
  *   Ctrl-C is SIGINT to their process group. Promised output is waited
  *   for, bounded, line by line.
- * - It binds the README's fixed ports (8443, 9001): run it in a network
- *   namespace of its own (test/walkthrough.test.ts does).
+ * - "Through TLS" runs too: its local Caddyfile is written where the text
+ *   says, Caddy is started as shown, and the `send` through it must print
+ *   the promised reply.
+ * - It binds the README's fixed ports (8443, 9001, 8444, 8080): run it in
+ *   a network namespace of its own (test/walkthrough.test.ts does).
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 
 export interface CodeBlock {
   /** 'sh' for commands, '' for promised output. */
@@ -61,6 +65,31 @@ export function readWalkthrough(readme: string): Step[] {
   return steps;
 }
 
+/** An unnumbered subsection of the walkthrough ("Through TLS"): its text and its code blocks. */
+export function readSubsection(readme: string, title: string): { text: string; blocks: CodeBlock[] } {
+  const start = readme.indexOf(`\n### ${title}\n`);
+  if (start < 0) throw new Error(`the walkthrough has no "### ${title}"`);
+  const rest = readme.slice(start + 1);
+  const end = rest.search(/\n##/);
+  const text = end < 0 ? rest : rest.slice(0, end);
+  const blocks: CodeBlock[] = [];
+  let block: CodeBlock | undefined;
+  for (const line of text.split('\n')) {
+    const fence = /^```(\w*)$/.exec(line);
+    if (block) {
+      if (line.startsWith('```')) {
+        blocks.push(block);
+        block = undefined;
+      } else {
+        block.lines.push(line);
+      }
+    } else if (fence) {
+      block = { lang: fence[1], lines: [] };
+    }
+  }
+  return { text, blocks };
+}
+
 /** The step numbered `n`, or an error that says the README changed shape. */
 export function step(steps: readonly Step[], n: number): Step {
   const found = steps.find((s) => s.number === n);
@@ -93,9 +122,12 @@ export class Terminal {
   stderr = '';
   readonly exited: Promise<number | null>;
 
-  constructor(readonly command: string, prelude: string[], cwd: string, private readonly log: (line: string) => void) {
+  constructor(
+    readonly command: string, prelude: string[], cwd: string, private readonly log: (line: string) => void,
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
     const script = ['shopt -s expand_aliases', ...prelude, command].join('\n');
-    this.child = spawn('bash', ['-c', script], { cwd, detached: true, stdio: 'pipe' });
+    this.child = spawn('bash', ['-c', script], { cwd, env, detached: true, stdio: 'pipe' });
     this.child.stdout.setEncoding('utf8').on('data', (t: string) => { this.stdout += t; });
     this.child.stderr.setEncoding('utf8').on('data', (t: string) => { this.stderr += t; });
     this.exited = once(this.child, 'close').then(([code]) => code as number | null);
@@ -157,6 +189,15 @@ export class Terminal {
   }
 }
 
+/** Waits, bounded, for `ready()`. */
+async function until(ready: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + WAIT_MS;
+  while (!ready()) {
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${WAIT_MS} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
 /** Runs a command to its end; it must exit 0. */
 async function runToEnd(t: Terminal): Promise<Terminal> {
   const code = await t.finished();
@@ -178,8 +219,8 @@ export async function runWalkthrough(readme: string, dir: string, log: (line: st
   if (prelude.length !== 1) throw new Error(`step 0 should define the aliases on one line, got: ${setup.join(' | ')}`);
   const open: Terminal[] = [];
   stopped?.addEventListener('abort', () => { for (const t of open) t.kill(); }, { once: true });
-  const term = (command: string) => {
-    const t = new Terminal(command, prelude, dir, log);
+  const term = (command: string, env?: NodeJS.ProcessEnv) => {
+    const t = new Terminal(command, prelude, dir, log, env);
     open.push(t);
     return t;
   };
@@ -220,6 +261,24 @@ export async function runWalkthrough(readme: string, dir: string, log: (line: st
     await bob.waitFor('stdout', 'from 7777: over udp');
     bob.type('back over wss');
     await alice.waitFor('stdout', 'from 8888: back over wss');
+
+    // Through TLS: the local Caddyfile as the text gives it, Caddy in front of the running beacon, a round trip.
+    const tls = readSubsection(readme, 'Through TLS');
+    const caddyfileName = /put\s+this in a file `([^`]+)`/.exec(tls.text)?.[1];
+    const caddyfile = tls.blocks.find((b) => b.lang === '' && b.lines.some((l) => l.includes('tls internal')));
+    const tlsBlock = tls.blocks.find((b) => b.lang === 'sh' && b.lines.some((l) => l.startsWith('caddy run')));
+    const reply = /`send` prints `([^`]+)`/.exec(tls.text)?.[1];
+    if (!caddyfileName || !caddyfile || !tlsBlock || !reply) throw new Error('"Through TLS" lost its local Caddyfile, its commands or the reply it promises');
+    writeFileSync(join(dir, caddyfileName), `${caddyfile.lines.join('\n')}\n`);
+    const [runCaddy, sendThroughTls] = tlsBlock.lines.filter((l) => l.trim() && !l.startsWith('#'));
+    // HOME in the scratch directory: Caddy keeps its own config there, not in the tester's home.
+    const caddy = term(runCaddy, { ...process.env, HOME: dir });
+    await caddy.waitFor('stderr', /"msg":"serving initial configuration"/);
+    const ca = /--ca (\S+)/.exec(sendThroughTls)?.[1];
+    if (ca) await until(() => existsSync(join(dir, ca)), `Caddy's local CA at ${ca}`);
+    const tlsSend = await runToEnd(term(sendThroughTls));
+    await tlsSend.waitFor('stdout', reply);
+    await caddy.interrupt();
 
     // 7: Ctrl-C in terminal 1, the same command again; terminal 2 shows the promised lines.
     const mark = bob.stderr.length;

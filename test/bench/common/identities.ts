@@ -40,7 +40,7 @@ export class Signer {
 
   constructor(readonly nodeId: number, private readonly seedBase64: string, readonly publicKeyBase64: string) {}
 
-  /** Base64 signature of `compat_auth:<node_id>:<nonce>` (PROTOCOL.md §2). */
+  /** Base64 signature of `compat_auth:<node_id>:<nonce>` (docs/protocol.md §2). */
   sign(nonce: string): string {
     this.key ??= createPrivateKey({
       key: Buffer.concat([ED25519_PKCS8_PREFIX, Buffer.from(this.seedBase64, 'base64')]),
