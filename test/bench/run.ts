@@ -16,6 +16,7 @@
  *                                     e.g. --baseline-dist dist --baseline-env WS_NO_BUFFER_UTIL=1,
  *                                     or --baseline-dist dist --baseline-env BEACON_UDP_IO=dgram (batched vs dgram)
  *   BENCH_LOAD_UDP_IO=dgram npm run bench   load generators' UDP clients on dgram instead of the udp-batch addon
+ *   npm run bench -- --keys-count N   keys in the keys-file scenario (9/keys; default 1,000,000, quick 100,000)
  *
  * - Every server runs in its own process on core 0, every load generator
  *   in its own process on core 1 (taskset, when present). Nothing is
@@ -37,6 +38,7 @@ import { memoryPerPeer } from './scenarios/memory';
 import { mixedRoutes } from './scenarios/mixed';
 import { relayThroughput } from './scenarios/relay-throughput';
 import { slowReader } from './scenarios/slow-reader';
+import { keysScale } from './scenarios/keys-scale';
 import { summarizeProfiles } from './profile-summary';
 import { loadUdpBatchAddon } from '../../lib/udp/udp-batch-addon';
 import { markdownTable, printRows } from './report';
@@ -48,7 +50,7 @@ interface Scenario {
 }
 
 function parseArgs(argv: readonly string[]) {
-  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string> };
+  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string> };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -62,6 +64,7 @@ function parseArgs(argv: readonly string[]) {
     else if (a === '--only') args.only = value().split(',');
     else if (a === '--runs') args.runs = Number(value());
     else if (a === '--profile') args.profile = value();
+    else if (a === '--keys-count') args.keysCount = Number(value());
     else if (a === '--baseline-dist') args.baselineDist = value();
     else if (a === '--baseline-env') {
       const [k, ...v] = value().split('=');
@@ -70,6 +73,9 @@ function parseArgs(argv: readonly string[]) {
     else throw new Error(`unknown option ${a}; see the top of test/bench/run.ts`);
   }
   if (!Number.isInteger(args.runs) || args.runs < 1 || args.runs > 20) throw new Error('--runs must be 1..20');
+  if (args.keysCount !== undefined && !(Number.isInteger(args.keysCount) && args.keysCount >= 1 && args.keysCount <= 5_000_000)) {
+    throw new Error('--keys-count must be 1..5000000');
+  }
   return args;
 }
 
@@ -102,6 +108,8 @@ async function main(): Promise<void> {
 
   const windowMs = quick ? 200 : 1_000;
   const scenarios: Scenario[] = [
+    // The keys-file scenario runs first: it needs no load generators and leaves nothing behind.
+    { id: '9', name: 'keys', run: (s) => keysScale(s, { keys: args.keysCount ?? (quick ? 100_000 : 1_000_000) }) },
     { id: '1', name: 'wss', run: (s) => relayThroughput(s, { via: 'wss', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 1 : 3, latencyWindowMs: quick ? 150 : 1_000 }) },
     { id: '2', name: 'udp', run: (s) => relayThroughput(s, { via: 'udp', pairs: 32, payloads: quick ? [64] : [64, 1200], windowMs, searchWindowMs: quick ? 150 : 600, searchSteps: quick ? 1 : 3, latencyWindowMs: 0 }) },
     { id: '3', name: 'mixed', run: (s) => mixedRoutes(s, { pairs: 16, payload: 64, windowMs: quick ? 150 : windowMs, searchWindowMs: quick ? 100 : 600, searchSteps: quick ? 1 : 3 }) },

@@ -6,15 +6,19 @@
  * - BEACON_UDP_IO (batched, dgram) picks the UDP transport, as the flag's
  *   variable does; unset, the default (batched where the addon is built).
  * - Answers `stats` (counters, memory), `gc` (collect, then memory),
- *   `heapSnapshot` and `profileStart` (CPU profile, written to `profileDir`
- *   on exit) over IPC; the orchestrator reads CPU time and RSS from /proc instead while
- *   the beacon is busy.
+ *   `heapSnapshot`, `profileStart` (CPU profile, written to `profileDir`
+ *   on exit), `reloadKeys` (as SIGHUP) and `loopWatchStart`/`loopWatchStop`
+ *   (how long the event loop went without turning in between,
+ *   servers/loop-watch.ts) over IPC;
+ *   the orchestrator reads CPU time and RSS from /proc instead while the
+ *   beacon is busy.
  */
 import { startBeacon } from '../../../lib/beacon';
 import { makeConfig, type BeaconConfig } from '../../../lib/config';
 import { serve, sendReady } from '../common/serve';
 import { writeHeapSnapshot } from 'node:v8';
 import { collect } from './memory';
+import { LoopWatch } from './loop-watch';
 import { startProfiling, stopProfiling } from './profiler';
 
 async function main(): Promise<void> {
@@ -26,11 +30,23 @@ async function main(): Promise<void> {
     ...(process.env.BEACON_UDP_IO ? { udpIo: process.env.BEACON_UDP_IO as BeaconConfig['udpIo'] } : {}),
     ...overrides,
   }));
+  // How long the loop went without turning, between loopWatchStart and loopWatchStop (the keys-file scenario).
+  let loopWatch: LoopWatch | undefined;
   serve({
     stats: () => ({ stats: beacon.metrics().stats, peers: beacon.peerCount(), memory: process.memoryUsage() }),
     gc: () => collect(),
     heapSnapshot: (args: { file: string }) => writeHeapSnapshot(args.file),
     profileStart: () => startProfiling(),
+    reloadKeys: () => beacon.reloadKeys(),
+    loopWatchStart: (args: { resolutionMs: number }) => {
+      loopWatch?.stop();
+      loopWatch = new LoopWatch(args.resolutionMs);
+    },
+    loopWatchStop: () => {
+      const got = loopWatch?.stop();
+      loopWatch = undefined;
+      return got ?? null;
+    },
   }, async () => {
     if (profileDir) await stopProfiling(profileDir);
     await beacon.close();
