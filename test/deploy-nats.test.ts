@@ -31,6 +31,23 @@ async function ports(cluster = false): Promise<NatsPorts> {
   return { client: await freeTcpPort(), monitor: await freeTcpPort(), ...(cluster ? { cluster: await freeTcpPort() } : {}) };
 }
 
+/** Asks `attempt` every 250 ms until it gives a value (failures count as no value yet); 45 s at most. */
+async function eventually<T>(attempt: () => Promise<T | undefined>, what: string): Promise<T> {
+  const deadline = Date.now() + 45_000;
+  let last = 'no answer yet';
+  for (;;) {
+    try {
+      const value = await attempt();
+      if (value !== undefined) return value;
+      last = 'not yet';
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`no ${what} within 45 s (last: ${last})`);
+    await sleep(250);
+  }
+}
+
 async function login(port: number, user?: string, pass?: string) {
   const result = await NatsProbe.login(port, user, pass);
   probes.push(result.probe);
@@ -114,10 +131,10 @@ test('three machines: three servers form one JetStream cluster, keep the directo
   servers.push(...started);
 
   // The JetStream meta group of three elects a leader.
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + 45_000;
   let meta: Record<string, unknown> | undefined;
   while (Date.now() < deadline) {
-    meta = (await started[0]!.monitor('/jsz')).meta_cluster as Record<string, unknown> | undefined;
+    meta = (await started[0]!.monitor('/jsz').catch(() => ({}) as Record<string, unknown>)).meta_cluster as Record<string, unknown> | undefined;
     if (meta?.leader && meta.cluster_size === 3) break;
     await sleep(200);
   }
@@ -129,27 +146,31 @@ test('three machines: three servers form one JetStream cluster, keep the directo
   const created = await beacon.probe.request('$JS.API.STREAM.CREATE.KV_beacon-directory', DIRECTORY_STREAM, 10_000);
   assert.equal(created.error, undefined, JSON.stringify(created));
   assert.equal((created.config as { num_replicas: number }).num_replicas, 3);
-  const cluster = created.cluster as { leader: string; replicas?: unknown[] };
-  assert.equal(cluster.replicas?.length, 2, `three replicas: a leader and two followers: ${JSON.stringify(cluster)}`);
-  const ack = await beacon.probe.request('$KV.beacon-directory.7777', 'w beacon-host-1', 5_000);
+
+  // The bucket's own group elects a leader (seconds on a loaded machine); then a write is acknowledged.
+  const led = await eventually(async () => {
+    const info = await beacon.probe.request('$JS.API.STREAM.INFO.KV_beacon-directory', '', 2_000);
+    const cluster = info.cluster as { leader?: string; replicas?: { name: string }[] } | undefined;
+    return cluster?.leader ? cluster : undefined;
+  }, 'a leader for the bucket');
+  assert.equal(led.replicas?.length, 2, `three replicas: a leader and two followers: ${JSON.stringify(led)}`);
+  const ack = await eventually(async () => {
+    const answer = await beacon.probe.request('$KV.beacon-directory.7777', 'w beacon-host-1', 2_000);
+    return answer.stream ? answer : undefined;
+  }, 'the write to be acknowledged');
   assert.equal(ack.stream, 'KV_beacon-directory', JSON.stringify(ack));
 
   // Stop the server that leads the bucket: a survivor takes over, with the entry.
-  const leaderIndex = Number(/beacon-nats-(\d)/.exec(cluster.leader)?.[1]) - 1;
-  assert.ok(leaderIndex >= 0 && leaderIndex < 3, cluster.leader);
+  const leaderIndex = Number(/beacon-nats-(\d)/.exec(led.leader!)?.[1]) - 1;
+  assert.ok(leaderIndex >= 0 && leaderIndex < 3, led.leader);
   await started[leaderIndex]!.stop();
   const survivor = all[(leaderIndex + 1) % 3]!;
   const other = await login(survivor.client, 'beacon', password);
   assert.equal(other.answer, 'PONG');
-  let info: Record<string, unknown> | undefined;
-  const until = Date.now() + 20_000;
-  while (Date.now() < until) {
-    info = await other.probe.request('$JS.API.STREAM.INFO.KV_beacon-directory', '', 5_000).catch(() => undefined);
-    const leader = (info?.cluster as { leader?: string } | undefined)?.leader;
-    if (leader && leader !== cluster.leader) break;
-    await sleep(250);
-  }
-  const after = info?.cluster as { leader?: string } | undefined;
-  assert.ok(after?.leader && after.leader !== cluster.leader, `no new leader for the bucket: ${JSON.stringify(info)}`);
-  assert.equal((info!.state as { messages: number }).messages, 1, 'the entry survived the loss of a server');
+  const after = await eventually(async () => {
+    const info = await other.probe.request('$JS.API.STREAM.INFO.KV_beacon-directory', '', 2_000);
+    const leader = (info.cluster as { leader?: string } | undefined)?.leader;
+    return leader && leader !== led.leader ? info : undefined;
+  }, 'a new leader for the bucket');
+  assert.equal((after.state as { messages: number }).messages, 1, 'the entry survived the loss of a server');
 });

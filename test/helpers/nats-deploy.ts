@@ -117,6 +117,10 @@ export class NatsProbe {
   private buffer = '';
   private readonly waiters = new Set<() => void>();
   private ended = false;
+  /** Subscription IDs: one per request, so a late reply to an earlier one is never taken for this one's. */
+  private sid = 0;
+  /** The last lines passed over while waiting (late replies, -ERR), for failure messages. */
+  private skipped: string[] = [];
 
   private constructor(private readonly socket: net.Socket) {
     socket.setEncoding('utf8');
@@ -142,14 +146,18 @@ export class NatsProbe {
 
   /** A request: the first reply on a fresh inbox, parsed as JSON. */
   async request(subject: string, body: unknown, timeoutMs = 5_000): Promise<Record<string, unknown>> {
-    const inbox = `_INBOX.probe${Math.random().toString(36).slice(2)}`;
+    const sid = ++this.sid;
+    const inbox = `_INBOX.probe${sid}`;
     const payload = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body), 'utf8');
-    this.socket.write(`SUB ${inbox} 1\r\nPUB ${subject} ${inbox} ${payload.length}\r\n${payload.toString('utf8')}\r\n`);
-    const header = await this.line(new RegExp(`^MSG ${inbox.replace(/\./g, '\\.')} 1 \\d+$`), timeoutMs);
-    const size = Number(header.split(' ').at(-1));
-    const data = await this.take(size, timeoutMs);
-    this.socket.write('UNSUB 1\r\n');
-    return JSON.parse(data) as Record<string, unknown>;
+    this.socket.write(`SUB ${inbox} ${sid}\r\nPUB ${subject} ${inbox} ${payload.length}\r\n${payload.toString('utf8')}\r\n`);
+    try {
+      // MSG <subject> <sid> [reply-to] <bytes>; a message that crossed a route may carry extra spaces.
+      const header = await this.line(new RegExp(`^MSG\\s+${inbox.replace(/\./g, '\\.')}\\s+${sid}\\s+(?:\\S+\\s+)?\\d+$`), timeoutMs);
+      const size = Number(header.trim().split(/\s+/).at(-1));
+      return JSON.parse(await this.take(size, timeoutMs)) as Record<string, unknown>;
+    } finally {
+      this.socket.write(`UNSUB ${sid}\r\n`);
+    }
   }
 
   close(): void {
@@ -170,6 +178,7 @@ export class NatsProbe {
         this.buffer = this.buffer.slice(end + 2);
         if (line === 'PING') { this.socket.write('PONG\r\n'); continue; }
         if (pattern.test(line)) return line;
+        this.skipped = [...this.skipped, line].slice(-5);
       }
     });
   }
@@ -191,7 +200,10 @@ export class NatsProbe {
         if (got !== undefined) { done(); resolve(got); return; }
         if (this.ended) { done(); reject(new Error(`the NATS connection closed while waiting for ${what}; unread: ${this.buffer}`)); }
       };
-      const timer = setTimeout(() => { done(); reject(new Error(`no ${what} from NATS within ${ms} ms; unread: ${this.buffer}`)); }, ms);
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ${what} from NATS within ${ms} ms; passed over: ${JSON.stringify(this.skipped)}; unread: ${this.buffer}`));
+      }, ms);
       const done = () => { clearTimeout(timer); this.waiters.delete(check); };
       this.waiters.add(check);
       check();
