@@ -27,8 +27,8 @@ const PROMETHEUS_OWN = new Set(['up']);
  * A beacon exports them only when started with --cluster, so the beacon
  * this test scrapes (a single process) does not: the alerts and the
  * dashboard may name these, and only these, beyond what it exports.
- * (Note for later: once the cluster is on main, this test can scrape an
- * instance started with --cluster against a real nats-server instead.)
+ * That a real instance started with --cluster does export each of them is
+ * checked by test/deploy-cluster-e2e.test.ts (a real nats-server).
  */
 const CLUSTER_ONLY = new Set([
   'beacon_cluster_connected', 'beacon_cluster_instances', 'beacon_cluster_directory_entries',
