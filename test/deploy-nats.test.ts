@@ -48,24 +48,61 @@ async function eventually<T>(attempt: () => Promise<T | undefined>, what: string
   }
 }
 
+interface StreamDetail {
+  name: string;
+  config: { num_replicas: number };
+  state: { messages: number };
+  cluster?: { leader?: string; replicas?: { name: string; current?: boolean }[] };
+}
+
+/** The directory bucket's stream as `server` reports it on its monitoring port (/jsz). */
+async function directoryStream(server: RunningNats): Promise<StreamDetail | undefined> {
+  const jsz = await server.monitor('/jsz?accounts=true&streams=true&config=true');
+  const accounts = (jsz.account_details ?? []) as { name: string; stream_detail?: StreamDetail[] }[];
+  return accounts.find((a) => a.name === 'BEACON')?.stream_detail?.find((st) => st.name === 'KV_beacon-directory');
+}
+
+/**
+ * Three servers on the three-machine file, on free ports. A port found free
+ * can be taken by another process before the server binds it: then all
+ * three start again on new ports (three tries).
+ */
+async function startThree(shipped: string): Promise<{ all: NatsPorts[]; started: RunningNats[] }> {
+  for (let attempt = 1; ; attempt++) {
+    const all = [await ports(true), await ports(true), await ports(true)];
+    const routePorts = all.map((p) => p.cluster!);
+    const results = await Promise.allSettled(all.map((p, i) => startNats(
+      adaptNatsConfig(shipped, p, tempDir(`nats-store-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
+    const started = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
+    servers.push(...started);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) return { all, started };
+    for (const server of started) await server.stop();
+    if (attempt === 3 || !/address already in use/.test(String(failed.reason))) throw failed.reason;
+  }
+}
+
 async function login(port: number, user?: string, pass?: string) {
   const result = await NatsProbe.login(port, user, pass);
   probes.push(result.probe);
   return result;
 }
 
-/** The directory bucket's stream, as the beacon's KV client makes it, with three replicas. */
-const DIRECTORY_STREAM = {
-  name: 'KV_beacon-directory',
-  subjects: ['$KV.beacon-directory.>'],
-  retention: 'limits',
-  max_msgs_per_subject: 1,
-  storage: 'file',
-  num_replicas: 3,
-  discard: 'new',
-  allow_rollup_hdrs: true,
-  allow_direct: true,
-};
+const BUCKET_SCRIPT = join(REPO_ROOT, 'deploy', 'nats-directory-bucket');
+
+/** Runs deploy/nats-directory-bucket as the guide does: cluster.env's variables, its URL moved to `clientPorts`. */
+async function setReplicas(replicas: string, clientPorts: number[], password?: string) {
+  const env = Object.fromEntries(parseEnvFile(readShipped(join(REPO_ROOT, 'deploy', 'cluster.env')))
+    .filter((e) => !e.commented).map((e) => [e.name, e.value]));
+  const shipped = new URL(env.BEACON_CLUSTER!);
+  env.BEACON_CLUSTER = clientPorts.map((port) => {
+    const url = new URL(shipped.href);
+    url.port = String(port);
+    if (password !== undefined) url.password = password;
+    return url.href.replace(/\/$/, '');
+  }).join(',');
+  return run(process.execPath, [BUCKET_SCRIPT, replicas], { env: { PATH: process.env.PATH, ...env }, timeoutMs: 30_000 });
+}
 
 test('nats-server -t accepts both shipped configurations, and rejects a broken copy', async () => {
   const bin = requireTool('nats-server');
@@ -117,18 +154,29 @@ test('one machine: JetStream on, loopback only, and only the beacon user with it
   const account = await beacon.probe.request('$JS.API.INFO', '');
   assert.equal(account.error, undefined, `JetStream is not enabled for the beacon's account: ${JSON.stringify(account)}`);
   assert.equal(account.type, 'io.nats.jetstream.api.v1.account_info_response');
-  // One server: a bucket of one replica is created; three cannot be placed.
-  const r1 = await beacon.probe.request('$JS.API.STREAM.CREATE.KV_beacon-directory', { ...DIRECTORY_STREAM, num_replicas: 1 });
-  assert.equal(r1.error, undefined, JSON.stringify(r1));
+
+  // The replicas script: one server keeps one copy; three are refused with the fix; a wrong password is refused.
+  const three = await setReplicas('3', [p.client]);
+  assert.equal(three.code, 1, three.stdout + three.stderr);
+  assert.match(three.stderr, /^nats-directory-bucket: this NATS server is not part of a NATS cluster, so it cannot keep 3 copies; .*nats-server-3\.conf/);
+  const one = await setReplicas('1', [p.client]);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal(one.stdout, 'nats-directory-bucket: created the bucket beacon-directory with 1 replica\n');
+  const again = await setReplicas('1', [p.client]);
+  assert.match(again.stdout, /already has 1 replica; nothing to do/);
+  const denied = await setReplicas('1', [p.client], 'wrong');
+  assert.equal(denied.code, 1);
+  assert.match(denied.stderr, /Authorization Violation/);
+  for (const bad of ['0', 'three']) {
+    const refused = await setReplicas(bad, [p.client]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /is not a number of replicas from 1 to 5/);
+  }
 });
 
 test('three machines: three servers form one JetStream cluster, keep the directory with three replicas, and keep it when its leader stops', async () => {
   const shipped = readShipped(NATS_THREE_CONF);
-  const all = [await ports(true), await ports(true), await ports(true)];
-  const routePorts = all.map((p) => p.cluster!);
-  const started = await Promise.all(all.map((p, i) => startNats(
-    adaptNatsConfig(shipped, p, tempDir(`nats-store-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
-  servers.push(...started);
+  const { all, started } = await startThree(shipped);
 
   // The JetStream meta group of three elects a leader.
   const deadline = Date.now() + 45_000;
@@ -143,34 +191,43 @@ test('three machines: three servers form one JetStream cluster, keep the directo
   const password = shippedPassword(shipped, 'beacon');
   const beacon = await login(all[0]!.client, 'beacon', password);
   assert.equal(beacon.answer, 'PONG');
-  const created = await beacon.probe.request('$JS.API.STREAM.CREATE.KV_beacon-directory', DIRECTORY_STREAM, 10_000);
-  assert.equal(created.error, undefined, JSON.stringify(created));
-  assert.equal((created.config as { num_replicas: number }).num_replicas, 3);
-
-  // The bucket's own group elects a leader (seconds on a loaded machine); then a write is acknowledged.
-  const led = await eventually(async () => {
-    const info = await beacon.probe.request('$JS.API.STREAM.INFO.KV_beacon-directory', '', 2_000);
-    const cluster = info.cluster as { leader?: string; replicas?: { name: string }[] } | undefined;
-    return cluster?.leader ? cluster : undefined;
-  }, 'a leader for the bucket');
-  assert.equal(led.replicas?.length, 2, `three replicas: a leader and two followers: ${JSON.stringify(led)}`);
+  // The instances create the bucket with one copy and write to it; the script (docs/cluster-deploy.md) raises it to three.
+  const created = await setReplicas('1', all.map((p) => p.client));
+  assert.equal(created.code, 0, created.stderr);
   const ack = await eventually(async () => {
     const answer = await beacon.probe.request('$KV.beacon-directory.7777', 'w beacon-host-1', 2_000);
     return answer.stream ? answer : undefined;
   }, 'the write to be acknowledged');
   assert.equal(ack.stream, 'KV_beacon-directory', JSON.stringify(ack));
+  const raised = await eventually(async () => {
+    const result = await setReplicas('3', all.map((p) => p.client));
+    return result.code === 0 ? result : undefined;
+  }, 'the bucket raised to three replicas');
+  // (A retry after a lost answer finds the work done.)
+  assert.match(raised.stdout, /^nats-directory-bucket: (the bucket beacon-directory now has 3 replicas \(it had 1\); its 1 entry is kept|the bucket beacon-directory already has 3 replicas; nothing to do)\n$/);
+
+  // The bucket's group of three: a leader and two followers, each caught up (seconds on a loaded machine).
+  // (Only the leader knows whether its followers are current: ask it.)
+  const led = await eventually(async () => {
+    const leader = (await directoryStream(started[0]!))?.cluster?.leader;
+    const index = Number(/^beacon-nats-(\d)$/.exec(leader ?? '')?.[1]) - 1;
+    if (!(index >= 0 && index < 3)) return undefined;
+    const info = await directoryStream(started[index]!);
+    const cluster = info?.cluster;
+    const replicas = cluster?.replicas ?? [];
+    const ready = info?.config.num_replicas === 3 && cluster?.leader === leader
+      && replicas.length === 2 && replicas.every((r) => r.current);
+    return ready ? cluster : undefined;
+  }, 'three current replicas of the bucket');
 
   // Stop the server that leads the bucket: a survivor takes over, with the entry.
   const leaderIndex = Number(/beacon-nats-(\d)/.exec(led.leader!)?.[1]) - 1;
   assert.ok(leaderIndex >= 0 && leaderIndex < 3, led.leader);
   await started[leaderIndex]!.stop();
-  const survivor = all[(leaderIndex + 1) % 3]!;
-  const other = await login(survivor.client, 'beacon', password);
-  assert.equal(other.answer, 'PONG');
+  const survivor = started[(leaderIndex + 1) % 3]!;
   const after = await eventually(async () => {
-    const info = await other.probe.request('$JS.API.STREAM.INFO.KV_beacon-directory', '', 2_000);
-    const leader = (info.cluster as { leader?: string } | undefined)?.leader;
-    return leader && leader !== led.leader ? info : undefined;
+    const info = await directoryStream(survivor);
+    return info?.cluster?.leader && info.cluster.leader !== led.leader ? info : undefined;
   }, 'a new leader for the bucket');
-  assert.equal((after.state as { messages: number }).messages, 1, 'the entry survived the loss of a server');
+  assert.equal(after.state.messages, 1, 'the entry survived the loss of a server');
 });
