@@ -3,8 +3,9 @@
  * beacon-client: checks a beacon deployment end to end from the daemon's
  * side. Parses flags and calls lib/client/cli.ts; nothing else lives here.
  *
- *   beacon-client connect URL --identity FILE --node-id N [--to DEST] [--ca FILE]
- *   beacon-client send URL --identity FILE --node-id N --to DEST --data TEXT [--wait DURATION] [--ca FILE]
+ *   beacon-client connect URL... --identity FILE --node-id N [--to DEST] [--ca FILE]
+ *   beacon-client send URL... --identity FILE --node-id N --to DEST --data TEXT [--wait DURATION] [--ca FILE]
+ * Several URLs: failover between them, in order (lib/client/compat-client.ts).
  *   beacon-client discover HOST:PORT --node-id N [--listen] [--to DEST]
  *
  * Every error, commander's own included, is one line starting
@@ -29,6 +30,7 @@ function arg<T>(parse: (text: string) => T): (text: string) => T {
   };
 }
 const nodeId = arg((text) => parsePositiveInt(text, MAX_NODE_ID));
+const URLS_HELP = 'ws://HOST:PORT/v1/compat or wss://HOST/v1/compat; several to fail over between them (first one first, then the next on every reconnect)';
 const duration = arg(parseDuration);
 const udpAddress = arg((text) => parseHostPort(text, '127.0.0.1:9001'));
 
@@ -68,10 +70,10 @@ async function main(argv: string[]): Promise<number> {
 
   clientOptions(program.command('connect')
     .description('connect, print each relayed packet as "from <sender>: <payload>", relay stdin lines to --to')
-    .argument('<url>', 'ws://HOST:PORT/v1/compat or wss://HOST/v1/compat')
+    .argument('<url...>', URLS_HELP)
     .option('--to <dest>', 'relay each line read from stdin to this node', nodeId)
     .addHelpText('after', helpFooter(EXAMPLES.connect)))
-    .action((url: string, opts: ClientOpts & { to?: number }) => {
+    .action((url: string[], opts: ClientOpts & { to?: number }) => {
       const stop = new AbortController();
       process.once('SIGINT', () => stop.abort());
       process.once('SIGTERM', () => stop.abort());
@@ -85,12 +87,12 @@ async function main(argv: string[]): Promise<number> {
     .description('connect, relay one payload to --to, exit 0 once the beacon took it. Delivery is not confirmed '
       + '(the protocol has no delivery report; the beacon drops a packet for a node that is not connected): '
       + 'with --wait, exit 0 only if --to replies in time, else 1')
-    .argument('<url>', 'ws://HOST:PORT/v1/compat or wss://HOST/v1/compat')
+    .argument('<url...>', URLS_HELP)
     .requiredOption('--to <dest>', `node to relay to${REQUIRED}`, nodeId)
     .requiredOption('--data <text>', `payload (UTF-8 text)${REQUIRED}`)
     .option('--wait <duration>', `wait this long for a reply from --to and print it: the only confirmation that --to got the message (e.g. 30s)`, duration)
     .addHelpText('after', helpFooter(EXAMPLES.send)))
-    .action((url: string, opts: ClientOpts & { to: number; data: string; wait?: number }) => {
+    .action((url: string[], opts: ClientOpts & { to: number; data: string; wait?: number }) => {
       result = runSend({
         url, identityFile: opts.identity, nodeId: opts.nodeId, caFile: opts.ca, connectTimeoutMs: opts.timeout,
         to: opts.to, data: opts.data, waitMs: opts.wait,

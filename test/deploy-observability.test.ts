@@ -22,6 +22,19 @@ import {
 /** Series Prometheus makes itself for every target; not the beacon's to export. */
 const PROMETHEUS_OWN = new Set(['up']);
 
+/**
+ * The cluster metrics of issue 14, named exactly as the issue names them.
+ * A beacon exports them only when started with --cluster, so the beacon
+ * this test scrapes (a single process) does not: the alerts and the
+ * dashboard may name these, and only these, beyond what it exports.
+ * That a real instance started with --cluster does export each of them is
+ * checked by test/deploy-cluster-e2e.test.ts (a real nats-server).
+ */
+const CLUSTER_ONLY = new Set([
+  'beacon_cluster_connected', 'beacon_cluster_instances', 'beacon_cluster_directory_entries',
+  'beacon_cluster_frames_total', 'beacon_cluster_batches_total',
+]);
+
 let tb: TestBeacon;
 let exported: Set<string>;
 
@@ -59,6 +72,10 @@ test('the alerts cover what an operator needs', () => {
   assert.match(exprOf('BeaconPeersNearLimit'), /beacon_wss_peers \/ beacon_wss_max_peers/);
   assert.match(exprOf('BeaconMetricsScrapeFailing'), /up\{job="beacon"\}/);
   assert.match(exprOf('BeaconEventLoopLagHigh'), /beacon_nodejs_eventloop_lag/);
+  // Issue 14: NATS disconnected, an instance gone, cross-instance drops.
+  assert.match(exprOf('BeaconClusterDisconnected'), /beacon_cluster_connected == 0/);
+  assert.match(exprOf('BeaconClusterInstanceGone'), /beacon_cluster_instances < max_over_time\(beacon_cluster_instances\[1h\]\)/);
+  assert.match(exprOf('BeaconClusterDropping'), /beacon_dropped_total\{reason="cluster_unavailable"\}/);
   assert.equal(new Set(rules.map((r) => r.alert)).size, rules.length, 'alert names are unique');
 });
 
@@ -83,6 +100,10 @@ const HEALTHY: Record<string, string> = {
   'beacon_process_open_fds{job="beacon",instance="healthy"}': '15100x40',
   'beacon_process_max_fds{job="beacon",instance="healthy"}': '65536x40',
   'beacon_process_resident_memory_bytes{job="beacon",instance="healthy"}': '300000000x40',
+  // A healthy cluster instance: connected, four instances all along, no cluster drops.
+  'beacon_cluster_connected{job="beacon",instance="healthy"}': '1x40',
+  'beacon_cluster_instances{job="beacon",instance="healthy"}': '4x40',
+  'beacon_dropped_total{job="beacon",instance="healthy",reason="cluster_unavailable"}': '0x40',
 };
 
 const FIRING: Record<string, Record<string, string>> = {
@@ -114,6 +135,13 @@ const FIRING: Record<string, Record<string, string>> = {
     'beacon_process_max_fds{job="beacon",instance="fds"}': '65536x40',
   },
   BeaconMemoryHigh: { 'beacon_process_resident_memory_bytes{job="beacon",instance="fat"}': '3000000000x40' },
+  BeaconClusterDisconnected: {
+    'beacon_cluster_connected{job="beacon",instance="cutoff"}': '1x10 0x30',
+    'beacon_cluster_instances{job="beacon",instance="cutoff"}': '1x40',
+  },
+  // Four instances, then three for the last 20 minutes.
+  BeaconClusterInstanceGone: { 'beacon_cluster_instances{job="beacon",instance="survivor"}': '4x20 3x20' },
+  BeaconClusterDropping: { 'beacon_dropped_total{job="beacon",instance="isolated",reason="cluster_unavailable"}': '0+60x40' },
 };
 
 /** Alerts that need the absence of every beacon target, tested on their own. */
@@ -174,7 +202,7 @@ test('each alert fires on the series it is about, and none fires on a healthy be
   assert.match(result.stdout, /SUCCESS/);
 });
 
-test('every metric named in the alerts and the dashboard is one the running beacon exports', () => {
+test('every metric named in the alerts and the dashboard is one the running beacon exports (or a cluster metric of issue 14)', () => {
   assert.ok(exported.has('beacon_wss_peers') && exported.has('beacon_nodejs_eventloop_lag_p99_seconds'),
     `the scrape looks wrong: ${[...exported].slice(0, 10).join(', ')}…`);
   const missing: string[] = [];
@@ -182,7 +210,7 @@ test('every metric named in the alerts and the dashboard is one the running beac
   for (const { alert, expr } of readAlertRules()) {
     for (const name of metricNamesIn(expr)) {
       used.add(name);
-      if (!exported.has(name) && !PROMETHEUS_OWN.has(name)) missing.push(`${name} (alert ${alert})`);
+      if (!exported.has(name) && !PROMETHEUS_OWN.has(name) && !CLUSTER_ONLY.has(name)) missing.push(`${name} (alert ${alert})`);
     }
   }
   const dashboard = JSON.parse(readFileSync(DASHBOARD_PATH, 'utf8')) as unknown;
@@ -191,10 +219,15 @@ test('every metric named in the alerts and the dashboard is one the running beac
     assert.ok(names.size > 0, `${where}: no metric in ${expr}`);
     for (const name of names) {
       used.add(name);
-      if (!exported.has(name) && !PROMETHEUS_OWN.has(name)) missing.push(`${name} (dashboard ${where})`);
+      if (!exported.has(name) && !PROMETHEUS_OWN.has(name) && !CLUSTER_ONLY.has(name)) missing.push(`${name} (dashboard ${where})`);
     }
   }
   assert.deepEqual(missing, [], `not exported by the beacon at /metrics: ${missing.join('; ')}`);
+  // Each cluster name is used, and none is exported by a single process (else it belongs in the check above).
+  for (const name of CLUSTER_ONLY) {
+    assert.ok(used.has(name), `no alert or dashboard query uses ${name}`);
+    assert.ok(!exported.has(name), `${name} is exported by a beacon without --cluster: drop it from CLUSTER_ONLY`);
+  }
   assert.ok(used.size >= 20, `only ${used.size} metric names found: is the parsing right?`);
 });
 
@@ -207,14 +240,16 @@ test('the metric-name reader finds names and nothing else', () => {
   assert.ok(exportedMetricNames('# TYPE h histogram\nh_bucket{le="1"} 0\n').has('h_count'));
 });
 
-test('the dashboard covers peers, upgrades, auth, frames, routes, drops, idle disconnects, event-loop lag and memory', () => {
+test('the dashboard covers peers, upgrades, auth, frames, routes, drops, idle disconnects, event-loop lag, memory and the cluster', () => {
   const dashboard = JSON.parse(readFileSync(DASHBOARD_PATH, 'utf8')) as { uid: string; title: string; panels: { title: string; targets?: { expr: string }[] }[] };
   assert.equal(dashboard.title, 'Beacon');
   assert.ok(dashboard.uid);
   const all = dashboardQueries(dashboard).map((q) => q.expr).join('\n');
   for (const name of ['beacon_wss_peers', 'beacon_wss_upgrades_total', 'beacon_wss_auth_total', 'beacon_wss_frames_total',
     'beacon_relay_total', 'beacon_dropped_total', 'beacon_wss_idle_disconnects_total', 'beacon_nodejs_eventloop_lag_p99_seconds',
-    'beacon_process_resident_memory_bytes', 'beacon_nodejs_heap_size_used_bytes']) {
+    'beacon_process_resident_memory_bytes', 'beacon_nodejs_heap_size_used_bytes',
+    'beacon_cluster_connected', 'beacon_cluster_instances', 'beacon_cluster_directory_entries',
+    'beacon_cluster_frames_total', 'beacon_cluster_batches_total']) {
     assert.ok(all.includes(name), `no dashboard query uses ${name}`);
   }
   const ids = JSON.stringify(dashboard).match(/"id": ?\d+/g) ?? [];

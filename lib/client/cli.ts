@@ -12,6 +12,9 @@
  * - The first connection failure of `connect` and `send` ends the command
  *   with the error's one-line message (wrong scheme, TLS, 503, 429, auth,
  *   timeout...); once `connect` has been connected it rides out losses.
+ * - Several URLs: the client fails over between them (CompatClient: first
+ *   URL first, then the next on every reconnect); the first connection
+ *   fails only once every URL failed in a row.
  * - Exit codes: 0 done, 1 the beacon could not be reached or did not
  *   answer as asked, 2 bad input (flags, URL, identity file, CA file).
  */
@@ -39,7 +42,8 @@ export class CliUsageError extends Error {
 }
 
 export interface ClientFlags {
-  url: string;
+  /** One beacon URL, or several to fail over between. */
+  url: string | readonly string[];
   identityFile: string;
   nodeId: NodeId;
   caFile?: string;
@@ -80,8 +84,8 @@ function say(io: CliIo, line: string): void {
 }
 
 function makeClient(flags: ClientFlags, extra: { pingIntervalMs?: number } = {}): CompatClient {
-  // The URL first: a wrong scheme is the cheapest mistake to report.
-  parseBeaconUrl(flags.url);
+  // The URLs first: a wrong scheme is the cheapest mistake to report.
+  for (const url of typeof flags.url === 'string' ? [flags.url] : flags.url) parseBeaconUrl(url);
   let ca: Buffer | undefined;
   if (flags.caFile !== undefined) {
     try {
@@ -102,14 +106,15 @@ function makeClient(flags: ClientFlags, extra: { pingIntervalMs?: number } = {})
 /** `beacon-client connect`: runs until `signal` aborts. */
 export async function runConnect(cmd: ConnectCommand, io: CliIo): Promise<number> {
   const client = makeClient(cmd, { pingIntervalMs: cmd.pingIntervalMs });
-  const where = client.url.href;
-  client.on('connected', () => say(io, `connected to ${where} as node ${cmd.nodeId}`));
+  const several = client.urls.length > 1;
+  const where = client.urls.map((u) => u.href).join(several ? ', ' : '');
+  client.on('connected', ({ url }) => say(io, `connected to ${url} as node ${cmd.nodeId}`));
   client.on('disconnected', ({ code, reason }) => {
     if (client.state !== 'closed') say(io, `disconnected (close ${code}${reason ? `: ${reason}` : ''})`);
   });
   client.on('restarting', (n) => say(io, `the beacon announced a restart: reconnecting in about ${n.reconnect_in_ms} ms`));
-  client.on('reconnecting', ({ attempt, delayMs, cause, error }) => {
-    say(io, `reconnecting in ${delayMs} ms (attempt ${attempt}, ${cause.replace('_', ' ')}${error ? `: ${error.message}` : ''})`);
+  client.on('reconnecting', ({ attempt, delayMs, cause, error, url }) => {
+    say(io, `reconnecting${several ? ` to ${url}` : ''} in ${delayMs} ms (attempt ${attempt}, ${cause.replace('_', ' ')}${error ? `: ${error.message}` : ''})`);
   });
   client.on('packet', (packet) => {
     if (packet.type === PacketType.RelayDeliver) io.stdout.write(`${formatDelivery(packet.sender, packet.payload)}\n`);
@@ -121,7 +126,7 @@ export async function runConnect(cmd: ConnectCommand, io: CliIo): Promise<number
   });
   void stopped.then(() => client.close());
 
-  say(io, `connecting to ${where} as node ${cmd.nodeId}`);
+  say(io, `connecting to ${several ? `the first of ${where}` : where} as node ${cmd.nodeId}`);
   try {
     await client.connect({ failFast: true });
   } catch (err) {

@@ -33,6 +33,16 @@
  * - `close()` is final and idempotent, and returns promptly in any state:
  *   it clears a pending reconnect and closes (or, after
  *   `closeTimeoutMs`, destroys) the socket.
+ * - Several beacon URLs (a cluster's instances, or beacons on several
+ *   machines): the first attempt dials the first URL, and every reconnect,
+ *   whatever its cause, dials the next one in the list, round the ring,
+ *   after the same backoff as with one URL. A working connection is kept:
+ *   there is no moving back to an earlier URL (in a cluster every instance
+ *   reaches every node). A `restarting` notice is about the beacon that
+ *   sent it, so with several URLs the next try goes to the next URL after
+ *   only the notice's jitter, not its reconnect_in_ms. `connect({ failFast
+ *   })` gives up only once every URL failed in a row (or at once on an
+ *   auth failure: that beacon answered and refused the key).
  * - The client does not do UDP (see udp-discover.ts) and does not decide
  *   anything about routes: it sends what it is given.
  */
@@ -55,8 +65,11 @@ import {
 } from './errors';
 
 export interface CompatClientOptions {
-  /** ws://HOST:PORT/v1/compat or wss://HOST/v1/compat. */
-  url: string;
+  /**
+   * ws://HOST:PORT/v1/compat or wss://HOST/v1/compat; or several, tried in
+   * order and in turn on every reconnect (see the module comment).
+   */
+  url: string | readonly string[];
   /** The node this client authenticates as. */
   nodeId: NodeId;
   /** Its key pair (lib/identity: loadIdentity, generateIdentity). */
@@ -129,6 +142,8 @@ export interface ReconnectingEvent {
   cause: ReconnectCause;
   /** What the failed attempt ran into (cause `failed` or `auth_failed`). */
   error?: ConnectError;
+  /** The URL the next attempt dials (the next one in the list when there are several). */
+  url: string;
 }
 
 export interface CompatClientEvents {
@@ -152,7 +167,12 @@ export interface CompatClientEvents {
 }
 
 export interface ConnectOptions {
-  /** Reject with the first failed attempt's ConnectError, and close the client, instead of retrying. */
+  /**
+   * Reject with the first failed attempt's ConnectError, and close the
+   * client, instead of retrying. With several URLs: once each of them has
+   * failed in a row, with one error naming every URL's failure (an auth
+   * failure still ends it at once: that beacon answered and refused the key).
+   */
   failFast?: boolean;
   /** Reject with ETIMEDOUT if not connected within this (the client keeps trying unless failFast). */
   timeoutMs?: number;
@@ -164,7 +184,8 @@ interface Settings extends Required<Omit<CompatClientOptions, 'ca' | 'headers' |
 }
 
 export class CompatClient extends EventEmitter<CompatClientEvents> {
-  readonly url: URL;
+  /** Every beacon URL, in the order they are tried. */
+  readonly urls: readonly URL[];
   readonly nodeId: NodeId;
   private readonly identity: Identity;
   private readonly publicKeyB64: string;
@@ -172,6 +193,8 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
   private readonly policy: BackoffPolicy;
 
   private currentState: ClientState = 'idle';
+  /** Index in `urls` of the URL being (or last) dialed. */
+  private urlIndex = 0;
   private ws: WebSocket | undefined;
   private reconnectTimer: NodeJS.Timeout | undefined;
   private pingTimer: NodeJS.Timeout | undefined;
@@ -187,10 +210,10 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
   /** Set by any inbound traffic; the ping timer drops a socket that stayed silent a whole period. */
   private alive = false;
 
-  /** Throws ConnectError EBADURL for a URL that is not ws:// or wss://, TypeError for other bad options. */
+  /** Throws ConnectError EBADURL for a URL that is not ws:// or wss:// (or no URL), TypeError for other bad options. */
   constructor(options: CompatClientOptions) {
     super();
-    this.url = parseBeaconUrl(options.url);
+    this.urls = parseBeaconUrls(options.url);
     if (!isValidNodeId(options.nodeId)) throw new TypeError(`nodeId must be a node ID (1 to 4294967295), got ${String(options.nodeId)}`);
     if (!options.identity || options.identity.secretKey?.length !== 64 || options.identity.publicKey?.length !== 32) {
       throw new TypeError('identity must be an Ed25519 key pair (lib/identity: loadIdentity or generateIdentity)');
@@ -212,6 +235,11 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
     }
     this.settings = settings;
     this.policy = { initialDelayMs: settings.initialDelayMs, maxDelayMs: settings.maxDelayMs, jitter: settings.jitter, random: settings.random };
+  }
+
+  /** The URL being dialed, connected to, or dialed next. */
+  get url(): URL {
+    return this.urls[this.urlIndex]!;
   }
 
   get state(): ClientState {
@@ -258,7 +286,15 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
       };
       const onConnected = () => { cleanup(); resolve(); };
       const onClosed = () => { cleanup(); reject(new ClientClosedError()); };
-      const onFailure = (err: ConnectError) => { cleanup(); reject(err); void this.close(); };
+      const failures: Array<{ url: URL; error: ConnectError }> = [];
+      const onFailure = (error: ConnectError) => {
+        failures.push({ url: this.url, error });
+        // A refused key is an answer, not an unreachable beacon: no use trying the others.
+        if (failures.length < this.urls.length && !(error instanceof AuthFailedError)) return;
+        cleanup();
+        reject(failures.length === 1 || error instanceof AuthFailedError ? error : everyUrlFailed(failures));
+        void this.close();
+      };
       this.on('connected', onConnected);
       this.on('closed', onClosed);
       if (options.failFast) this.failureHooks.add(onFailure);
@@ -266,7 +302,8 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
         timer = setTimeout(() => {
           cleanup();
           const last = this.lastFailure ? ` (last attempt: ${this.lastFailure.message})` : '';
-          const err = new ConnectError(`not connected to ${this.url.host} within ${options.timeoutMs} ms${last}`, 'ETIMEDOUT');
+          const where = this.urls.map((u) => u.host).join(' or ');
+          const err = new ConnectError(`not connected to ${where} within ${options.timeoutMs} ms${last}`, 'ETIMEDOUT');
           reject(err);
           if (options.failFast) void this.close();
         }, options.timeoutMs);
@@ -522,14 +559,18 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
     let attempt: number;
     let delayMs: number;
     const notice = this.restartNotice;
+    const failover = this.urls.length > 1;
+    // Every reconnect dials the next URL (a no-op with one).
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     if (cause === 'restarting' && notice) {
       // The beacon said when to come back: wait that long, spread by jitter,
-      // and start the backoff over for the tries after it.
+      // and start the backoff over for the tries after it. Another beacon
+      // is not restarting: only the spread is kept for it.
       this.restartNotice = undefined;
       this.failures = 0;
       attempt = 1;
       const window = Math.min(settings.restartJitterMs, notice.try_for_ms / 2);
-      delayMs = Math.round(notice.reconnect_in_ms + window * unit(settings.random()));
+      delayMs = Math.round((failover ? 0 : notice.reconnect_in_ms) + window * unit(settings.random()));
     } else {
       attempt = ++this.failures;
       if (cause === 'auth_failed' || cause === 'replaced') {
@@ -545,7 +586,7 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
       this.reconnectTimer = undefined;
       if (this.currentState === 'waiting') this.dial();
     }, delayMs);
-    this.emit('reconnecting', { attempt, delayMs, cause, error });
+    this.emit('reconnecting', { attempt, delayMs, cause, error, url: this.url.href });
   }
 
   private failDiscoverWaiters(err: Error): void {
@@ -569,6 +610,20 @@ function closeSocket(ws: WebSocket, timeoutMs: number): Promise<void> {
     if (ws.readyState === WebSocket.CONNECTING) ws.terminate();
     else if (ws.readyState === WebSocket.OPEN) ws.close(1000, 'client closing');
   });
+}
+
+/** One URL or several, each a beacon URL; at least one. */
+function parseBeaconUrls(given: string | readonly string[]): URL[] {
+  const texts = typeof given === 'string' ? [given] : [...given];
+  if (texts.length === 0) throw new ConnectError('no beacon URL given: pass at least one ws://HOST:PORT/v1/compat or wss://HOST/v1/compat', 'EBADURL');
+  return texts.map(parseBeaconUrl);
+}
+
+/** failFast over several URLs: one error naming what each URL ran into; the last one's code. */
+function everyUrlFailed(failures: Array<{ url: URL; error: ConnectError }>): ConnectError {
+  const last = failures[failures.length - 1]!.error;
+  const each = failures.map(({ url, error }) => `${url.href}: ${error.message}`).join('; ');
+  return new ConnectError(`none of the ${failures.length} beacons could be reached (${each})`, last.code, last.details);
 }
 
 function toBuffer(data: WebSocket.RawData): Buffer {

@@ -31,9 +31,24 @@ function replaceOnce(text: string, find: string | RegExp, replacement: string, w
 
 /** The shipped Caddyfile, adapted for a test machine (see the module comment). */
 export function adaptShippedCaddyfile(upstreamPort: number, shipped = readFileSync(SHIPPED_CADDYFILE, 'utf8')): string {
-  let text = shipped;
-  text = replaceOnce(text, SITE_LINE, '$&\n\tbind 127.0.0.1\n\ttls internal', 'the site line {$BEACON_DOMAIN:...} {');
-  text = replaceOnce(text, SHIPPED_UPSTREAM, `reverse_proxy 127.0.0.1:${upstreamPort}`, `"${SHIPPED_UPSTREAM}"`);
+  const text = replaceOnce(shipped, SHIPPED_UPSTREAM, `reverse_proxy 127.0.0.1:${upstreamPort}`, `"${SHIPPED_UPSTREAM}"`);
+  return forTestMachine(text);
+}
+
+/** deploy/Caddyfile.cluster: spreads over beacon@1..4. */
+export const SHIPPED_CLUSTER_CADDYFILE = join(REPO_ROOT, 'deploy', 'Caddyfile.cluster');
+export const SHIPPED_CLUSTER_UPSTREAMS = 'reverse_proxy 127.0.0.1:8443 127.0.0.1:8444 127.0.0.1:8445 127.0.0.1:8446 {';
+
+/** The shipped cluster Caddyfile, adapted for a test machine, its four upstreams replaced by `upstreamPorts`. */
+export function adaptClusterCaddyfile(upstreamPorts: number[], shipped = readFileSync(SHIPPED_CLUSTER_CADDYFILE, 'utf8')): string {
+  const upstreams = upstreamPorts.map((port) => `127.0.0.1:${port}`).join(' ');
+  const text = replaceOnce(shipped, SHIPPED_CLUSTER_UPSTREAMS, `reverse_proxy ${upstreams} {`, `"${SHIPPED_CLUSTER_UPSTREAMS}"`);
+  return forTestMachine(text);
+}
+
+/** The site bound to loopback with `tls internal`, and a global block for a test machine. */
+function forTestMachine(shipped: string): string {
+  const text = replaceOnce(shipped, SITE_LINE, '$&\n\tbind 127.0.0.1\n\ttls internal', 'the site line {$BEACON_DOMAIN:...} {');
   const global = [
     '{',
     '\tadmin off',

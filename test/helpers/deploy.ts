@@ -24,11 +24,13 @@ const PACKAGE_OF: Record<string, string> = {
   caddy: 'caddy',
   promtool: 'prometheus',
   'systemd-analyze': 'systemd',
+  'nats-server': 'nats-server',
 };
 
 /** The absolute path of `tool` on PATH, or throws an Error that says how to install it. */
 export function requireTool(tool: string): string {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
+  // Debian puts some (nats-server) in /usr/sbin, which a non-root PATH may lack.
+  for (const dir of [...(process.env.PATH ?? '/usr/bin:/bin').split(delimiter), '/usr/sbin']) {
     const candidate = join(dir, tool);
     try {
       accessSync(candidate, constants.X_OK);

@@ -1,0 +1,235 @@
+/**
+ * deploy/nats/nats-server.conf (one machine) and nats-server-3.conf (three),
+ * as shipped, with Debian's real nats-server: `nats-server -t` accepts them;
+ * the one-machine file runs with JetStream, on loopback, and lets in only
+ * the beacon user with its password (the one cluster.env uses); three
+ * servers on the three-machine file form one JetStream cluster, and the
+ * directory bucket raised to three replicas keeps its entry on the others
+ * when the server leading it stops.
+ *
+ * Needs Debian's nats-server (.ci/install-deps); fails, never skips, without it.
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { freeTcpPort, requireTool, run, sleep, tempDir, REPO_ROOT } from './helpers/deploy';
+import {
+  NATS_SINGLE_CONF, NATS_THREE_CONF, NatsProbe, adaptNatsConfig, readShipped, shippedPassword, startNats,
+  type NatsPorts, type RunningNats,
+} from './helpers/nats-deploy';
+import { parseEnvFile } from './helpers/systemd';
+import { writeFileSync } from 'node:fs';
+
+const servers: RunningNats[] = [];
+const probes: NatsProbe[] = [];
+after(async () => {
+  for (const p of probes) p.close();
+  for (const s of servers) await s.stop();
+});
+
+async function ports(cluster = false): Promise<NatsPorts> {
+  return { client: await freeTcpPort(), monitor: await freeTcpPort(), ...(cluster ? { cluster: await freeTcpPort() } : {}) };
+}
+
+/** Asks `attempt` every 250 ms until it gives a value (failures count as no value yet); 45 s at most. */
+async function eventually<T>(attempt: () => Promise<T | undefined>, what: string): Promise<T> {
+  const deadline = Date.now() + 45_000;
+  let last = 'no answer yet';
+  for (;;) {
+    try {
+      const value = await attempt();
+      if (value !== undefined) return value;
+      last = 'not yet';
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (Date.now() > deadline) throw new Error(`no ${what} within 45 s (last: ${last})`);
+    await sleep(250);
+  }
+}
+
+interface StreamDetail {
+  name: string;
+  config: { num_replicas: number };
+  state: { messages: number };
+  cluster?: { leader?: string; replicas?: { name: string; current?: boolean }[] };
+}
+
+/** The directory bucket's stream as `server` reports it on its monitoring port (/jsz). */
+async function directoryStream(server: RunningNats): Promise<StreamDetail | undefined> {
+  const jsz = await server.monitor('/jsz?accounts=true&streams=true&config=true');
+  const accounts = (jsz.account_details ?? []) as { name: string; stream_detail?: StreamDetail[] }[];
+  return accounts.find((a) => a.name === 'BEACON')?.stream_detail?.find((st) => st.name === 'KV_beacon-directory');
+}
+
+/**
+ * Three servers on the three-machine file, on free ports. A port found free
+ * can be taken by another process before the server binds it: then all
+ * three start again on new ports (three tries).
+ */
+async function startThree(shipped: string): Promise<{ all: NatsPorts[]; started: RunningNats[] }> {
+  for (let attempt = 1; ; attempt++) {
+    const all = [await ports(true), await ports(true), await ports(true)];
+    const routePorts = all.map((p) => p.cluster!);
+    const results = await Promise.allSettled(all.map((p, i) => startNats(
+      adaptNatsConfig(shipped, p, tempDir(`nats-store-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
+    const started = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
+    servers.push(...started);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) return { all, started };
+    for (const server of started) await server.stop();
+    if (attempt === 3 || !/address already in use/.test(String(failed.reason))) throw failed.reason;
+  }
+}
+
+async function login(port: number, user?: string, pass?: string) {
+  const result = await NatsProbe.login(port, user, pass);
+  probes.push(result.probe);
+  return result;
+}
+
+const BUCKET_SCRIPT = join(REPO_ROOT, 'deploy', 'nats-directory-bucket');
+
+/** Runs deploy/nats-directory-bucket as the guide does: cluster.env's variables, its URL moved to `clientPorts`. */
+async function setReplicas(replicas: string, clientPorts: number[], password?: string) {
+  const env = Object.fromEntries(parseEnvFile(readShipped(join(REPO_ROOT, 'deploy', 'cluster.env')))
+    .filter((e) => !e.commented).map((e) => [e.name, e.value]));
+  const shipped = new URL(env.BEACON_CLUSTER!);
+  env.BEACON_CLUSTER = clientPorts.map((port) => {
+    const url = new URL(shipped.href);
+    url.port = String(port);
+    if (password !== undefined) url.password = password;
+    return url.href.replace(/\/$/, '');
+  }).join(',');
+  return run(process.execPath, [BUCKET_SCRIPT, replicas], { env: { PATH: process.env.PATH, ...env }, timeoutMs: 30_000 });
+}
+
+test('nats-server -t accepts both shipped configurations, and rejects a broken copy', async () => {
+  const bin = requireTool('nats-server');
+  for (const file of [NATS_SINGLE_CONF, NATS_THREE_CONF]) {
+    const checked = await run(bin, ['-t', '-c', file], { timeoutMs: 20_000 });
+    assert.equal(checked.code, 0, `nats-server -t ${file}:\n${checked.stdout}${checked.stderr}`);
+    assert.match(checked.stdout + checked.stderr, /is valid/);
+  }
+  const broken = join(tempDir('nats-broken'), 'nats-server.conf');
+  writeFileSync(broken, readShipped(NATS_SINGLE_CONF).replace('jetstream {', 'jetstrem {'));
+  const bad = await run(bin, ['-t', '-c', broken], { timeoutMs: 20_000 });
+  assert.notEqual(bad.code, 0, 'nats-server -t accepted an unknown field');
+  assert.match(bad.stdout + bad.stderr, /unknown field "jetstrem"/);
+});
+
+test('cluster.env logs in as the user and password of the shipped NATS files, at their client port', () => {
+  const env = Object.fromEntries(parseEnvFile(readShipped(join(REPO_ROOT, 'deploy', 'cluster.env')))
+    .filter((e) => !e.commented).map((e) => [e.name, e.value]));
+  const url = new URL(env.BEACON_CLUSTER!);
+  assert.equal(url.protocol, 'nats:');
+  assert.equal(url.port, '4222');
+  assert.equal(url.username, 'beacon');
+  for (const file of [NATS_SINGLE_CONF, NATS_THREE_CONF]) {
+    assert.equal(decodeURIComponent(url.password), shippedPassword(readShipped(file), 'beacon'), `${file} and cluster.env disagree on the password`);
+  }
+  assert.equal(env.BEACON_CLUSTER_NAME, 'beacon', 'the three-machine test creates the bucket of the cluster name "beacon"');
+});
+
+test('one machine: JetStream on, loopback only, and only the beacon user with its password gets in', async () => {
+  const shipped = readShipped(NATS_SINGLE_CONF);
+  const p = await ports();
+  const nats = await startNats(adaptNatsConfig(shipped, p, tempDir('nats-store')), p);
+  servers.push(nats);
+
+  const varz = await nats.monitor('/varz');
+  assert.equal(varz.host, '127.0.0.1');
+  assert.equal(varz.auth_required, true);
+  assert.equal(varz.server_name, 'beacon-nats-1');
+  assert.ok(varz.jetstream && typeof varz.jetstream === 'object', `JetStream is off: ${JSON.stringify(varz.jetstream)}`);
+
+  const anonymous = await login(p.client);
+  assert.equal(anonymous.info.auth_required, true);
+  assert.match(anonymous.answer, /^-ERR 'Authorization Violation'/);
+  const wrong = await login(p.client, 'beacon', 'not-the-password');
+  assert.match(wrong.answer, /^-ERR 'Authorization Violation'/);
+
+  const beacon = await login(p.client, 'beacon', shippedPassword(shipped, 'beacon'));
+  assert.equal(beacon.answer, 'PONG');
+  const account = await beacon.probe.request('$JS.API.INFO', '');
+  assert.equal(account.error, undefined, `JetStream is not enabled for the beacon's account: ${JSON.stringify(account)}`);
+  assert.equal(account.type, 'io.nats.jetstream.api.v1.account_info_response');
+
+  // The replicas script: one server keeps one copy; three are refused with the fix; a wrong password is refused.
+  const three = await setReplicas('3', [p.client]);
+  assert.equal(three.code, 1, three.stdout + three.stderr);
+  assert.match(three.stderr, /^nats-directory-bucket: this NATS server is not part of a NATS cluster, so it cannot keep 3 copies; .*nats-server-3\.conf/);
+  const one = await setReplicas('1', [p.client]);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal(one.stdout, 'nats-directory-bucket: created the bucket beacon-directory with 1 replica\n');
+  const again = await setReplicas('1', [p.client]);
+  assert.match(again.stdout, /already has 1 replica; nothing to do/);
+  const denied = await setReplicas('1', [p.client], 'wrong');
+  assert.equal(denied.code, 1);
+  assert.match(denied.stderr, /Authorization Violation/);
+  for (const bad of ['0', 'three']) {
+    const refused = await setReplicas(bad, [p.client]);
+    assert.equal(refused.code, 2, refused.stderr);
+    assert.match(refused.stderr, /is not a number of replicas from 1 to 5/);
+  }
+});
+
+test('three machines: three servers form one JetStream cluster; the directory raised to three replicas keeps its entry on the others when the server leading it stops', async () => {
+  const shipped = readShipped(NATS_THREE_CONF);
+  const { all, started } = await startThree(shipped);
+
+  // The JetStream meta group of three elects a leader.
+  const deadline = Date.now() + 45_000;
+  let meta: Record<string, unknown> | undefined;
+  while (Date.now() < deadline) {
+    meta = (await started[0]!.monitor('/jsz').catch(() => ({}) as Record<string, unknown>)).meta_cluster as Record<string, unknown> | undefined;
+    if (meta?.leader && meta.cluster_size === 3) break;
+    await sleep(200);
+  }
+  assert.ok(meta?.leader && meta.cluster_size === 3, `no JetStream leader among three: ${JSON.stringify(meta)}`);
+
+  const password = shippedPassword(shipped, 'beacon');
+  const beacon = await login(all[0]!.client, 'beacon', password);
+  assert.equal(beacon.answer, 'PONG');
+  // The instances create the bucket with one copy and write to it; the script (docs/cluster-deploy.md) raises it to three.
+  const created = await setReplicas('1', all.map((p) => p.client));
+  assert.equal(created.code, 0, created.stderr);
+  const ack = await eventually(async () => {
+    const answer = await beacon.probe.request('$KV.beacon-directory.7777', 'w beacon-host-1', 2_000);
+    return answer.stream ? answer : undefined;
+  }, 'the write to be acknowledged');
+  assert.equal(ack.stream, 'KV_beacon-directory', JSON.stringify(ack));
+  const raised = await eventually(async () => {
+    const result = await setReplicas('3', all.map((p) => p.client));
+    return result.code === 0 ? result : undefined;
+  }, 'the bucket raised to three replicas');
+  // (A retry after a lost answer finds the work done.)
+  assert.match(raised.stdout, /^nats-directory-bucket: (the bucket beacon-directory now has 3 replicas \(it had 1\); its 1 entry is kept|the bucket beacon-directory already has 3 replicas; nothing to do)\n$/);
+
+  // The bucket's group of three: a leader and two followers, each caught up (seconds on a loaded machine).
+  // (Only the leader knows whether its followers are current: ask it.)
+  const led = await eventually(async () => {
+    const leader = (await directoryStream(started[0]!))?.cluster?.leader;
+    const index = Number(/^beacon-nats-(\d)$/.exec(leader ?? '')?.[1]) - 1;
+    if (!(index >= 0 && index < 3)) return undefined;
+    const info = await directoryStream(started[index]!);
+    const cluster = info?.cluster;
+    const replicas = cluster?.replicas ?? [];
+    const ready = info?.config.num_replicas === 3 && cluster?.leader === leader
+      && replicas.length === 2 && replicas.every((r) => r.current);
+    return ready ? cluster : undefined;
+  }, 'three current replicas of the bucket');
+
+  // Each server holds its own copy of the entry, so stopping the one leading the bucket loses nothing.
+  // (Electing the next leader is NATS's own business, and can take long on a loaded machine.)
+  const leaderIndex = Number(/beacon-nats-(\d)/.exec(led.leader!)?.[1]) - 1;
+  assert.ok(leaderIndex >= 0 && leaderIndex < 3, led.leader);
+  await started[leaderIndex]!.stop();
+  for (const survivor of started.filter((_, i) => i !== leaderIndex)) {
+    const copy = await eventually(async () => {
+      const info = await directoryStream(survivor);
+      return info?.state.messages === 1 ? info : undefined;
+    }, 'the entry on a surviving server');
+    assert.equal(copy.config.num_replicas, 3);
+  }
+});

@@ -1,0 +1,223 @@
+/**
+ * Debian's nats-server running the shipped NATS configurations
+ * (deploy/nats/), for tests: the configuration adapted to a test machine,
+ * the server started and stopped by PID, and a small probe that speaks
+ * just enough of the NATS client protocol to check a login and ask the
+ * JetStream API a question.
+ *
+ * - `adaptNatsConfig` changes only what differs on a test machine: the
+ *   client, cluster and monitoring ports, the store directory, the server
+ *   name and the route URLs' hosts. Each change is checked to have happened
+ *   exactly once, so what runs is the shipped file.
+ * - The probe is test-only: it sends CONNECT and PING and reads PONG or
+ *   -ERR, and a request is SUB + PUB + the first MSG on the inbox. Every
+ *   wait is bounded.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { join } from 'node:path';
+import { REPO_ROOT, get, requireTool, sleep, tempDir } from './deploy';
+
+export const NATS_SINGLE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server.conf');
+export const NATS_THREE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server-3.conf');
+
+function replaceOnce(text: string, find: RegExp, replacement: string, what: string): string {
+  const count = (text.match(new RegExp(find.source, `${find.flags.replace('g', '')}g`)) ?? []).length;
+  if (count !== 1) throw new Error(`the shipped NATS configuration should contain ${what} exactly once, found ${count}`);
+  return text.replace(find, replacement);
+}
+
+export interface NatsPorts {
+  client: number;
+  monitor: number;
+  /** The cluster (route) port, for the three-machine file. */
+  cluster?: number;
+}
+
+/** The shipped file with ports, store, name and routes moved for this machine. */
+export function adaptNatsConfig(shipped: string, ports: NatsPorts, storeDir: string,
+  three?: { serverName: string; routePorts: number[] }): string {
+  let text = shipped;
+  text = replaceOnce(text, /^port: 4222$/m, `port: ${ports.client}`, '"port: 4222"');
+  text = replaceOnce(text, /^http: 127\.0\.0\.1:8222$/m, `http: 127.0.0.1:${ports.monitor}`, '"http: 127.0.0.1:8222"');
+  text = replaceOnce(text, /^ {2}store_dir: \/var\/lib\/nats$/m, `  store_dir: ${JSON.stringify(storeDir)}`, '"store_dir: /var/lib/nats"');
+  if (three) {
+    text = replaceOnce(text, /^host: 0\.0\.0\.0$/m, 'host: 127.0.0.1', '"host: 0.0.0.0"');
+    text = replaceOnce(text, /^server_name: beacon-nats-1$/m, `server_name: ${three.serverName}`, '"server_name: beacon-nats-1"');
+    text = replaceOnce(text, /^ {2}host: 0\.0\.0\.0\n {2}port: 6222$/m, `  host: 127.0.0.1\n  port: ${ports.cluster}`, 'the cluster listener on 0.0.0.0:6222');
+    three.routePorts.forEach((port, i) => {
+      text = replaceOnce(text, new RegExp(`@nats-${i + 1}\\.example\\.internal:6222$`, 'm'), `@127.0.0.1:${port}`, `the route to nats-${i + 1}`);
+    });
+  }
+  return text;
+}
+
+export interface RunningNats {
+  pid: number;
+  ports: NatsPorts;
+  logs(): string;
+  /** GET on its monitoring port, parsed as JSON. */
+  monitor(path: string): Promise<Record<string, unknown>>;
+  stop(): Promise<void>;
+}
+
+const START_TIMEOUT_MS = 20_000;
+
+/** Runs nats-server on `config` (text); resolves once /healthz answers 200. */
+export async function startNats(config: string, ports: NatsPorts, readyPath = '/healthz'): Promise<RunningNats> {
+  const bin = requireTool('nats-server');
+  const dir = tempDir('nats');
+  const file = join(dir, 'nats-server.conf');
+  writeFileSync(file, config);
+  const child: ChildProcess = spawn(bin, ['-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (chunk: Buffer) => { output = (output + chunk.toString('utf8')).slice(-64 * 1024); };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let exited: string | undefined;
+  child.on('exit', (code, signal) => { exited = `nats-server exited (code ${code}, signal ${signal})`; });
+  child.on('error', (err) => { exited = `nats-server could not be started: ${err.message}`; });
+  const base = `http://127.0.0.1:${ports.monitor}`;
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+    const gone = new Promise<void>((ok) => child.once('exit', () => ok()));
+    process.kill(child.pid, 'SIGTERM');
+    const timer = setTimeout(() => { if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL'); }, 5_000);
+    await gone;
+    clearTimeout(timer);
+  };
+  const monitor = async (path: string) => {
+    const answer = await get(base, path, { timeoutMs: 2_000 });
+    return JSON.parse(answer.body) as Record<string, unknown>;
+  };
+  const deadline = Date.now() + START_TIMEOUT_MS;
+  let last = 'not asked yet';
+  try {
+    for (;;) {
+      if (exited) throw new Error(`${exited} before it was ready; its output:\n${output}`);
+      if (Date.now() > deadline) throw new Error(`nats-server was not ready within ${START_TIMEOUT_MS} ms (${last}); its output:\n${output}`);
+      try {
+        const answer = await get(base, readyPath, { timeoutMs: 1_000 });
+        if (answer.status === 200) return { pid: child.pid!, ports, logs: () => output, monitor, stop };
+        last = `${readyPath} answered ${answer.status}: ${answer.body.slice(0, 200)}`;
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      await sleep(100);
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+/** One NATS client connection speaking just CONNECT, PING, SUB, PUB and MSG. */
+export class NatsProbe {
+  private buffer = '';
+  private readonly waiters = new Set<() => void>();
+  private ended = false;
+  /** Subscription IDs: one per request, so a late reply to an earlier one is never taken for this one's. */
+  private sid = 0;
+  /** The last lines passed over while waiting (late replies, -ERR), for failure messages. */
+  private skipped: string[] = [];
+
+  private constructor(private readonly socket: net.Socket) {
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => { this.buffer += chunk; this.wake(); });
+    socket.on('close', () => { this.ended = true; this.wake(); });
+    socket.on('error', () => undefined);
+  }
+
+  /**
+   * Connects and logs in; resolves with the server's INFO and the answer to
+   * the first PING: 'PONG', or the -ERR line (e.g. an authorization violation).
+   */
+  static async login(port: number, user?: string, pass?: string): Promise<{ probe: NatsProbe; info: Record<string, unknown>; answer: string }> {
+    const socket = net.connect(port, '127.0.0.1');
+    const probe = new NatsProbe(socket);
+    const infoLine = await probe.line(/^INFO /, 5_000);
+    const info = JSON.parse(infoLine.slice(5)) as Record<string, unknown>;
+    const connect = { verbose: false, pedantic: false, protocol: 1, headers: false, name: 'beacon-deploy-test', ...(user ? { user, pass } : {}) };
+    socket.write(`CONNECT ${JSON.stringify(connect)}\r\nPING\r\n`);
+    const answer = await probe.line(/^(PONG|-ERR)/, 5_000);
+    return { probe, info, answer };
+  }
+
+  /** A request: the first reply on a fresh inbox, parsed as JSON. */
+  async request(subject: string, body: unknown, timeoutMs = 5_000): Promise<Record<string, unknown>> {
+    const sid = ++this.sid;
+    const inbox = `_INBOX.probe${sid}`;
+    const payload = Buffer.from(typeof body === 'string' ? body : JSON.stringify(body), 'utf8');
+    this.socket.write(`SUB ${inbox} ${sid}\r\nPUB ${subject} ${inbox} ${payload.length}\r\n${payload.toString('utf8')}\r\n`);
+    try {
+      // MSG <subject> <sid> [reply-to] <bytes>; a message that crossed a route may carry extra spaces.
+      const header = await this.line(new RegExp(`^MSG\\s+${inbox.replace(/\./g, '\\.')}\\s+${sid}\\s+(?:\\S+\\s+)?\\d+$`), timeoutMs);
+      const size = Number(header.trim().split(/\s+/).at(-1));
+      return JSON.parse(await this.take(size, timeoutMs)) as Record<string, unknown>;
+    } finally {
+      this.socket.write(`UNSUB ${sid}\r\n`);
+    }
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  private wake(): void {
+    for (const w of [...this.waiters]) w();
+  }
+
+  /** The next CRLF line matching `pattern` (lines before it are dropped; PINGs answered). */
+  private line(pattern: RegExp, ms: number): Promise<string> {
+    return this.wait(ms, `a line matching ${pattern}`, () => {
+      for (;;) {
+        const end = this.buffer.indexOf('\r\n');
+        if (end < 0) return undefined;
+        const line = this.buffer.slice(0, end);
+        this.buffer = this.buffer.slice(end + 2);
+        if (line === 'PING') { this.socket.write('PONG\r\n'); continue; }
+        if (pattern.test(line)) return line;
+        this.skipped = [...this.skipped, line].slice(-5);
+      }
+    });
+  }
+
+  /** `size` bytes of payload and its CRLF (ASCII/JSON payloads only). */
+  private take(size: number, ms: number): Promise<string> {
+    return this.wait(ms, `${size} bytes of payload`, () => {
+      if (this.buffer.length < size + 2) return undefined;
+      const data = this.buffer.slice(0, size);
+      this.buffer = this.buffer.slice(size + 2);
+      return data;
+    });
+  }
+
+  private wait<T>(ms: number, what: string, attempt: () => T | undefined): Promise<T> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const got = attempt();
+        if (got !== undefined) { done(); resolve(got); return; }
+        if (this.ended) { done(); reject(new Error(`the NATS connection closed while waiting for ${what}; unread: ${this.buffer}`)); }
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ${what} from NATS within ${ms} ms; passed over: ${JSON.stringify(this.skipped)}; unread: ${this.buffer}`));
+      }, ms);
+      const done = () => { clearTimeout(timer); this.waiters.delete(check); };
+      this.waiters.add(check);
+      check();
+    });
+  }
+}
+
+/** The shipped files' passwords, as the tests log in with them. */
+export function shippedPassword(config: string, user: string): string {
+  const match = new RegExp(`user: ${user}, password: "([^"]+)"`).exec(config);
+  if (!match) throw new Error(`no password for user ${user} in the shipped NATS configuration`);
+  return match[1]!;
+}
+
+export function readShipped(path: string): string {
+  return readFileSync(path, 'utf8');
+}
