@@ -70,7 +70,7 @@ test('a peer over --peer-rate is paused, loses nothing, is held to its budget an
   const readAtMost = burst + rate * seconds + 2 * 64 * 1024;
   assert.ok(bytes <= readAtMost, `${bytes} B relayed in ${seconds.toFixed(2)} s: more than the budget allows (${readAtMost.toFixed(0)})`);
 
-  const { stats, peersPaused } = tb.beacon.metrics();
+  const { stats } = tb.beacon.metrics();
   assert.ok(stats.peerReadPauses >= 1, 'pauses are counted');
   assert.ok(stats.peerReadPausedMs > 0, 'paused time is counted');
   assert.equal(stats.dropped.send_buffer_full, 0);
@@ -78,7 +78,6 @@ test('a peer over --peer-rate is paused, loses nothing, is held to its budget an
 
   // Resumed: once the bucket refills, alice is read as before.
   await eventually(() => tb.beacon.metrics().peersPaused === 0, 5_000, 'the pause to end');
-  assert.equal(peersPaused, 0);
   a!.send(encodeRelay(alice.nodeId, bob.nodeId, Buffer.alloc(PAYLOAD)));
   assert.equal((await nextMessage(b!)).data.length, 5 + PAYLOAD);
 
