@@ -12,8 +12,8 @@
 import { InvalidArgumentError, Option } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
-  CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseClusterUrls, parseDuration, parseHostPort,
-  parsePositiveInt, parseSize,
+  CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
+  parsePacketRate, parsePositiveInt, parseSize,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
@@ -42,6 +42,9 @@ export interface RunFlags {
   perIpIpv6Prefix: number;
   trustProxy: string[];
   sendBuffer: number;
+  peerRate: number;
+  peerBurst: number;
+  udpRatePerIp: number;
   beaconId: number;
   peer: HostPort[];
   syncInterval: number;
@@ -86,6 +89,11 @@ export function runOptions(): Option[] {
     flag('--trust-proxy <list>', 'comma-separated addresses, CIDRs or loopback/linklocal/uniquelocal whose X-Forwarded-For is believed; "none" for nobody',
       parseTrustProxy, d.trustProxy, formatTrustProxy(d.trustProxy)),
     flag('--send-buffer <size>', 'bytes queued to one peer before further frames to it are dropped', parseSize, d.sendBufferBytes, formatSize(d.sendBufferBytes)),
+    flag('--peer-rate <size/s>', 'bytes per second one peer may send; beyond it the beacon stops reading its socket until the budget refills (TCP slows the sender; nothing is dropped)',
+      parseByteRate, d.peerRateBytesPerSec, `${formatSize(d.peerRateBytesPerSec)}/s`),
+    flag('--peer-burst <size>', 'bytes a peer may send at once above --peer-rate (at least 64KiB)', parseSize, d.peerBurstBytes, formatSize(d.peerBurstBytes)),
+    flag('--udp-rate-per-ip <n/s>', 'UDP packets per second from one source address (burst: one second\'s worth); beyond it they are dropped and counted (rate_limited); beacon peers are exempt',
+      parsePacketRate, d.udpRatePerIp, `${d.udpRatePerIp}/s`),
     flag('--beacon-id <n>', `this beacon's ID in Sync packets (1 to ${MAX_NODE_ID}); required with --peer`,
       (text) => parsePositiveInt(text, MAX_NODE_ID), d.beaconId, d.beaconId === 0 ? 'none' : String(d.beaconId)),
     flag('--peer <host:port>', 'a beacon peer to Sync with (repeatable, or comma-separated)', parsePeers, d.peers,
@@ -133,6 +141,9 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     ipv6PrefixBits: flags.perIpIpv6Prefix,
     trustProxy: [...flags.trustProxy],
     sendBufferBytes: flags.sendBuffer,
+    peerRateBytesPerSec: flags.peerRate,
+    peerBurstBytes: flags.peerBurst,
+    udpRatePerIp: flags.udpRatePerIp,
     beaconId: flags.beaconId,
     peers: [...flags.peer],
     syncIntervalMs: flags.syncInterval,

@@ -118,12 +118,14 @@ export class Beacon extends EventEmitter {
     });
     const gauges: LiveGauges = {
       peers: () => this.compat.peers.size,
+      peersPaused: () => this.compat.peersPaused,
       maxPeers: () => config.maxPeers,
       handshakes: () => this.compat.handshakesInProgress,
       udpEndpoints: () => this.udp.endpoints.size,
       beaconRoutes: () => this.beaconPeers.routeCount,
       keysLoaded: () => this.keysFile?.size ?? 0,
       udpIo: () => this.udpIo.io,
+      udpRateSources: () => this.udp.sourceLimit.size,
     };
     const clusterGauges = config.clusterServers.length === 0 ? undefined : {
       connected: () => this.cluster?.connected() ?? 0,

@@ -11,6 +11,7 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync, existsSync } from 'node:fs';
+import dgram from 'node:dgram';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -40,6 +41,8 @@ test('--help exits 0 and shows every default from DEFAULTS and its BEACON_* vari
     `default: ${DEFAULTS.sendBufferBytes / 1024}KiB`, 'env: BEACON_SEND_BUFFER',
     `default: ${DEFAULTS.maxPeers}`, 'env: BEACON_PEERS', 'env: BEACON_LOG_LEVEL', 'default: loopback',
     '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', '--udp-io', 'env: BEACON_UDP_IO', 'keygen', 'keys',
+    `default: ${DEFAULTS.peerRateBytesPerSec / 2 ** 20}MiB/s`, 'env: BEACON_PEER_RATE', 'env: BEACON_PEER_BURST',
+    `default: ${DEFAULTS.udpRatePerIp}/s`, 'env: BEACON_UDP_RATE_PER_IP',
   ]) {
     assert.ok(help.includes(shown), `--help shows "${shown}"`);
   }
@@ -70,6 +73,27 @@ test('BEACON_BIND configures --bind', async () => {
   assert.match(bind, /^127\.0\.0\.1:\d+$/);
   assert.notEqual(bind, `127.0.0.1:${DEFAULTS.bind.port}`);
   await stopCli(proc);
+});
+
+test('BEACON_UDP_RATE_PER_IP reaches the UDP side: over it, Discovers are dropped and counted', async (t) => {
+  const { proc, listening, httpBase } = await startCli(FAST, { env: { BEACON_UDP_RATE_PER_IP: '3/s' } });
+  t.after(() => stopCli(proc));
+  const udpPort = Number(/:(\d+)$/.exec(String(listening.udp))![1]);
+  const client = dgram.createSocket('udp4');
+  t.after(() => client.close());
+  let replies = 0;
+  client.on('message', () => { replies++; });
+  const discover = Buffer.from([0x01, 0, 0, 0x22, 0xb8]); // Discover, node 8888
+  for (let i = 0; i < 10; i++) client.send(discover, udpPort, '127.0.0.1');
+  // The budget (3/s, one second's worth) is spent at once: 3 answered, 7 dropped.
+  let dropped = 0;
+  const deadline = Date.now() + 5_000;
+  while ((dropped < 7 || replies < 3) && Date.now() < deadline) {
+    const text = await (await fetch(`${httpBase}/metrics`)).text();
+    dropped = Number(/^beacon_dropped_total\{reason="rate_limited"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  }
+  assert.equal(dropped, 7);
+  assert.equal(replies, 3);
 });
 
 test('a flag beats its environment variable (the variable is not even parsed)', async () => {
@@ -121,6 +145,11 @@ const badFlags: [string, string[], Record<string, string>, string[]][] = [
   ['bad trust proxy', ['--trust-proxy', 'example.com'], {}, ['--trust-proxy']],
   ['--peer without --beacon-id', ['--peer', '127.0.0.1:9901'], {}, ['--beacon-id']],
   ['bad environment variable', [], { BEACON_IDLE_TIMEOUT: 'forever' }, ['BEACON_IDLE_TIMEOUT', 'forever']],
+  ['bad peer rate', ['--peer-rate', 'fast'], {}, ['--peer-rate', 'fast', 'MiB/s']],
+  ['zero peer rate', ['--peer-rate', '0/s'], {}, ['--peer-rate']],
+  ['peer burst under one message', ['--peer-burst', '1KiB'], {}, ['--peer-burst', '64KiB']],
+  ['bad UDP rate', ['--udp-rate-per-ip', '0'], {}, ['--udp-rate-per-ip']],
+  ['bad UDP rate in the environment', [], { BEACON_UDP_RATE_PER_IP: 'lots' }, ['BEACON_UDP_RATE_PER_IP', 'lots']],
 ];
 for (const [name, args, env, needles] of badFlags) {
   test(`${name} -> exit 2 and one line naming it`, async () => {

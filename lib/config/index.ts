@@ -7,7 +7,7 @@
  *   and the fix; the beacon never starts half-configured.
  * - Every resource a stranger can hold has a limit here.
  */
-import { MAX_NODE_ID } from '../protocol';
+import { MAX_MESSAGE_BYTES, MAX_NODE_ID } from '../protocol';
 import { UDP_IO_CHOICES, type UdpIoChoice } from '../udp/transport';
 import { type HostPort } from './units';
 
@@ -49,6 +49,12 @@ export interface BeaconConfig {
   trustProxy: string[];
   /** Bytes queued to one peer before further frames to it are dropped. */
   sendBufferBytes: number;
+  /** Bytes per second one peer may make the beacon read; beyond it its socket is paused. */
+  peerRateBytesPerSec: number;
+  /** Bytes a peer may send at once above its rate (the token bucket's size). */
+  peerBurstBytes: number;
+  /** UDP packets per second from one source address; beyond it they are dropped. */
+  udpRatePerIp: number;
   /** This beacon's ID in Sync packets; required when `peers` is non-empty. */
   beaconId: number;
   /** Beacon peers: Sync is sent to and accepted from these addresses only. */
@@ -111,6 +117,19 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   trustProxy: ['loopback'],
   // 256 KiB is 16 maximum-size overlay frames, or ~200 typical ones.
   sendBufferBytes: 256 * 1024,
+  // A peer over budget is paused, never dropped (docs/rate-limits.md): its
+  // TCP connection slows down, nothing is lost. 32 MiB/s (~270 Mbit/s) is
+  // more than a compat-mode daemon moves through one WebSocket in practice,
+  // and about a tenth of what one beacon core relays, so one peer cannot
+  // take the core from the others.
+  peerRateBytesPerSec: 32 * 1024 * 1024,
+  // 4 MiB: a daemon's whole socket send buffer, flushed at once after a
+  // stall, passes without a pause.
+  peerBurstBytes: 4 * 1024 * 1024,
+  // A UDP source cannot be paused, only dropped. 10,000 packets/s from one
+  // address is 64 daemons behind one NAT (--max-per-ip) at ~150 packets/s
+  // each, or one daemon relaying ~12 MB/s; a beacon core handles 50-80k.
+  udpRatePerIp: 10_000,
   beaconId: 0,
   peers: [],
   syncIntervalMs: 10_000,
@@ -157,6 +176,7 @@ export class ConfigError extends Error {
 export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
     'registryTimeoutMs', 'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
+    'peerRateBytesPerSec', 'peerBurstBytes', 'udpRatePerIp',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'maxUdpEndpointsPerIp', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
     'clusterDeadAfterMs',
@@ -172,6 +192,9 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (!Number.isInteger(config.ipv6PrefixBits) || config.ipv6PrefixBits < 1 || config.ipv6PrefixBits > 128) {
     throw new ConfigError(`ipv6PrefixBits must be an integer from 1 to 128, got ${String(config.ipv6PrefixBits)}`);
+  }
+  if (config.peerBurstBytes < MAX_MESSAGE_BYTES) {
+    throw new ConfigError(`--peer-burst ${config.peerBurstBytes} is smaller than one maximum-size message: use at least 64KiB`);
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');

@@ -36,6 +36,25 @@ export function parseSize(text: string): number {
   return bytes;
 }
 
+/** `32MiB/s`, `512KiB/s`, `1048576` (bytes per second; the `/s` may be left out). */
+export function parseByteRate(text: string): number {
+  const match = /^\s*(.*?)\s*(?:\/\s*s)?\s*$/i.exec(text);
+  try {
+    return parseSize(match?.[1] ?? text);
+  } catch {
+    throw new Error(`"${text}" is not a rate: use bytes or KiB/MiB per second, e.g. 32MiB/s`);
+  }
+}
+
+/** `10000` or `10000/s`: whole packets per second. */
+export function parsePacketRate(text: string): number {
+  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
+  if (!match) throw new Error(`"${text}" is not a packet rate: use packets per second, e.g. 10000/s`);
+  const n = Number(match[1]);
+  if (n < 1 || !Number.isSafeInteger(n)) throw new Error(`"${text}" is out of range: use 1/s or more`);
+  return n;
+}
+
 /** A positive integer, at most `max`. */
 export function parsePositiveInt(text: string, max = Number.MAX_SAFE_INTEGER): number {
   if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number`);

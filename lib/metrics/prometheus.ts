@@ -63,6 +63,13 @@ export function createPrometheusRegistry(
   mirroredCounter(r, 'beacon_wss_revoked_total', 'Peers closed because their key was removed or changed.', [],
     () => [[{}, stats.revokedPeers]]);
   mirroredGauge(r, 'beacon_wss_peers', 'Authenticated peers attached over WebSocket.', () => gauges.peers());
+  mirroredCounter(r, 'beacon_wss_read_pauses_total', 'Times a peer\'s socket stopped being read because it sent more than --peer-rate/--peer-burst allow.', [],
+    () => [[{}, stats.peerReadPauses]]);
+  mirroredCounter(r, 'beacon_wss_read_paused_seconds_total', 'Seconds peers spent paused for their read budget, summed over peers (counted when each pause ends).', [],
+    () => [[{}, stats.peerReadPausedMs / 1000]]);
+  mirroredCounter(r, 'beacon_wss_read_yields_total', 'Times a peer yielded the rest of an event-loop turn to the others after reading its fair share.', [],
+    () => [[{}, stats.peerReadYields]]);
+  mirroredGauge(r, 'beacon_wss_peers_paused', 'Peers whose socket is not being read right now because they are over budget.', () => gauges.peersPaused());
   mirroredGauge(r, 'beacon_wss_max_peers', 'The peer limit (--max-peers); upgrades beyond it get HTTP 503.', () => gauges.maxPeers());
   mirroredGauge(r, 'beacon_wss_handshakes', 'WebSocket connections still in the handshake.', () => gauges.handshakes());
 
@@ -80,6 +87,7 @@ export function createPrometheusRegistry(
   mirroredGauge(r, 'beacon_udp_endpoints', 'Nodes with a known UDP endpoint.', () => gauges.udpEndpoints());
   mirroredCounter(r, 'beacon_udp_endpoints_evicted_total', 'UDP endpoints dropped, least recently refreshed first, to make room in a full table.', [],
     () => [[{}, stats.udpEndpointsEvicted]]);
+  mirroredGauge(r, 'beacon_udp_rate_limit_sources', 'Source addresses with a packet budget (--udp-rate-per-ip); bounded.', () => gauges.udpRateSources());
 
   mirroredCounter(r, 'beacon_relay_total', 'Relays by the route the router chose.', ['route'],
     () => byKey('route', stats.relay, RELAY_ROUTES));

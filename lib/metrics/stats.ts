@@ -47,6 +47,8 @@ export const DROP_REASONS = [
   'cluster_malformed',
   /** A relay forwarded by another instance for a node no longer attached here (it moved or left meanwhile). */
   'cluster_moved',
+  /** A UDP packet from a source address over --udp-rate-per-ip. */
+  'rate_limited',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -109,6 +111,12 @@ export class BeaconStats {
   idleDisconnects = 0;
   replacedPeers = 0;
   revokedPeers = 0;
+  /** Times a peer's socket stopped being read because it was over its budget (--peer-rate). */
+  peerReadPauses = 0;
+  /** Milliseconds peers spent paused for their budget, summed (added when each pause ends). */
+  peerReadPausedMs = 0;
+  /** Times a peer gave up the rest of a turn of the event loop after reading its fair share. */
+  peerReadYields = 0;
   udpPackets = zeroes(UDP_PACKET_TYPES);
   udpSent = 0;
   /** Entries the full UDP endpoint table dropped (least recently refreshed) to make room. */
@@ -133,6 +141,7 @@ export class BeaconStats {
 /** What the library reports: the counters plus the live gauges. */
 export interface MetricsSnapshot {
   peers: number;
+  peersPaused: number;
   handshakes: number;
   udpEndpoints: number;
   beaconRoutes: number;
@@ -144,6 +153,8 @@ export interface MetricsSnapshot {
 /** Gauges read from live state at snapshot/scrape time. */
 export interface LiveGauges {
   peers(): number;
+  /** Peers whose socket is not read right now because they are over budget. */
+  peersPaused(): number;
   /** The configured peer limit, so alerts can compare against it. */
   maxPeers(): number;
   handshakes(): number;
@@ -152,6 +163,8 @@ export interface LiveGauges {
   keysLoaded(): number;
   /** 'batched' or 'dgram'. */
   udpIo(): string;
+  /** Source addresses --udp-rate-per-ip keeps a budget for. */
+  udpRateSources(): number;
 }
 
 /** Gauges of cluster mode, read at scrape time; exposed only when --cluster is set. */
@@ -167,6 +180,7 @@ export interface ClusterGauges {
 export function snapshot(stats: BeaconStats, gauges: LiveGauges): MetricsSnapshot {
   return {
     peers: gauges.peers(),
+    peersPaused: gauges.peersPaused(),
     handshakes: gauges.handshakes(),
     udpEndpoints: gauges.udpEndpoints(),
     beaconRoutes: gauges.beaconRoutes(),

@@ -12,6 +12,9 @@
  * - The socket is a DatagramTransport (transport.ts): dgram, or the batched
  *   addon, which calls `receive` for each datagram of a batch and sends the
  *   batch's replies and relays together when `receive` has seen them all.
+ * - A source address over --udp-rate-per-ip has its packets dropped and
+ *   counted (rate_limited) before anything else is done with them;
+ *   configured beacon peers are exempt (source-rate-limit.ts).
  */
 import { isIP, type AddressInfo } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
@@ -29,6 +32,7 @@ import { DgramTransport } from './dgram-transport';
 import { EndpointTable, type UdpEndpoint } from './endpoints';
 import type { DatagramTransport, UdpIo } from './transport';
 import type { UdpBatchAddon } from './udp-batch-addon';
+import { SourceRateLimiter } from './source-rate-limit';
 
 export interface UdpServerDeps {
   config: BeaconConfig;
@@ -46,6 +50,7 @@ export interface UdpServerDeps {
 
 export class UdpServer {
   readonly endpoints: EndpointTable;
+  readonly sourceLimit: SourceRateLimiter;
   private transport: DatagramTransport | undefined;
   private expiry: NodeJS.Timeout | undefined;
 
@@ -57,6 +62,7 @@ export class UdpServer {
       maxPerSource: config.maxUdpEndpointsPerIp,
       ipv6PrefixBits: config.ipv6PrefixBits,
     });
+    this.sourceLimit = new SourceRateLimiter(config.udpRatePerIp);
   }
 
   /** 'udp6' sockets report IPv4 sources as IPv4-mapped IPv6. */
@@ -98,6 +104,9 @@ export class UdpServer {
   /** One received datagram, from either transport. */
   private receive(msg: Buffer, address: string, port: number): void {
     const { stats } = this.deps;
+    if (!this.sourceLimit.allow(address) && this.deps.beaconPeers().peerAt(address, port) === undefined) {
+      return stats.drop('rate_limited');
+    }
     switch (msg[0]) {
       case PacketType.Relay:
         stats.udpPackets.relay++;

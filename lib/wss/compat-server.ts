@@ -12,6 +12,8 @@
  *   buffer more; an oversized message closes the socket with 1009.
  * - After the handshake, peers live in a PeerMap (last writer wins); their
  *   binary messages go to `onPacket`, text messages are ignored.
+ * - Reading is paced per peer (read-pacer.ts): over --peer-rate/--peer-burst
+ *   its socket is paused, never dropped; each gets a fair share of a turn.
  * - Idle: any inbound data, ping or pong is activity; one sweep pings quiet
  *   peers and disconnects those silent past --idle-timeout.
  * - This module never decides where a packet goes: that is the router's.
@@ -37,6 +39,7 @@ import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
 import { Peer } from './peer';
 import { PeerMap, type PeerMapListener } from './peer-map';
+import { ReadPacing, type ReadPacer } from './read-pacer';
 
 /** How long a socket we closed may take to answer the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2_000;
@@ -66,9 +69,25 @@ function peerOf(ws: WebSocket): Peer {
  * Frames accepted for a peer earlier in this turn are written when the turn
  * ends (Peer batches them); one the beacon closes now gets them first, so
  * they precede the close frame as they did when each frame was its own write.
+ * A peer paused for its read budget is read again, so its close reply is seen.
  */
-function flushBeforeClose(ws: WebSocket): void {
-  (ws as Partial<PeerSocket>)[PEER]?.flush();
+function prepareClose(ws: WebSocket): void {
+  const peer = (ws as Partial<PeerSocket>)[PEER];
+  if (!peer) return;
+  peer.flush();
+  peer.pacer?.release();
+}
+
+/** The TCP socket of a paced peer carries its pacer, for the shared read handler. */
+const PACER = Symbol('pacer');
+type PacedSocket = Socket & { [PACER]: ReadPacer };
+
+/**
+ * Added after ws's own 'data' listener, so it runs once ws has handled the
+ * chunk: every byte is charged, and a pause takes effect from the next read.
+ */
+function chargeRead(this: Socket, chunk: Buffer): void {
+  (this as PacedSocket)[PACER].onRead(chunk.length);
 }
 
 function touchPeer(this: WebSocket): void {
@@ -95,6 +114,7 @@ export class CompatServer {
   private readonly tickets = new WeakMap<Socket, AdmissionTicket>();
   private readonly sockets = new Set<WebSocket>();
   private readonly verifier = new SignatureVerifier();
+  private readonly pacing: ReadPacing;
   private draining = false;
   /** Lines any stranger can cause, rate-limited (see RateLimitedLog). */
   private readonly refusedLog: RateLimitedLog;
@@ -117,6 +137,8 @@ export class CompatServer {
     this.refusedLog = new RateLimitedLog(deps.log, 'upgrade refused');
     this.authFailedLog = new RateLimitedLog(deps.log, 'auth failed');
     this.atCapacityLog = new RateLimitedLog(deps.log, 'peer refused: beacon at capacity');
+    this.pacing = new ReadPacing(
+      { rateBytesPerSec: deps.config.peerRateBytesPerSec, burstBytes: deps.config.peerBurstBytes }, deps.stats);
     const { stats, log, onPacket } = deps;
     const server = this;
     this.onPeerMessage = function onPeerMessage(data, isBinary) {
@@ -128,6 +150,7 @@ export class CompatServer {
     };
     this.onPeerClose = function onPeerClose(code) {
       const peer = peerOf(this);
+      peer.pacer?.release();
       if (server.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
       server.deps.onPeerClosed?.(peer, code);
     };
@@ -140,6 +163,11 @@ export class CompatServer {
     this.releaseTicket = function releaseTicket() {
       server.tickets.get(this)?.release();
     };
+  }
+
+  /** Peers not being read right now because they are over their budget. */
+  get peersPaused(): number {
+    return this.pacing.paused;
   }
 
   get handshakesInProgress(): number {
@@ -233,7 +261,7 @@ export class CompatServer {
     const closing = [...this.sockets].map((ws) => new Promise<void>((resolve) => {
       if (ws.readyState === 3) return resolve();
       ws.once('close', () => resolve());
-      flushBeforeClose(ws);
+      prepareClose(ws);
       if (ws.readyState === 1) beforeClose?.(ws);
       ws.close(CloseCode.GoingAway, CloseReason.shuttingDown);
     }));
@@ -320,7 +348,7 @@ export class CompatServer {
         this.atCapacityLog.info({ ip, nodeId: result.nodeId });
         return closeWithGrace(ws, CloseCode.TryAgainLater, CloseReason.atCapacity);
       }
-      this.attach(new Peer(result.nodeId, ws, result.key, ip, port, config.sendBufferBytes));
+      this.attach(new Peer(result.nodeId, ws, result.key, ip, port, config.sendBufferBytes, this.pacing));
     });
   }
 
@@ -344,13 +372,18 @@ export class CompatServer {
     ws.on('ping', touchPeer);
     ws.on('pong', touchPeer);
     ws.on('close', this.onPeerClose);
+    if (peer.tcp && peer.pacer) {
+      (peer.tcp as PacedSocket)[PACER] = peer.pacer;
+      peer.tcp.on('data', chargeRead);
+    }
     log.info({ nodeId: peer.nodeId, ip: peer.clientIp }, 'peer connected');
   }
 
   private sweepIdle(idleMs: number, intervalMs: number): void {
     const now = Date.now();
     for (const peer of this.peers.values()) {
-      if (peer.active) {
+      // A peer paused for its budget has sent more than we read: busy, not idle.
+      if (peer.active || peer.pacer?.isPaused) {
         peer.active = false;
         peer.quietSince = now;
         continue;
@@ -394,7 +427,7 @@ export class CompatServer {
 function closeWithGrace(ws: WebSocket, code?: number, reason?: string): void {
   if (ws.readyState === 3) return;
   if (code !== undefined) {
-    flushBeforeClose(ws);
+    prepareClose(ws);
     ws.close(code, reason);
   }
   const timer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);

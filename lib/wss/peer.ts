@@ -17,11 +17,14 @@
  *   Everything else (text, ping, close) still goes through ws; a batch is
  *   written only while the socket is open, and the beacon flushes it before
  *   closing a peer, so frames accepted before the close go out before it.
+ * - Its reading is paced (ReadPacer): a budget in bytes per second and a
+ *   fair share of each turn of the event loop.
  */
 import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
 import type { RegisteredKey } from '../auth/keys';
 import type { NodeId } from '../protocol';
+import { ReadPacer, type ReadPacing } from './read-pacer';
 
 export class Peer {
   /** Set by any inbound data, ping or pong; cleared by the idle sweep. */
@@ -37,7 +40,9 @@ export class Peer {
   /** A flush is scheduled after the current I/O callback / at the end of the turn. */
   private afterCallbackFlushPending = false;
   private turnEndFlushPending = false;
-  private readonly tcp: Socket | undefined;
+  /** The TCP socket under ws; undefined if ws ever stops exposing it (then nothing is batched or paced). */
+  readonly tcp: Socket | undefined;
+  readonly pacer: ReadPacer | undefined;
 
   constructor(
     readonly nodeId: NodeId,
@@ -46,9 +51,11 @@ export class Peer {
     readonly clientIp: string,
     readonly clientPort: number,
     private readonly sendBufferBytes: number,
+    pacing: ReadPacing,
   ) {
     // ws keeps the TCP socket private; the batch is written to it directly.
     this.tcp = (ws as unknown as { _socket?: Socket })._socket;
+    this.pacer = this.tcp ? new ReadPacer(ws, pacing) : undefined;
   }
 
   /**

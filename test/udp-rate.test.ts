@@ -1,0 +1,117 @@
+/**
+ * The UDP side's per-source budget (--udp-rate-per-ip, issue 12): over it,
+ * packets are dropped and counted as rate_limited; other sources and beacon
+ * peers are not affected; the budget returns; the table of sources stays
+ * bounded. Real beacon and real UDP sockets on 127.0.0.0/8, plus the
+ * limiter alone with a given clock.
+ */
+import assert from 'node:assert/strict';
+import dgram from 'node:dgram';
+import { test, type TestContext } from 'node:test';
+import { encodeDiscover, encodeSync } from '../lib/protocol';
+import { SourceRateLimiter } from '../lib/udp/source-rate-limit';
+import { beaconFor, eventually, udpClientFor, withTimeout, type TestBeacon } from './helpers/harness';
+import { promValue } from './helpers/wire';
+
+/** A UDP socket bound to `address` that counts the datagrams it receives. */
+async function countingSocket(t: TestContext, address: string): Promise<{ socket: dgram.Socket; received: () => number }> {
+  const socket = dgram.createSocket('udp4');
+  t.after(() => socket.close());
+  await new Promise<void>((resolve) => socket.bind(0, address, resolve));
+  let received = 0;
+  socket.on('message', () => { received++; });
+  return { socket, received: () => received };
+}
+
+function sendDiscovers(tb: TestBeacon, socket: dgram.Socket, count: number): void {
+  for (let i = 0; i < count; i++) socket.send(encodeDiscover(5000 + i), tb.udpPort, '127.0.0.1');
+}
+
+/** Waits until the beacon has handled `count` datagrams (answered or dropped for rate). */
+async function handled(tb: TestBeacon, count: number): Promise<void> {
+  await eventually(() => {
+    const { stats } = tb.beacon.metrics();
+    return stats.udpPackets.discover + stats.udpPackets.sync + stats.dropped.rate_limited >= count;
+  }, 5_000, `${count} datagrams to be handled`);
+}
+
+test('a source over --udp-rate-per-ip has its packets dropped and counted; its budget comes back', async (t) => {
+  const tb = await beaconFor(t, [], { udpRatePerIp: 50 });
+  const heavy = await countingSocket(t, '127.0.0.1');
+  sendDiscovers(tb, heavy.socket, 200);
+  await handled(tb, 200);
+  const { stats } = tb.beacon.metrics();
+  // One second's worth (50) at once, and what refills while the 200 arrive (a few ms: at most a few).
+  assert.ok(stats.udpPackets.discover >= 50 && stats.udpPackets.discover <= 55, `answered ${stats.udpPackets.discover}`);
+  assert.equal(stats.dropped.rate_limited, 200 - stats.udpPackets.discover);
+  await eventually(() => heavy.received() === stats.udpPackets.discover, 3_000, 'the replies');
+  assert.equal(promValue(await tb.beacon.metricsText(), 'beacon_dropped_total', { reason: 'rate_limited' }), stats.dropped.rate_limited);
+
+  // At 50/s a packet's worth comes back every 20 ms.
+  const before = heavy.received();
+  await withTimeout((async () => {
+    while (heavy.received() === before) {
+      heavy.socket.send(encodeDiscover(4242), tb.udpPort, '127.0.0.1');
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  })(), 3_000, 'the budget to come back');
+});
+
+test('the budget is per source address: another address is answered while one is over', async (t) => {
+  const tb = await beaconFor(t, [], { udpRatePerIp: 10 });
+  const heavy = await countingSocket(t, '127.0.0.1');
+  const other = await countingSocket(t, '127.0.0.2');
+  sendDiscovers(tb, heavy.socket, 100);
+  await handled(tb, 100);
+  assert.ok(tb.beacon.metrics().stats.dropped.rate_limited >= 85);
+  sendDiscovers(tb, other.socket, 5);
+  await eventually(() => other.received() === 5, 3_000, 'the other source\'s 5 replies');
+  // Another port on the over-budget address shares its budget: of 10 sent at
+  // once, only what refilled since (10/s) can pass.
+  const samePlace = await countingSocket(t, '127.0.0.1');
+  const dropped = tb.beacon.metrics().stats.dropped.rate_limited;
+  sendDiscovers(tb, samePlace.socket, 10);
+  await handled(tb, 115);
+  assert.ok(tb.beacon.metrics().stats.dropped.rate_limited > dropped, 'the same address is still over budget');
+});
+
+test('configured beacon peers are not held to the per-source budget', async (t) => {
+  const fakePeer = await udpClientFor(t);
+  const tb = await beaconFor(t, [], {
+    udpRatePerIp: 5, beaconId: 1, peers: [{ host: '127.0.0.1', port: fakePeer.port }], syncIntervalMs: 60_000,
+  });
+  for (let i = 0; i < 40; i++) fakePeer.send(encodeSync(2, [9000 + i]), tb.udpPort);
+  await handled(tb, 40);
+  assert.equal(tb.beacon.metrics().stats.syncsReceived, 40);
+  assert.equal(tb.beacon.metrics().stats.dropped.rate_limited, 0);
+});
+
+test('SourceRateLimiter: one second\'s worth at once, then the rate; refilled sources are forgotten', () => {
+  const t0 = performance.now();
+  const limiter = new SourceRateLimiter(10);
+  let allowed = 0;
+  for (let i = 0; i < 25; i++) if (limiter.allow('192.0.2.1', t0)) allowed++;
+  assert.equal(allowed, 10, 'the burst is one second of rate');
+  assert.equal(limiter.allow('192.0.2.1', t0 + 50), false, 'half a packet\'s time later: still over');
+  assert.equal(limiter.allow('192.0.2.1', t0 + 101), true, 'one packet\'s time later: one more');
+  assert.equal(limiter.allow('192.0.2.1', t0 + 102), false);
+  assert.equal(limiter.allow('198.51.100.9', t0 + 102), true, 'another address has its own budget');
+  // Idle for longer than the bucket takes to fill, then a sweep (30 s later) forgets both.
+  limiter.allow('203.0.113.5', t0 + 31_000);
+  assert.equal(limiter.size, 1);
+});
+
+test('SourceRateLimiter: the table never holds more than its bound, even under many (spoofed) sources', () => {
+  const t0 = performance.now();
+  const limiter = new SourceRateLimiter(100, 1_000);
+  for (let i = 0; i < 20_000; i++) {
+    limiter.allow(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, t0 + i * 0.01);
+    assert.ok(limiter.size <= 1_000);
+  }
+  assert.equal(limiter.size, 1_000);
+  // A source still tracked keeps its limit.
+  const recent = '10.0.78.31'; // i = 19999
+  let allowed = 0;
+  for (let i = 0; i < 200; i++) if (limiter.allow(recent, t0 + 200)) allowed++;
+  assert.ok(allowed <= 100, `allowed ${allowed}`);
+});
