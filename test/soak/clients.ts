@@ -41,10 +41,10 @@ export function connectCompat(
     });
   });
   ws.on('error', () => {}); // resets end in 'close'
-  ws.on('unexpected-response', (req, res) => {
-    // A refused upgrade: say which status, then let 'close' follow.
+  ws.on('unexpected-response', (_req, res) => {
+    // A refused upgrade: say which status; terminate() aborts the request and 'close' follows.
     settle({ ok: false, code: 1006, reason: `HTTP ${res.statusCode ?? '?'}` });
-    req.destroy();
+    ws.terminate();
   });
   ws.on('message', (data, isBinary) => {
     if (isBinary) {
