@@ -57,8 +57,8 @@ function parseArgs(argv: readonly string[]): Args {
     // A row a minute on long runs; at least a dozen rows on short ones.
     sampleS: sampleS ?? Math.min(60, Math.max(5, Math.round(durationS / 12))),
     // Caches fill, the JIT settles and the heap finds its size: a fifth of
-    // the run, at least 20 s, at most 5 minutes.
-    warmupS: warmupS ?? Math.min(300, Math.max(20, durationS / 5)),
+    // the run, at least 30 s, at most 5 minutes.
+    warmupS: warmupS ?? Math.min(300, Math.max(30, durationS / 5)),
     json,
   };
 }
