@@ -22,7 +22,8 @@ import { eventually, startTestBeacon, withTimeout, type TestBeacon } from './hel
 import { makeIdentity, sign, type TestIdentity } from './helpers/identity';
 import { fuzzParams } from './fuzz/settings';
 
-const AUTH_TIMEOUT_MS = 400;
+/** Long enough that a loaded machine (the suite runs two files at once) never times out a valid handshake. */
+const AUTH_TIMEOUT_MS = 1_500;
 const known = [makeIdentity(7001), makeIdentity(7002)];
 const stranger = makeIdentity(7999); // not in the keys file
 
@@ -47,7 +48,7 @@ const message: fc.Arbitrary<Message> = fc.record({
 });
 const connection: fc.Arbitrary<Connection> = fc.record({
   claim: fc.integer({ min: 0, max: 2 }), // 2: a node the beacon does not know
-  messages: fc.oneof({ weight: 12, arbitrary: fc.array(message, { minLength: 1, maxLength: 4 }) }, { weight: 1, arbitrary: fc.constant<Message[]>([]) }),
+  messages: fc.oneof({ weight: 20, arbitrary: fc.array(message, { minLength: 1, maxLength: 4 }) }, { weight: 1, arbitrary: fc.constant<Message[]>([]) }),
   closeAfterMs: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: fc.integer({ min: 0, max: 30 }) }),
 });
 
@@ -94,7 +95,7 @@ async function play(url: string, c: Connection): Promise<Outcome> {
   const nonce = await withTimeout(new Promise<string>((resolve, reject) => {
     ws.once('message', (data) => resolve((JSON.parse(String(data)) as { nonce: string }).nonce));
     ws.once('unexpected-response', (_req, res) => reject(new Error(`upgrade refused with HTTP ${res.statusCode}: a slot leaked`)));
-  }), 3_000, 'the challenge');
+  }), 10_000, 'the challenge');
   let verdict: () => void = () => {};
   const decided = new Promise<void>((resolve) => { verdict = resolve; });
   void closed.then(() => verdict());
@@ -112,10 +113,10 @@ async function play(url: string, c: Connection): Promise<Outcome> {
     if (ws.readyState === WebSocket.OPEN) ws.send(encode(m, id, nonce));
   }
   // Well-behaved from here: wait for the verdict (auth_ok or the close), then leave.
-  await withTimeout(decided, AUTH_TIMEOUT_MS * 5, 'auth_ok or the close');
+  await withTimeout(decided, AUTH_TIMEOUT_MS + 10_000, 'auth_ok or the close');
   const wasOk = authOk;
   if (ws.readyState === WebSocket.OPEN) { clientClosed = true; ws.close(1000); }
-  const { code, reason } = await withTimeout(closed, 3_000, 'the close');
+  const { code, reason } = await withTimeout(closed, 10_000, 'the close');
   return { authOk: wasOk, closedBy: clientClosed ? 'client' : 'server', code, reason };
 }
 
@@ -138,7 +139,7 @@ describe('compat handshake', () => {
   test('auth_ok only for a valid signature over the right node ID and nonce, else 1008; nothing left behind', async () => {
     await fc.assert(fc.asyncProperty(fc.array(connection, { minLength: 1, maxLength: 3 }), async (connections) => {
       // A failed case (while shrinking) may leave closes in flight: start from quiet.
-      await eventually(() => { const m = tb.beacon.metrics(); return m.handshakes === 0 && m.peers === 0; }, 3_000, 'a quiet beacon');
+      await eventually(() => { const m = tb.beacon.metrics(); return m.handshakes === 0 && m.peers === 0; }, 10_000, 'a quiet beacon');
       const timersBefore = timers();
       const countedBefore = handshakesCounted(tb);
       const upgradesBefore = tb.beacon.metrics().stats.upgradesOk;
@@ -160,9 +161,9 @@ describe('compat handshake', () => {
       await eventually(() => {
         const m = tb.beacon.metrics();
         return m.handshakes === 0 && m.peers === 0 && handshakesCounted(tb) - countedBefore === m.stats.upgradesOk - upgradesBefore;
-      }, 3_000, 'every handshake to end and be counted once');
+      }, 10_000, 'every handshake to end and be counted once');
       assert.equal(tb.beacon.metrics().stats.upgradesOk - upgradesBefore, connections.length);
-      await eventually(() => timers() <= timersBefore, 3_000, 'no timer left behind');
-    }), fuzzParams(40));
+      await eventually(() => timers() <= timersBefore, 10_000, 'no timer left behind');
+    }), fuzzParams(30));
   });
 });

@@ -25,5 +25,6 @@ export function fuzzScale(): number {
 
 /** fast-check parameters for a property that runs `runs` cases in `npm test`. */
 export function fuzzParams<T>(runs: number, extra: Parameters<T> = {}): Parameters<T> {
-  return { seed: fuzzSeed(), numRuns: Math.max(1, Math.round(runs * fuzzScale())), ...extra };
+  // includeErrorInReport: the assertion that failed, not only the counterexample.
+  return { seed: fuzzSeed(), numRuns: Math.max(1, Math.round(runs * fuzzScale())), includeErrorInReport: true, ...extra };
 }
