@@ -88,7 +88,21 @@ const keyValue = fc.oneof({ weight: 4, arbitrary: validKey }, { weight: 2, arbit
 const keysObjectText = fc.array(fc.tuple(nodeIdText, keyValue), { maxLength: 8 })
   .map((entries) => `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${JSON.stringify(v)}`).join(',')}}`);
 
+/** JSON text the way people and tools write it: any whitespace between tokens, \u escapes, duplicate entries. */
+const ws = fc.stringMatching(/^[ \t\n\r]{0,3}$/);
+const escapedString = (text: string) => fc.array(fc.boolean(), { minLength: text.length, maxLength: text.length })
+  .map((escapes) => `"${[...text].map((c, i) => (escapes[i] ? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}` : JSON.stringify(c).slice(1, -1))).join('')}"`);
+const looseEntry = fc.tuple(nodeIdText, keyValue).chain(([k, v]) => fc.tuple(
+  escapedString(k), typeof v === 'string' ? escapedString(v) : fc.constant(JSON.stringify(v)), ws, ws, ws, ws,
+).map(([key, value, a, b, c, d]) => `${a}${key}${b}:${c}${value}${d}`));
+const looseObjectText = fc.tuple(fc.array(looseEntry, { maxLength: 6 }), ws, fc.boolean())
+  .chain(([entries, space, duplicate]) => fc.constant(`${space}{${(duplicate && entries.length > 0 ? [...entries, entries[0]!] : entries).join(',')}${space}}${space}`));
+
 describe('keys file parser', () => {
+  test('whitespace, escapes and duplicate entries mean what JSON says they mean', () => {
+    fc.assert(fc.property(looseObjectText, (text) => check(text)), fuzzParams(300));
+  });
+
   test('any JSON value: a KeysFileError or a valid map', () => {
     fc.assert(fc.property(fc.jsonValue(), (value) => check(JSON.stringify(value) ?? 'null')), fuzzParams(200));
   });
