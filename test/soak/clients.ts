@@ -21,6 +21,11 @@ export interface CompatConnection {
   handshake: Promise<HandshakeEnd>;
   /** Resolves with the close code whenever the socket closes. */
   closed: Promise<number>;
+  /** Set when the soak gave up on it (its backstop closed it). */
+  expired?: boolean;
+  /** When the upgrade completed, and when the reply to the challenge left (ms since epoch). */
+  openedAt?: number;
+  repliedAt?: number;
 }
 
 /**
@@ -31,6 +36,8 @@ export function connectCompat(
   url: string, id: TestIdentity, style: ReplyStyle, onBinary?: (data: Buffer) => void, other?: TestIdentity,
 ): CompatConnection {
   const ws = new WebSocket(url, [COMPAT_SUBPROTOCOL], { perMessageDeflate: false });
+  // eslint-disable-next-line prefer-const
+  let conn: CompatConnection;
   let authed = false;
   let settle: (end: HandshakeEnd) => void = () => {};
   const handshake = new Promise<HandshakeEnd>((resolve) => { settle = resolve; });
@@ -54,12 +61,15 @@ export function connectCompat(
     const msg = JSON.parse(String(data)) as { type: string; nonce?: string };
     if (msg.type === 'auth_challenge' && msg.nonce) {
       answer(ws, id, msg.nonce, style, other);
+      conn.repliedAt = Date.now();
     } else if (msg.type === 'auth_ok') {
       authed = true;
       settle({ ok: true });
     }
   });
-  return { ws, handshake, closed };
+  conn = { ws, handshake, closed };
+  ws.once('open', () => { conn.openedAt = Date.now(); });
+  return conn;
 }
 
 function answer(ws: WebSocket, id: TestIdentity, nonce: string, style: ReplyStyle, other?: TestIdentity): void {

@@ -4,7 +4,8 @@
  * - A Sample is one scrape of the beacon's /metrics: the resources that
  *   leak (RSS, heap, fds, handles, timers, peers) and the counters.
  * - Growth is judged after the warm-up: the median of the last window of
- *   samples against the median of the first window after the warm-up, for
+ *   samples against the median of the first window after the warm-up (the
+ *   soak uses thirds of the samples after the warm-up), for
  *   every resource, each with its stated margin (MARGINS). Heap uses the
  *   lowest value of each window instead of the median: heap in use swings
  *   with garbage collection, and a leak shows as a rising floor.
@@ -40,7 +41,7 @@ export type Resource = (typeof RESOURCES)[number];
  */
 export const MARGINS: Record<Resource, { relative: number; absolute: number }> = {
   rssMiB: { relative: 0.10, absolute: 24 },
-  heapMiB: { relative: 0.10, absolute: 4 },
+  heapMiB: { relative: 0.10, absolute: 8 },
   fds: { relative: 0.10, absolute: 24 },
   handles: { relative: 0.10, absolute: 24 },
   timers: { relative: 0.10, absolute: 24 },

@@ -17,7 +17,11 @@
  *   silent) and malformed UDP, including Syncs from strangers.
  *
  * Outcomes that must never happen (a bad handshake accepted, a good one
- * refused while nothing explains it) are counted as `unexpected`.
+ * refused while nothing explains it) are counted as `unexpected`, by kind,
+ * with the first few of each kind kept as examples. A handshake the soak
+ * itself answered too late (its process starved on a busy machine: longer
+ * than the beacon's auth timeout) explains a refusal; it is counted
+ * (`lateClientRefusals`), not failed.
  */
 import { randomBytes } from 'node:crypto';
 import type dgram from 'node:dgram';
@@ -40,7 +44,7 @@ const MAGIC = 0xb5;
 /** Sockets the churn keeps open at most. */
 const CHURN_MAX_OPEN = 80;
 /** The slow reader lives this long (paused) before it gives up and reconnects. */
-const SLOW_READER_LIFE_MS = 15_000;
+const SLOW_READER_LIFE_MS = 40_000;
 const SLOW_FEED_PER_TICK = 80;
 const SLOW_FEED_BYTES = 1024;
 
@@ -78,11 +82,15 @@ export interface LoadCounts {
   sighups: number;
   registryFlaps: number;
   udpNoise: number;
-  unexpected: string[];
+  lateClientRefusals: number;
+  /** Kind -> how many, and the first examples. */
+  unexpected: Map<string, { count: number; examples: string[] }>;
 }
 
 export interface LoadOptions {
   keysPath: string;
+  /** The beacon's --auth-timeout. */
+  authTimeoutMs: number;
   /** Sends a signal to the beacon (SIGHUP reloads the keys file). */
   signal: (name: NodeJS.Signals) => void;
 }
@@ -92,7 +100,7 @@ export class SoakLoad {
   readonly streams: Stream[] = [];
   readonly counts: LoadCounts = {
     churnConnects: 0, churnOk: 0, replacements: 0, revocationsSeen: 0, badHandshakes: 0, slowReaderCycles: 0,
-    keysRotations: 0, invalidKeysFiles: 0, sighups: 0, registryFlaps: 0, udpNoise: 0, unexpected: [],
+    keysRotations: 0, invalidKeysFiles: 0, sighups: 0, registryFlaps: 0, udpNoise: 0, lateClientRefusals: 0, unexpected: new Map(),
   };
   private readonly wellBehaved = range(6, (i) => makeIdentity(IDS.wellBehaved + i));
   private readonly churnFile = range(CHURN_FILE_COUNT, (i) => makeIdentity(IDS.churnFile + i));
@@ -164,8 +172,10 @@ export class SoakLoad {
       this.track(conn);
       const end = await conn.handshake;
       if (!end.ok) throw new Error(`well-behaved node ${id.nodeId} was refused: ${end.code} ${end.reason}`);
+      // A daemon's keepalive: a Discover every few seconds, as well-behaved daemons send.
+      this.every(5_000, () => conn.ws.send(encodeDiscover(id.nodeId)));
       void conn.closed.then((code) => {
-        if (this.running) this.unexpected(`well-behaved node ${id.nodeId} was disconnected with ${code}`);
+        if (this.running) this.unexpected('well-behaved disconnected', `well-behaved node ${id.nodeId} was disconnected with ${code}`);
       });
       return conn.ws;
     };
@@ -241,7 +251,9 @@ export class SoakLoad {
         // A registry node may be refused while the registry is down or
         // silent; a rotating node when its key changed mid-handshake.
         const explained = (fromRegistry && end.code === 1008) || (rotating && end.code === 1008);
-        if (!explained) this.unexpected(`churn node ${id.nodeId} refused: ${end.code} ${end.reason} after ${Date.now() - t0} ms`);
+        if (explained) return;
+        if (this.tooLate(conn)) return;
+        this.unexpected('churn refused', `churn node ${id.nodeId} refused: ${end.code} ${end.reason} after ${Date.now() - t0} ms`);
         return;
       }
       this.counts.churnOk++;
@@ -266,7 +278,7 @@ export class SoakLoad {
     this.track(conn);
     // Nothing here holds a socket forever: the beacon's auth timeout, the
     // churn's own close, or this backstop ends it.
-    const backstop = setTimeout(() => conn.ws.terminate(), 20_000);
+    const backstop = setTimeout(() => { conn.expired = true; conn.ws.terminate(); }, 20_000);
     void conn.closed.then(() => clearTimeout(backstop));
     return conn;
   }
@@ -290,9 +302,10 @@ export class SoakLoad {
     const expected = style === 'oversized' && !unknown ? 1009 : 1008;
     void conn.handshake.then((end) => {
       if (!this.running) return; // the soak closed it
-      if (end.ok) this.unexpected(`a bad handshake (${unknown ? 'unknown node' : style}) was accepted`);
+      if (end.ok) this.unexpected('bad handshake accepted', `a bad handshake (${unknown ? 'unknown node' : style}) was accepted`);
       else if (end.code !== expected && end.code !== 1006) {
-        this.unexpected(`a bad handshake (${unknown ? 'unknown node' : style}) ended with ${end.code}, expected ${expected}`);
+        if (this.tooLate(conn)) return;
+        this.unexpected('bad handshake code', `a bad handshake (${unknown ? 'unknown node' : style}) ended with ${end.code}, expected ${expected}`);
       }
     });
   }
@@ -364,7 +377,7 @@ export class SoakLoad {
   private async slowReaderCycle(): Promise<void> {
     const feeder = connectCompat(this.url, this.flooder, 'valid');
     this.track(feeder);
-    if (!(await feeder.handshake).ok) return this.unexpected('the slow reader\'s feeder was refused');
+    if (!(await feeder.handshake).ok) return this.unexpected('slow reader refused', 'the slow reader\'s feeder was refused');
     const filler = Buffer.alloc(SLOW_FEED_BYTES, 0x5a);
     this.every(TICK_MS, () => {
       for (let i = 0; i < SLOW_FEED_PER_TICK; i++) feeder.ws.send(encodeRelay(this.flooder.nodeId, this.slow.nodeId, filler));
@@ -375,7 +388,7 @@ export class SoakLoad {
       const reader = connectCompat(this.url, this.slow, 'valid');
       this.track(reader);
       const end = await reader.handshake;
-      if (!end.ok) this.unexpected(`the slow reader was refused: ${end.code}`);
+      if (!end.ok) this.unexpected('slow reader refused', `the slow reader was refused: ${end.code}`);
       // Stop reading: the beacon's queue to it fills, then it is idle and dropped.
       (reader.ws as unknown as { _socket?: net.Socket })._socket?.pause();
       this.later(SLOW_READER_LIFE_MS, () => {
@@ -397,8 +410,24 @@ export class SoakLoad {
     this.timers.push(timer);
   }
 
-  private unexpected(what: string): void {
-    if (this.counts.unexpected.length < 100) this.counts.unexpected.push(what);
+  /**
+   * The soak's own process was too slow to blame the beacon: it never
+   * answered the challenge, answered more than half the auth timeout after
+   * the upgrade, or its backstop closed the socket. A beacon that stalls a
+   * handshake the client answered promptly is still a failure.
+   */
+  private tooLate(conn: CompatConnection): boolean {
+    const answeredIn = conn.repliedAt !== undefined && conn.openedAt !== undefined ? conn.repliedAt - conn.openedAt : Infinity;
+    if (!conn.expired && answeredIn <= this.options.authTimeoutMs / 2) return false;
+    this.counts.lateClientRefusals++;
+    return true;
+  }
+
+  private unexpected(kind: string, what: string): void {
+    const entry = this.counts.unexpected.get(kind) ?? { count: 0, examples: [] };
+    entry.count++;
+    if (entry.examples.length < 5) entry.examples.push(what);
+    this.counts.unexpected.set(kind, entry);
   }
 }
 

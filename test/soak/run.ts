@@ -54,14 +54,16 @@ function parseArgs(argv: readonly string[]): Args {
   const durationS = minutes * 60;
   return {
     minutes,
-    // A row a minute on long runs; at least a dozen rows on short ones.
-    sampleS: sampleS ?? Math.min(60, Math.max(5, Math.round(durationS / 12))),
+    // A row a minute on long runs; about 30 rows on short ones.
+    sampleS: sampleS ?? Math.min(60, Math.max(2, Math.round(durationS / 30))),
     // Caches fill, the JIT settles and the heap finds its size: a fifth of
     // the run, at least 30 s, at most 5 minutes.
     warmupS: warmupS ?? Math.min(300, Math.max(30, durationS / 5)),
     json,
   };
 }
+
+const AUTH_TIMEOUT_MS = 2_000;
 
 /** Counters that must have moved: each workload took effect. */
 const MUST_MOVE = ['authOk', 'badSig', 'replaced', 'revoked', 'idle', 'relayWss', 'relayUdp', 'relayBeacon', 'bufFull',
@@ -72,14 +74,14 @@ async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'beacon-soak-'));
   const keysPath = join(dir, 'keys.json');
   let beacon: BeaconProcess | undefined;
-  const load = new SoakLoad({ keysPath, signal: (name) => beacon?.signal(name) });
+  const load = new SoakLoad({ keysPath, authTimeoutMs: AUTH_TIMEOUT_MS, signal: (name) => beacon?.signal(name) });
   const failures: string[] = [];
   try {
     const { registryPort, peerBeaconPort } = await load.prepare();
     beacon = await BeaconProcess.start([
       '--keys', keysPath, '--registry', `127.0.0.1:${registryPort}`,
       '--beacon-id', '1', '--peer', `127.0.0.1:${peerBeaconPort}`, '--sync-interval', '2s',
-      '--auth-timeout', '2s', '--idle-timeout', '10s', '--max-per-ip', '512',
+      '--auth-timeout', `${AUTH_TIMEOUT_MS}ms`, '--idle-timeout', '30s', '--max-per-ip', '512',
       '--key-cache-ttl', '3s', '--key-cache-negative-ttl', '1s', '--log-level', 'info',
     ]);
     console.log(`soak: ${args.minutes} min on beacon pid ${beacon.pid} (http ${beacon.httpPort}, udp ${beacon.udpPort}); `
@@ -105,8 +107,9 @@ async function main(): Promise<void> {
     const idleAfter = await waitForIdle(beacon);
     failures.push(...judgeIdle(idleBefore, idleAfter).map((p) => `after the load, ${p}`));
 
-    console.log('\nGrowth after the warm-up (first window after it vs the last window; heap: lowest of each window):');
-    const verdicts = judgeGrowth(samples, args.warmupS, 3);
+    console.log('\nGrowth after the warm-up (first third of the samples after it vs the last third; heap: lowest of each):');
+    const steady = samples.filter((s) => s.t >= args.warmupS).length;
+    const verdicts = judgeGrowth(samples, args.warmupS, Math.max(3, Math.floor(steady / 3)));
     console.log(formatTable([['resource', 'baseline', 'final', 'limit', 'margin', ''],
       ...verdicts.map((v) => [v.resource, v.baseline.toFixed(1), v.final.toFixed(1), v.limit.toFixed(1),
         `+${MARGINS[v.resource].relative * 100}% +${MARGINS[v.resource].absolute}`, v.ok ? 'ok' : 'GREW'])]));
@@ -128,7 +131,7 @@ async function main(): Promise<void> {
     }
     const { unexpected, ...counts } = load.counts;
     console.log(`\nLoad: ${Object.entries(counts).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-    failures.push(...unexpected);
+    for (const [kind, { count, examples }] of unexpected) failures.push(`${count} x ${kind}, e.g. ${examples.join('; ')}`);
     const last = samples.at(-1)!;
     for (const counter of MUST_MOVE) {
       if (!(last.counters[counter]! > 0)) failures.push(`counter ${counter} never moved: that workload did not take effect`);
@@ -138,10 +141,8 @@ async function main(): Promise<void> {
     if (code !== 0) failures.push(`the beacon exited with ${code} on SIGTERM`);
     const expectedErrors = (line: string) => line.includes('"msg":"keys file reload failed; keeping the previous keys"');
     const errors = beacon.errors.filter((line) => !expectedErrors(line));
-    const reloadErrors = beacon.errors.length - errors.length;
-    if (reloadErrors > load.counts.invalidKeysFiles) {
-      failures.push(`${reloadErrors} failed keys reloads logged for ${load.counts.invalidKeysFiles} invalid files written`);
-    }
+    // The watcher and a SIGHUP may both reload one invalid file: a count, not a check.
+    console.log(`failed keys reloads logged: ${beacon.errors.length - errors.length} (invalid files written: ${load.counts.invalidKeysFiles})`);
     failures.push(...errors.slice(0, 10).map((line) => `beacon logged an error: ${line}`));
     console.log(`beacon log lines: ${beacon.logLines}`);
     if (args.json) writeFileSync(args.json, JSON.stringify({ args, idleBefore, idleAfter, samples, streams: load.streams, counts: load.counts, failures }, null, 1));
