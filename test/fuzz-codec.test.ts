@@ -150,14 +150,27 @@ describe('Sync packets', () => {
   test('the route of every node is a beacon peer whose latest Sync lists it, and only those nodes have one', () => {
     const peers: UdpEndpoint[] = [0, 1, 2].map((i) => ({ address: '127.0.0.1', port: 9000 + i, ip: '127.0.0.1' }));
     const smallId = fc.integer({ min: 1, max: 12 });
-    const step = fc.record({ peer: fc.integer({ min: 0, max: 2 }), ids: fc.array(smallId, { maxLength: 8 }), local: fc.array(smallId, { maxLength: 3 }) });
+    const step = fc.record({
+      peer: fc.integer({ min: 0, max: 2 }), ids: fc.array(smallId, { maxLength: 8 }), local: fc.array(smallId, { maxLength: 3 }),
+      // Time passes; now and then the routes of peers silent for 10 ticks expire.
+      dt: fc.integer({ min: 0, max: 6 }), expire: fc.boolean(),
+    });
     fc.assert(fc.property(fc.array(step, { maxLength: 20 }), (steps) => {
       const table = new BeaconPeers(peers);
       const latest = new Map<UdpEndpoint, Set<number>>();
-      for (const { peer, ids, local } of steps) {
-        const locals = new Set(local);
-        table.acceptSync(peers[peer]!, ids, (id) => locals.has(id));
-        latest.set(peers[peer]!, new Set(ids.filter((id) => !locals.has(id))));
+      const syncedAt = new Map<UdpEndpoint, number>();
+      let now = 0;
+      for (const { peer, ids, local, dt, expire } of steps) {
+        now += dt;
+        if (expire) {
+          table.expire(10, now);
+          for (const [p, at] of syncedAt) if (now - at >= 10) { latest.delete(p); syncedAt.delete(p); }
+        } else {
+          const locals = new Set(local);
+          table.acceptSync(peers[peer]!, ids, (id) => locals.has(id), now);
+          latest.set(peers[peer]!, new Set(ids.filter((id) => !locals.has(id))));
+          syncedAt.set(peers[peer]!, now);
+        }
         const announced = new Set([...latest.values()].flatMap((set) => [...set]));
         for (let id = 1; id <= 12; id++) {
           const route = table.routeOf(id);
