@@ -120,6 +120,8 @@ export class SoakLoad {
   /** Sends malformed datagrams and strangers' Syncs. */
   private noise: dgram.Socket | undefined;
   private churnOpen = 0;
+  /** Rotating nodes with an authenticated churn connection open. */
+  private readonly attachedRotating = new Set<number>();
   private keysBroken = false;
 
   constructor(private readonly options: LoadOptions) {}
@@ -257,6 +259,10 @@ export class SoakLoad {
         return;
       }
       this.counts.churnOk++;
+      if (rotating) {
+        this.attachedRotating.add(id.nodeId);
+        void conn.closed.then(() => this.attachedRotating.delete(id.nodeId));
+      }
       conn.ws.send(encodeDiscover(id.nodeId));
       conn.ws.send(encodeRelay(id.nodeId, pick(this.churnFile).nodeId, Buffer.from('churn')));
       if (Math.random() < 0.15) {
@@ -331,7 +337,11 @@ export class SoakLoad {
   /** A new key for one rotating node: its attached peer (if any) is revoked. */
   private rotateKey(): void {
     if (this.keysBroken) return;
-    const i = Math.floor(Math.random() * this.rotating.length);
+    // Mostly a node that is attached now, so the rotation revokes a peer.
+    const attached = [...this.attachedRotating];
+    const i = attached.length > 0 && Math.random() < 0.8
+      ? attached[Math.floor(Math.random() * attached.length)]! - IDS.rotating
+      : Math.floor(Math.random() * this.rotating.length);
     this.rotating[i] = makeIdentity(this.rotating[i]!.nodeId);
     this.counts.keysRotations++;
     this.writeKeys();
