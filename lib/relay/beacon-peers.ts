@@ -26,7 +26,7 @@ export const SYNC_ROUTE_LIFETIME_INTERVALS = 3;
 
 export class BeaconPeers {
   private readonly routes = new Map<NodeId, UdpEndpoint>();
-  private readonly announced = new Map<UdpEndpoint, NodeId[]>();
+  private readonly announced = new Map<UdpEndpoint, Set<NodeId>>();
   private readonly lastSyncAt = new Map<UdpEndpoint, number>();
 
   constructor(readonly peers: readonly UdpEndpoint[]) {}
@@ -48,13 +48,19 @@ export class BeaconPeers {
     return this.routes.get(nodeId);
   }
 
-  /** Replaces what `peer` announced with `nodeIds`, skipping local nodes. */
+  /**
+   * Replaces what `peer` announced with `nodeIds`, skipping local nodes. A
+   * node `peer` no longer announces keeps a route through another beacon
+   * peer that still does (found by fuzzing: it used to have none until that
+   * peer's next Sync).
+   */
   acceptSync(peer: UdpEndpoint, nodeIds: readonly NodeId[], isLocal: (nodeId: NodeId) => boolean, now = Date.now()): void {
-    this.forget(peer);
-    const kept = nodeIds.filter((nodeId) => !isLocal(nodeId));
-    for (const nodeId of kept) this.routes.set(nodeId, peer);
+    const previous = this.announced.get(peer) ?? new Set<NodeId>();
+    const kept = new Set(nodeIds.filter((nodeId) => !isLocal(nodeId)));
     this.announced.set(peer, kept);
     this.lastSyncAt.set(peer, now);
+    for (const nodeId of kept) this.routes.set(nodeId, peer);
+    this.reroute(peer, previous, kept);
   }
 
   /** Drops the routes of peers that sent no Sync within `maxAgeMs`; returns how many peers. */
@@ -70,10 +76,26 @@ export class BeaconPeers {
   }
 
   private forget(peer: UdpEndpoint): void {
-    for (const nodeId of this.announced.get(peer) ?? []) {
-      if (this.routes.get(nodeId) === peer) this.routes.delete(nodeId);
-    }
+    const previous = this.announced.get(peer) ?? new Set<NodeId>();
     this.announced.delete(peer);
+    this.reroute(peer, previous, new Set());
+  }
+
+  /** Routes through `peer` to nodes it no longer announces move to another peer that does, or go. */
+  private reroute(peer: UdpEndpoint, previous: ReadonlySet<NodeId>, kept: ReadonlySet<NodeId>): void {
+    for (const nodeId of previous) {
+      if (kept.has(nodeId) || this.routes.get(nodeId) !== peer) continue;
+      const other = this.otherAnnouncer(peer, nodeId);
+      if (other) this.routes.set(nodeId, other);
+      else this.routes.delete(nodeId);
+    }
+  }
+
+  private otherAnnouncer(except: UdpEndpoint, nodeId: NodeId): UdpEndpoint | undefined {
+    for (const [peer, nodeIds] of this.announced) {
+      if (peer !== except && nodeIds.has(nodeId)) return peer;
+    }
+    return undefined;
   }
 
   /** The Sync to send; `truncated` when there were more nodes than fit. */
