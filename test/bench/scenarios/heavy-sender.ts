@@ -1,5 +1,5 @@
 /**
- * Scenario 9: one heavy sender (issue 12) against steady pairs.
+ * Scenario 10: one heavy sender (issue 12) against steady pairs.
  *
  * - Steady: 16 pairs of WebSocket peers, 64 B frames, 10k frames/s in all,
  *   in one load process; their one-way latency and losses are measured.
