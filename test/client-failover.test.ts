@@ -10,11 +10,11 @@ import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { CompatClient, PacketType, type CompatClientOptions, type Packet } from '../lib/client';
+import { CompatClient, PacketType, type CompatClientOptions } from '../lib/client';
 import { formatIdentity } from '../lib/identity';
 import type { BeaconConfig } from '../lib/config';
 import { CliProcess, killSpawnedCli, runCli } from './helpers/client-cli';
-import { nextEvent, record, until } from './helpers/client-events';
+import { nextDelivery, nextEvent, record, until } from './helpers/client-events';
 import { connectPeer, nextMessage, startTestBeacon } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { decodePacket, encodeRelay } from '../lib/protocol';
@@ -50,17 +50,6 @@ async function deadUrl(): Promise<string> {
   const { port } = s.address() as net.AddressInfo;
   await new Promise((resolve) => s.close(resolve));
   return `ws://127.0.0.1:${port}/v1/compat`;
-}
-
-function nextDelivery(c: CompatClient, ms = 3_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { c.off('packet', on); reject(new Error(`no RelayDeliver within ${ms} ms`)); }, ms);
-    const on = (p: Packet) => {
-      if (p.type !== PacketType.RelayDeliver) return;
-      clearTimeout(timer); c.off('packet', on); resolve(`${p.sender}:${p.payload.toString()}`);
-    };
-    c.on('packet', on);
-  });
 }
 
 test('two beacons: the client attaches to the first; when it stops, the client moves to the second and is reachable there', async () => {

@@ -7,10 +7,10 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import net from 'node:net';
 import { after, test } from 'node:test';
-import { CompatClient, PacketType, type CompatClientOptions, type Packet } from '../lib/client';
+import { CompatClient, type CompatClientOptions } from '../lib/client';
 import { startBeacon } from '../lib/beacon';
 import type { BeaconConfig } from '../lib/config';
-import { nextEvent, record, until } from './helpers/client-events';
+import { nextDelivery, nextEvent, record, until } from './helpers/client-events';
 import { startTestBeacon, testConfig } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 
@@ -37,17 +37,6 @@ async function deadPort(): Promise<number> {
 /** Timers that keep the event loop alive. */
 function activeTimers(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
-}
-
-function nextDelivery(c: CompatClient, ms = 3_000): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => { c.off('packet', on); reject(new Error(`no RelayDeliver within ${ms} ms`)); }, ms);
-    const on = (p: Packet) => {
-      if (p.type !== PacketType.RelayDeliver) return;
-      clearTimeout(timer); c.off('packet', on); resolve(`${p.sender}:${p.payload.toString()}`);
-    };
-    c.on('packet', on);
-  });
 }
 
 test('after the beacon restarts on the same port, the client comes back on its own', async () => {

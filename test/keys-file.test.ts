@@ -1,28 +1,19 @@
-import { after, test, type TestContext } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   KEYS_FILE_DEBOUNCE_MS, KeysFile, KeysFileError, loadKeysFile, writeKeysFileAtomic, type RegisteredKey,
 } from '../lib/auth';
 import { generatePublicKey } from './helpers/fake-registry';
+import { tempDirMaker } from './helpers/temp-dir';
 
 /** Every wait on an event is bounded: a missing event fails the test, never hangs it. */
 const EVENT_TIMEOUT_MS = 3000;
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-keys-'));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirMaker('beacon-keys-');
 
 function writeJson(file: string, value: unknown): void {
   fs.writeFileSync(file, JSON.stringify(value));

@@ -4,12 +4,11 @@
  * reload of a big file that leaves the event loop free, and `keys add` on
  * a big file.
  */
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes, verify } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { KEYS_FILE_INLINE_PARSE_BYTES, KeySet, KeysFile, KeysFileError, loadKeysFile, writeKeysFileAtomic } from '../lib/auth/keys-file';
 import { sortedKeySet } from '../lib/auth/key-set';
@@ -19,17 +18,9 @@ import { COMPAT_PATH, encodeRelay, decodePacket, PacketType, PUBLIC_KEY_BYTES } 
 import { makeIdentity, sign, type TestIdentity } from './helpers/identity';
 import { startBeacon, type Beacon } from '../lib/beacon';
 import { connectPeer, nextMessage, testConfig, withTimeout } from './helpers/harness';
+import { tempDirMaker } from './helpers/temp-dir';
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-keys-scale-'));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirMaker('beacon-keys-scale-');
 
 const FILE = 'keys.json';
 

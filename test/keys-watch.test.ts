@@ -5,11 +5,10 @@
  * symlink swapped), a symlinked file whose target changes, and unrelated
  * churn in the same directory. Every wait is bounded by EVENT_TIMEOUT_MS.
  */
-import { after, test, type TestContext } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KeysFile, type KeysFileError, type RegisteredKey } from '../lib/auth';
@@ -18,19 +17,11 @@ import { startBeacon } from '../lib/beacon';
 import { COMPAT_PATH, CloseCode } from '../lib/protocol';
 import { closed, connectPeer, testConfig } from './helpers/harness';
 import { keysFileJson, makeIdentity } from './helpers/identity';
+import { tempDirMaker } from './helpers/temp-dir';
 
 const EVENT_TIMEOUT_MS = 3000;
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-watch-'));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirMaker('beacon-watch-');
 
 /** The next `name` event, or a rejection after EVENT_TIMEOUT_MS (a ref'd timer: the watcher itself keeps nothing alive). */
 async function nextEvent<T extends unknown[]>(file: KeysFile, name: 'reload' | 'reloadError'): Promise<T> {

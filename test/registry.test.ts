@@ -1,7 +1,5 @@
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
@@ -11,6 +9,7 @@ import {
 import { makeConfig, type BeaconConfig } from '../lib/config';
 import { BeaconStats } from '../lib/metrics/stats';
 import { closedPort, frame, generatePublicKey, startFakeRegistry, type FakeRegistry } from './helpers/fake-registry';
+import { tempDirMaker } from './helpers/temp-dir';
 
 /** Lookups that should succeed get this long; a failure fails fast instead of hanging. */
 const TIMEOUT_MS = 2000;
@@ -34,16 +33,7 @@ async function setup(t: { after(fn: () => unknown): void }, nodes: number[] = [1
   return { registry, client, stats, keys };
 }
 
-const tempDirs: string[] = [];
-after(() => {
-  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true });
-});
-
-function tempDir(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'beacon-dir-'));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = tempDirMaker('beacon-dir-');
 
 /** Polls `condition` every 5 ms; fails after TIMEOUT_MS instead of hanging. */
 async function waitFor(condition: () => boolean): Promise<void> {

@@ -1,5 +1,5 @@
 /** Bounded waits on a CompatClient's events, and recorders of them. */
-import type { CompatClient, CompatClientEvents } from '../../lib/client';
+import { PacketType, type CompatClient, type CompatClientEvents, type Packet } from '../../lib/client';
 import { withTimeout } from './harness';
 
 type EventName = keyof CompatClientEvents;
@@ -35,4 +35,16 @@ export async function until(predicate: () => boolean, ms: number, what: string):
     if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
+}
+
+/** The next RelayDeliver as "sender:payload", or a rejection after `ms`. */
+export function nextDelivery(c: CompatClient, ms = 3_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { c.off('packet', on); reject(new Error(`no RelayDeliver within ${ms} ms`)); }, ms);
+    const on = (p: Packet) => {
+      if (p.type !== PacketType.RelayDeliver) return;
+      clearTimeout(timer); c.off('packet', on); resolve(`${p.sender}:${p.payload.toString()}`);
+    };
+    c.on('packet', on);
+  });
 }
