@@ -44,7 +44,9 @@ const MAGIC = 0xb5;
 /** Sockets the churn keeps open at most. */
 const CHURN_MAX_OPEN = 80;
 /** The slow reader lives this long (paused) before it gives up and reconnects. */
-const SLOW_READER_LIFE_MS = 40_000;
+// Longer than the beacon's idle drop takes (30 s --idle-timeout, found by a sweep every
+// 10 s, so up to ~40 s after the handshake): at 40 s the reader was sometimes gone first.
+const SLOW_READER_LIFE_MS = 50_000;
 const SLOW_FEED_PER_TICK = 80;
 const SLOW_FEED_BYTES = 1024;
 
