@@ -10,7 +10,7 @@ import { after, before, test } from 'node:test';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { PacketType, decodePacket, encodeRelay, encodeRelayDeliver, encodeSync } from '../lib/protocol';
-import { Instance, FAST, allSee, joinedInstance, spawnInstance, writeKeys } from './helpers/cluster';
+import { Instance, FAST, allSee, joinedInstance, relayUntilDelivered, spawnInstance, writeKeys } from './helpers/cluster';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { NatsServer, freeTcpPort } from './helpers/nats';
 import { WsPeer } from './helpers/wire';
@@ -29,21 +29,6 @@ const cleanup: Array<() => Promise<unknown> | unknown> = [];
 after(async () => {
   for (const step of cleanup.reverse()) await step();
 });
-
-async function relayUntilDelivered(from: WsPeer, sender: TestIdentity, to: WsPeer, dest: number, text: string, ms = 8_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (true) {
-    from.send(encodeRelay(sender.nodeId, dest, Buffer.from(text)));
-    const expected = encodeRelayDeliver(sender.nodeId, Buffer.from(text));
-    // Earlier traffic may still be arriving: skip it, and the repeats of this relay after it.
-    for (let got = await to.next(200).catch(() => undefined); got; got = await to.next(200).catch(() => undefined)) {
-      if (!got.equals(expected)) continue;
-      while (await to.next(100).catch(() => undefined));
-      return;
-    }
-    if (Date.now() > deadline) throw new Error(`${text}: nothing delivered within ${ms} ms`);
-  }
-}
 
 async function peer(url: string, id: TestIdentity): Promise<WsPeer> {
   const p = await WsPeer.connect(url, id);

@@ -12,10 +12,10 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { freeTcpPort, requireTool, run, sleep, tempDir, REPO_ROOT } from './helpers/deploy';
+import { requireTool, run, sleep, tempDir, REPO_ROOT } from './helpers/deploy';
 import {
-  NATS_SINGLE_CONF, NATS_THREE_CONF, NatsProbe, adaptNatsConfig, readShipped, shippedPassword, startNats,
-  type NatsPorts, type RunningNats,
+  NATS_SINGLE_CONF, NATS_THREE_CONF, NatsProbe, adaptNatsConfig, directoryStream, freeNatsPorts, metaLeaderElected, readShipped,
+  shippedPassword, startNats, startThreeNats, type RunningNats,
 } from './helpers/nats-deploy';
 import { parseEnvFile } from './helpers/systemd';
 import { writeFileSync } from 'node:fs';
@@ -26,10 +26,6 @@ after(async () => {
   for (const p of probes) p.close();
   for (const s of servers) await s.stop();
 });
-
-async function ports(cluster = false): Promise<NatsPorts> {
-  return { client: await freeTcpPort(), monitor: await freeTcpPort(), ...(cluster ? { cluster: await freeTcpPort() } : {}) };
-}
 
 /** Asks `attempt` every 250 ms until it gives a value (failures count as no value yet); 45 s at most. */
 async function eventually<T>(attempt: () => Promise<T | undefined>, what: string): Promise<T> {
@@ -45,40 +41,6 @@ async function eventually<T>(attempt: () => Promise<T | undefined>, what: string
     }
     if (Date.now() > deadline) throw new Error(`no ${what} within 45 s (last: ${last})`);
     await sleep(250);
-  }
-}
-
-interface StreamDetail {
-  name: string;
-  config: { num_replicas: number };
-  state: { messages: number };
-  cluster?: { leader?: string; replicas?: { name: string; current?: boolean }[] };
-}
-
-/** The directory bucket's stream as `server` reports it on its monitoring port (/jsz). */
-async function directoryStream(server: RunningNats): Promise<StreamDetail | undefined> {
-  const jsz = await server.monitor('/jsz?accounts=true&streams=true&config=true');
-  const accounts = (jsz.account_details ?? []) as { name: string; stream_detail?: StreamDetail[] }[];
-  return accounts.find((a) => a.name === 'BEACON')?.stream_detail?.find((st) => st.name === 'KV_beacon-directory');
-}
-
-/**
- * Three servers on the three-machine file, on free ports. A port found free
- * can be taken by another process before the server binds it: then all
- * three start again on new ports (three tries).
- */
-async function startThree(shipped: string): Promise<{ all: NatsPorts[]; started: RunningNats[] }> {
-  for (let attempt = 1; ; attempt++) {
-    const all = [await ports(true), await ports(true), await ports(true)];
-    const routePorts = all.map((p) => p.cluster!);
-    const results = await Promise.allSettled(all.map((p, i) => startNats(
-      adaptNatsConfig(shipped, p, tempDir(`nats-store-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
-    const started = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
-    servers.push(...started);
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (!failed) return { all, started };
-    for (const server of started) await server.stop();
-    if (attempt === 3 || !/address already in use/.test(String(failed.reason))) throw failed.reason;
   }
 }
 
@@ -133,7 +95,7 @@ test('cluster.env logs in as the user and password of the shipped NATS files, at
 
 test('one machine: JetStream on, loopback only, and only the beacon user with its password gets in', async () => {
   const shipped = readShipped(NATS_SINGLE_CONF);
-  const p = await ports();
+  const p = await freeNatsPorts();
   const nats = await startNats(adaptNatsConfig(shipped, p, tempDir('nats-store')), p);
   servers.push(nats);
 
@@ -176,17 +138,11 @@ test('one machine: JetStream on, loopback only, and only the beacon user with it
 
 test('three machines: three servers form one JetStream cluster; the directory raised to three replicas keeps its entry on the others when the server leading it stops', async () => {
   const shipped = readShipped(NATS_THREE_CONF);
-  const { all, started } = await startThree(shipped);
+  const { all, started } = await startThreeNats();
+  servers.push(...started);
 
   // The JetStream meta group of three elects a leader.
-  const deadline = Date.now() + 45_000;
-  let meta: Record<string, unknown> | undefined;
-  while (Date.now() < deadline) {
-    meta = (await started[0]!.monitor('/jsz').catch(() => ({}) as Record<string, unknown>)).meta_cluster as Record<string, unknown> | undefined;
-    if (meta?.leader && meta.cluster_size === 3) break;
-    await sleep(200);
-  }
-  assert.ok(meta?.leader && meta.cluster_size === 3, `no JetStream leader among three: ${JSON.stringify(meta)}`);
+  await metaLeaderElected(started[0]!, 3);
 
   const password = shippedPassword(shipped, 'beacon');
   const beacon = await login(all[0]!.client, 'beacon', password);

@@ -19,10 +19,10 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator,
+  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator, nkeys,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
-import { jetstream } from '@nats-io/jetstream';
+import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
@@ -49,6 +49,13 @@ const KV_TIMEOUT_MS = 5_000;
 const JETSTREAM_TIMEOUT_MS = 30_000;
 /** Shutdown waits this long for our entries to be deleted. */
 const WITHDRAW_MS = 1_000;
+/**
+ * Copies of the directory a new bucket gets in a NATS cluster: three
+ * survive losing any one server, and JetStream wants an odd number.
+ */
+const CLUSTER_REPLICAS = 3;
+/** JetStream's answers when the cluster has fewer servers (with room) than the replicas asked for. */
+const TOO_FEW_PEERS = new Set([10005 /* no suitable peers for placement */, 10023 /* insufficient resources */]);
 
 export async function startCluster(deps: ClusterDeps): Promise<ClusterNode> {
   const cluster = new NatsCluster(deps);
@@ -241,7 +248,7 @@ class NatsCluster implements ClusterNode {
     const { log } = this.deps;
     for (let attempt = 0; !this.closed && epoch === this.epoch; attempt++) {
       try {
-        const kv = await openBucket(nc, this.subjects.bucket);
+        const kv = await openBucket(nc, this.subjects.bucket, log);
         if (epoch !== this.epoch) return;
         this.isConnected = true;
         this.syncedAt = Date.now();
@@ -426,8 +433,24 @@ function connectOptions(deps: ClusterDeps): NodeConnectionOptions {
   };
   if (user !== undefined) Object.assign(options, { user, pass });
   if (config.clusterCredsFile) options.authenticator = credentials(config.clusterCredsFile);
-  if (tls) options.tls = config.clusterTlsCaFile ? { caFile: config.clusterTlsCaFile } : {};
+  if (tls) options.tls = config.clusterTlsCaFile ? { caFile: tlsCaFile(config.clusterTlsCaFile) } : {};
   return options;
+}
+
+/** The CA file, checked now: the client would take an unreadable one for an unreachable server and retry forever. */
+function tlsCaFile(path: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new StartError(`--cluster-tls-ca ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); `
+      + 'name the PEM file of the CA that signed the NATS server\'s certificate', 'ECLUSTERTLS');
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new StartError(`--cluster-tls-ca ${path}: no PEM certificate in it; `
+      + 'name the PEM file (-----BEGIN CERTIFICATE-----) of the CA that signed the NATS server\'s certificate', 'ECLUSTERTLS');
+  }
+  return path;
 }
 
 /** A NATS .creds file (JWT and seed) or a bare nkey seed file. */
@@ -441,7 +464,15 @@ function credentials(path: string): Authenticator {
   }
   if (text.includes('-----BEGIN NATS USER JWT-----')) return credsAuthenticator(Buffer.from(text));
   const seed = text.trim();
-  if (/^SU[A-Z2-7]{50,}$/.test(seed)) return nkeyAuthenticator(Buffer.from(seed));
+  if (/^SU[A-Z2-7]{50,}$/.test(seed)) {
+    try {
+      nkeys.fromSeed(Buffer.from(seed)); // the client would fail only when connecting, as if NATS were unreachable
+    } catch {
+      throw new StartError(`--cluster-creds ${path}: the nkey seed in it is damaged (its checksum does not match); `
+        + 'copy the seed file again from where `nk -gen user` made it', 'ECLUSTERCREDS');
+    }
+    return nkeyAuthenticator(Buffer.from(seed));
+  }
   throw new StartError(`--cluster-creds ${path}: neither a NATS .creds file nor an nkey seed (SU...); `
     + 'use the file `nsc generate creds` or `nk -gen user` made', 'ECLUSTERCREDS');
 }
@@ -453,19 +484,38 @@ function refusal(err: unknown): StartError | undefined {
     return new StartError(`--cluster: NATS refused this beacon's credentials (${message}); `
       + 'check user:password in the --cluster URL or the --cluster-creds file against the NATS server\'s accounts', 'ECLUSTERAUTH');
   }
-  if (/certificate|tls|self.signed|ssl/i.test(message)) {
+  if (/does not support 'tls'/i.test(message)) {
     return new StartError(`--cluster: TLS to NATS failed (${message}); `
-      + 'give the CA that signed the NATS server\'s certificate with --cluster-tls-ca FILE, or use nats:// for a server without TLS', 'ECLUSTERTLS');
+      + 'the NATS server does not speak TLS: use a nats:// URL without --cluster-tls-ca, or add a tls block to the server\'s configuration', 'ECLUSTERTLS');
+  }
+  if (/certificate|tls|self.signed|ssl/i.test(message)) {
+    // A nats:// URL to a server that requires TLS gets here too: the client follows the server's INFO.
+    return new StartError(`--cluster: TLS to NATS failed (${message}); `
+      + 'the NATS server\'s certificate is not signed by a CA this beacon trusts: give the CA that signed it with --cluster-tls-ca FILE', 'ECLUSTERTLS');
   }
   return undefined;
 }
 
-async function openBucket(nc: NatsConnection, bucket: string): Promise<KV> {
+/**
+ * Opens the directory bucket, creating it when missing: with three copies
+ * when the server is part of a NATS cluster (fewer if the cluster has fewer
+ * servers with room), one on a lone server. An existing bucket is used as
+ * it is, so its replicas are never lowered (deploy/nats-directory-bucket
+ * changes them).
+ */
+async function openBucket(nc: NatsConnection, bucket: string, log: ClusterDeps['log']): Promise<KV> {
   // Starting a watch makes the server find the last entry of every key: with
   // a million keys that takes seconds (nats-server 2.9), past the default 5 s.
   const kvm = new Kvm(jetstream(nc, { timeout: JETSTREAM_TIMEOUT_MS }));
-  // One value per key: the directory needs the last writer, not a history.
-  return kvm.create(bucket, { history: 1, timeout: KV_TIMEOUT_MS });
+  for (let replicas = nc.info?.cluster ? CLUSTER_REPLICAS : 1; ; replicas--) {
+    try {
+      // One value per key: the directory needs the last writer, not a history.
+      return await kvm.create(bucket, { history: 1, replicas, timeout: KV_TIMEOUT_MS });
+    } catch (err) {
+      if (replicas === 1 || !(err instanceof JetStreamApiError && TOO_FEW_PEERS.has(err.code))) throw err;
+      log.warn({ bucket, replicas, err: err.message }, 'cluster: the NATS cluster cannot keep this many copies of the directory; asking for fewer');
+    }
+  }
 }
 
 function storeOf(kv: KV) {

@@ -11,10 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { after } from 'node:test';
-import { COMPAT_PATH } from '../../lib/protocol';
+import { COMPAT_PATH, encodeRelay, encodeRelayDeliver } from '../../lib/protocol';
 import { eventually, withTimeout } from './harness';
 import { keysFileJson, type TestIdentity } from './identity';
-import { promValue } from './wire';
+import { promValue, type WsPeer } from './wire';
 
 const CLI = join(__dirname, '..', '..', 'cmd', 'beacon.js');
 const BASE_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BEACON_')));
@@ -154,6 +154,25 @@ export async function joinedInstance(name: string, options: InstanceOptions, exp
 /** Waits until every instance sees `n` live instances. */
 export async function allSee(instances: readonly Instance[], n: number, ms = 10_000): Promise<void> {
   await Promise.all(instances.map((i) => i.waitForMetric('beacon_cluster_instances', {}, (v) => v === n, ms)));
+}
+
+/**
+ * Sends a relay from `sender` (on `from`) to `dest` until `to` receives it:
+ * the directory reaches another instance a moment after auth_ok.
+ */
+export async function relayUntilDelivered(from: WsPeer, sender: TestIdentity, to: WsPeer, dest: number, text: string, ms = 8_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (true) {
+    from.send(encodeRelay(sender.nodeId, dest, Buffer.from(text)));
+    const expected = encodeRelayDeliver(sender.nodeId, Buffer.from(text));
+    // Earlier traffic may still be arriving: skip it, and the repeats of this relay after it.
+    for (let got = await to.next(200).catch(() => undefined); got; got = await to.next(200).catch(() => undefined)) {
+      if (!got.equals(expected)) continue;
+      while (await to.next(100).catch(() => undefined));
+      return;
+    }
+    if (Date.now() > deadline) throw new Error(`${text}: nothing delivered within ${ms} ms`);
+  }
 }
 
 export { eventually };

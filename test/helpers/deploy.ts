@@ -25,6 +25,7 @@ const PACKAGE_OF: Record<string, string> = {
   promtool: 'prometheus',
   'systemd-analyze': 'systemd',
   'nats-server': 'nats-server',
+  openssl: 'openssl',
 };
 
 /** The absolute path of `tool` on PATH, or throws an Error that says how to install it. */

@@ -17,7 +17,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { REPO_ROOT, get, requireTool, sleep, tempDir } from './deploy';
+import { REPO_ROOT, freeTcpPort, get, requireTool, sleep, tempDir } from './deploy';
 
 export const NATS_SINGLE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server.conf');
 export const NATS_THREE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server-3.conf');
@@ -110,6 +110,70 @@ export async function startNats(config: string, ports: NatsPorts, readyPath = '/
     await stop();
     throw err;
   }
+}
+
+/** Free client and monitoring ports (and a cluster port) on 127.0.0.1. */
+export async function freeNatsPorts(cluster = false): Promise<NatsPorts> {
+  return { client: await freeTcpPort(), monitor: await freeTcpPort(), ...(cluster ? { cluster: await freeTcpPort() } : {}) };
+}
+
+/**
+ * A lone nats-server on free loopback ports with JetStream (its store in a
+ * temporary directory) and `extra` in its configuration: a tls block,
+ * users, an operator. Stop it with `stop()`.
+ */
+export async function startNatsWith(extra: string): Promise<RunningNats> {
+  const ports = await freeNatsPorts();
+  const config = `host: 127.0.0.1\nport: ${ports.client}\nhttp: 127.0.0.1:${ports.monitor}\n`
+    + `jetstream { store_dir: ${JSON.stringify(tempDir('nats-store'))} }\n${extra}\n`;
+  return startNats(config, ports);
+}
+
+/**
+ * Three servers on the shipped three-machine file, on free ports. A port
+ * found free can be taken by another process before the server binds it:
+ * then all three start again on new ports (three tries). The caller stops
+ * the servers.
+ */
+export async function startThreeNats(): Promise<{ all: NatsPorts[]; started: RunningNats[] }> {
+  const shipped = readShipped(NATS_THREE_CONF);
+  for (let attempt = 1; ; attempt++) {
+    const all = [await freeNatsPorts(true), await freeNatsPorts(true), await freeNatsPorts(true)];
+    const routePorts = all.map((p) => p.cluster!);
+    const results = await Promise.allSettled(all.map((p, i) => startNats(
+      adaptNatsConfig(shipped, p, tempDir(`nats-store-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
+    const started = results.flatMap((r) => r.status === 'fulfilled' ? [r.value] : []);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) return { all, started };
+    for (const server of started) await server.stop();
+    if (attempt === 3 || !/address already in use/.test(String(failed.reason))) throw failed.reason;
+  }
+}
+
+/** Waits (45 s at most) until the JetStream meta group of `server`'s cluster has a leader and `size` members. */
+export async function metaLeaderElected(server: RunningNats, size: number): Promise<Record<string, unknown>> {
+  const deadline = Date.now() + 45_000;
+  let meta: Record<string, unknown> | undefined;
+  while (Date.now() < deadline) {
+    meta = (await server.monitor('/jsz').catch(() => ({}) as Record<string, unknown>)).meta_cluster as Record<string, unknown> | undefined;
+    if (meta?.leader && meta.cluster_size === size) return meta;
+    await sleep(200);
+  }
+  throw new Error(`no JetStream leader among ${size}: ${JSON.stringify(meta)}`);
+}
+
+export interface StreamDetail {
+  name: string;
+  config: { num_replicas: number };
+  state: { messages: number };
+  cluster?: { leader?: string; replicas?: { name: string; current?: boolean }[] };
+}
+
+/** A directory bucket's stream as `server` reports it on its monitoring port (/jsz); undefined while there is none. */
+export async function directoryStream(server: RunningNats, account = 'BEACON', bucket = 'beacon-directory'): Promise<StreamDetail | undefined> {
+  const jsz = await server.monitor('/jsz?accounts=true&streams=true&config=true');
+  const accounts = (jsz.account_details ?? []) as { name: string; stream_detail?: StreamDetail[] }[];
+  return accounts.find((a) => a.name === account)?.stream_detail?.find((st) => st.name === `KV_${bucket}`);
 }
 
 /** One NATS client connection speaking just CONNECT, PING, SUB, PUB and MSG. */
