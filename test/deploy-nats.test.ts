@@ -147,7 +147,7 @@ test('three machines: three servers form one JetStream cluster; the directory ra
   const password = shippedPassword(shipped, 'beacon');
   const beacon = await login(all[0]!.client, 'beacon', password);
   assert.equal(beacon.answer, 'PONG');
-  // The instances create the bucket with one copy and write to it; the script (docs/cluster-deploy.md) raises it to three.
+  // A bucket made with one copy (as on one machine before NATS grew to three) and written to; the script (docs/cluster-deploy.md) raises it to three.
   const created = await setReplicas('1', all.map((p) => p.client));
   assert.equal(created.code, 0, created.stderr);
   const ack = await eventually(async () => {
