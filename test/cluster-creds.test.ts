@@ -1,7 +1,7 @@
 /**
  * Cluster mode's credentials against real nats-servers: an nkey seed file
- * (--cluster-creds) for a server that knows the nkey user, a password in
- * the URL, and a NATS .creds file (user JWT and seed) for a server in
+ * (--cluster-creds) for a server that knows the nkey user, a password or a
+ * token in the URL, and a NATS .creds file (user JWT and seed) for a server in
  * operator mode whose operator, accounts and user are minted here with
  * @nats-io/jwt. The right ones join; wrong ones exit 2 with one
  * ECLUSTERAUTH line; a damaged seed is refused before connecting. No seed
@@ -87,7 +87,7 @@ test('nkey seed file: the nkey user joins and relays across; another seed and a 
   ]);
   assert.match(wrong.line, AUTH_REFUSED);
   assert.match(wrongPassword.line, AUTH_REFUSED);
-  assert.match(damaged.line, /^beacon: --cluster-creds \S+damaged\.nk: the nkey seed in it is damaged \(its checksum does not match\); copy the seed file again/);
+  assert.match(damaged.line, /^beacon: --cluster-creds \S+damaged\.nk: the nkey seed in it is damaged \(.*checksum.*\); copy it again from where `nk -gen user` made it$/);
 
   for (const proc of [a, b, wrong.proc, damaged.proc, wrongPassword.proc]) {
     const said = everything(proc);
@@ -99,7 +99,20 @@ test('nkey seed file: the nkey user joins and relays across; another seed and a 
   assert.ok(JSON.stringify(b.logs).includes('beacon:***@'), 'the password-b instance logs its URL with the password hidden');
 });
 
-test('.creds file (operator mode, JWTs minted here): the user joins; a user of an account the server does not know exits 2; no seed is printed', async () => {
+test('a token in the URL joins; a wrong token exits 2; neither is printed', async () => {
+  const token = 'tok-5d1e88-never-printed';
+  const nats = await startNatsWith(`authorization {\n  token: "${token}"\n}`);
+  cleanup.push(() => nats.stop());
+  const a = await joinedInstance('token-a', { nats: `nats://${token}@127.0.0.1:${nats.ports.client}`, keys });
+  cleanup.push(() => a.stop());
+  assert.equal(await a.metric('beacon_cluster_connected'), 1);
+  const wrong = await refused('wrong-token', ['--cluster', `nats://${token}-not@127.0.0.1:${nats.ports.client}`]);
+  assert.match(wrong.line, AUTH_REFUSED);
+  for (const proc of [a, wrong.proc]) assert.ok(!everything(proc).includes(token), `${proc.name} printed the token`);
+  assert.ok(JSON.stringify(a.logs).includes(`nats://***@127.0.0.1:${nats.ports.client}`), 'the URL is logged with the token hidden');
+});
+
+test('.creds file (operator mode, JWTs minted here): the user joins; a user of an account the server does not know, and a damaged file, exit 2; no seed is printed', async () => {
   const operator = createOperator();
   const system = createAccount();
   const account = createAccount();
@@ -137,11 +150,18 @@ test('.creds file (operator mode, JWTs minted here): the user joins; a user of a
 
   const stranger = createUser();
   const strangerCreds = secretFile('stranger.creds', fmtCreds(await encodeUser('stranger', stranger, unknownAccount), stranger));
-  const wrong = await refused('unknown-account', ['--cluster', url, '--cluster-creds', strangerCreds]);
+  const userSeed = seedOf(user);
+  const damagedSeed = userSeed.slice(0, -2) + (userSeed.endsWith('AA') ? 'BB' : 'AA');
+  const damagedCreds = secretFile('damaged.creds', new TextDecoder().decode(fmtCreds(await encodeUser('beacon', user, account), user)).replace(userSeed, damagedSeed));
+  const [wrong, damaged] = await Promise.all([
+    refused('unknown-account', ['--cluster', url, '--cluster-creds', strangerCreds]),
+    refused('damaged-creds', ['--cluster', url, '--cluster-creds', damagedCreds]),
+  ]);
   assert.match(wrong.line, AUTH_REFUSED);
+  assert.match(damaged.line, /^beacon: --cluster-creds \S+damaged\.creds: the \.creds file in it is damaged \(.*checksum.*\); copy it again from where `nsc generate creds` made it$/);
 
-  for (const proc of [a, b, wrong.proc]) {
+  for (const proc of [a, b, wrong.proc, damaged.proc]) {
     const said = everything(proc);
-    for (const secret of [seedOf(user), seedOf(stranger)]) assert.ok(!said.includes(secret), `${proc.name} printed a seed`);
+    for (const secret of [userSeed, damagedSeed, seedOf(stranger)]) assert.ok(!said.includes(secret), `${proc.name} printed a seed`);
   }
 });

@@ -19,7 +19,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator, nkeys,
+  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
 import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
@@ -408,10 +408,14 @@ function connectOptions(deps: ClusterDeps): NodeConnectionOptions {
   const servers: string[] = [];
   let user: string | undefined;
   let pass: string | undefined;
+  let token: string | undefined;
   let tls = config.clusterTlsCaFile !== undefined;
   for (const text of config.clusterServers) {
     const url = new URL(text);
-    if (url.username) {
+    // nats://TOKEN@host is a token, as in NATS's own clients; nats://USER:PASSWORD@host a user.
+    if (url.username && /^[a-z]+:\/\/[^:@/]*@/i.test(text)) {
+      token = decodeURIComponent(url.username);
+    } else if (url.username) {
       user = decodeURIComponent(url.username);
       pass = decodeURIComponent(url.password);
     }
@@ -432,6 +436,7 @@ function connectOptions(deps: ClusterDeps): NodeConnectionOptions {
     maxPingOut: 2,
   };
   if (user !== undefined) Object.assign(options, { user, pass });
+  if (token !== undefined) options.token = token;
   if (config.clusterCredsFile) options.authenticator = credentials(config.clusterCredsFile);
   if (tls) options.tls = config.clusterTlsCaFile ? { caFile: tlsCaFile(config.clusterTlsCaFile) } : {};
   return options;
@@ -462,19 +467,21 @@ function credentials(path: string): Authenticator {
     throw new StartError(`--cluster-creds ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); `
       + 'name a NATS .creds file or an nkey seed file', 'ECLUSTERCREDS');
   }
-  if (text.includes('-----BEGIN NATS USER JWT-----')) return credsAuthenticator(Buffer.from(text));
+  const isCreds = text.includes('-----BEGIN NATS USER JWT-----');
   const seed = text.trim();
-  if (/^SU[A-Z2-7]{50,}$/.test(seed)) {
-    try {
-      nkeys.fromSeed(Buffer.from(seed)); // the client would fail only when connecting, as if NATS were unreachable
-    } catch {
-      throw new StartError(`--cluster-creds ${path}: the nkey seed in it is damaged (its checksum does not match); `
-        + 'copy the seed file again from where `nk -gen user` made it', 'ECLUSTERCREDS');
-    }
-    return nkeyAuthenticator(Buffer.from(seed));
+  if (!isCreds && !/^SU[A-Z2-7]{50,}$/.test(seed)) {
+    throw new StartError(`--cluster-creds ${path}: neither a NATS .creds file nor an nkey seed (SU...); `
+      + 'use the file `nsc generate creds` or `nk -gen user` made', 'ECLUSTERCREDS');
   }
-  throw new StartError(`--cluster-creds ${path}: neither a NATS .creds file nor an nkey seed (SU...); `
-    + 'use the file `nsc generate creds` or `nk -gen user` made', 'ECLUSTERCREDS');
+  const authenticator = isCreds ? credsAuthenticator(Buffer.from(text)) : nkeyAuthenticator(Buffer.from(seed));
+  try {
+    // Sign once now: a damaged file would fail only when connecting, as if NATS were unreachable.
+    authenticator('beacon-start-check');
+  } catch (err) {
+    throw new StartError(`--cluster-creds ${path}: the ${isCreds ? '.creds file' : 'nkey seed'} in it is damaged (${(err as Error).message}); `
+      + `copy it again from where ${isCreds ? '`nsc generate creds`' : '`nk -gen user`'} made it`, 'ECLUSTERCREDS');
+  }
+  return authenticator;
 }
 
 /** A StartError when the server refused us (credentials, TLS), undefined when it is just unreachable. */

@@ -103,7 +103,7 @@ export function parseClusterUrls(text: string): string[] {
   return urls;
 }
 
-/** A URL as it may be logged: any password replaced by `***`. */
+/** A URL as it may be logged: any password, or a token (`nats://TOKEN@host`), replaced by `***`. */
 export function redactUrl(url: string): string {
-  return url.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, '$1:***@');
+  return url.replace(/^([a-z]+:\/\/[^:@/]*):[^@/]*@/i, '$1:***@').replace(/^([a-z]+:\/\/)[^:@/]+@/i, '$1***@');
 }
