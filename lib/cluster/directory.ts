@@ -82,7 +82,13 @@ class Window {
 }
 
 export class Directory {
-  private readonly mirror = new Map<NodeId, Placement>();
+  private mirror = new Map<NodeId, Placement>();
+  /**
+   * While (re)loading, entries go here and routes keep using the old
+   * mirror; the new one replaces it in one step when the load is complete,
+   * so entries deleted while we were away do not linger.
+   */
+  private next: Map<NodeId, Placement> | undefined;
   private readonly window = new Window(STORE_WINDOW);
   private readonly own = new Map<NodeId, OwnEntry>();
   /** Set while connected and the bucket is open. */
@@ -92,6 +98,11 @@ export class Directory {
 
   get size(): number {
     return this.mirror.size;
+  }
+
+  /** Entries the mirror being loaded holds so far (0 when not loading). */
+  get loadingSize(): number {
+    return this.next?.size ?? 0;
   }
 
   get ownCount(): number {
@@ -132,8 +143,9 @@ export class Directory {
     const entry = this.own.get(nodeId);
     if (!entry || entry.kind !== kind) return;
     this.own.delete(nodeId);
-    const placement = this.mirror.get(nodeId);
-    if (placement?.instance.self) this.mirror.delete(nodeId);
+    for (const map of [this.mirror, this.next]) {
+      if (map?.get(nodeId)?.instance.self) map.delete(nodeId);
+    }
     // A write in flight is deleted when its revision comes back (announce).
     if (entry.rev !== undefined) this.remove(nodeId, entry.rev);
   }
@@ -164,10 +176,31 @@ export class Directory {
     await Promise.all(deletes);
   }
 
-  // ---- the watch -----------------------------------------------------------
+  // ---- loading, the watch ---------------------------------------------------
 
+  /** A (re)load begins: entries from now on fill a new mirror. */
+  beginLoad(): void {
+    this.next = new Map();
+  }
+
+  /** The load is complete: the new mirror replaces the old one. */
+  finishLoad(): void {
+    if (!this.next) return;
+    this.mirror = this.next;
+    this.next = undefined;
+  }
+
+  /** The mirror's entries, for a snapshot; the iterator survives later changes (Map iterators do). */
+  placements(): IterableIterator<[NodeId, Placement]> {
+    return this.mirror.entries();
+  }
+
+  /** A put from the watch or a snapshot; one older than what the mirror holds changes nothing. */
   applyPut(nodeId: NodeId, instance: Instance, kind: AttachKind, rev: number): void {
-    this.mirror.set(nodeId, { instance, kind, rev });
+    const target = this.next ?? this.mirror;
+    const current = target.get(nodeId);
+    if (current !== undefined && current.rev >= rev) return;
+    target.set(nodeId, { instance, kind, rev });
     const entry = this.own.get(nodeId);
     if (instance.self) {
       // Ours, but not held: left over from a lost delete or an earlier life of this ID.
@@ -180,8 +213,9 @@ export class Directory {
   }
 
   applyDelete(nodeId: NodeId, rev: number): void {
-    const placement = this.mirror.get(nodeId);
-    if (placement && placement.rev < rev) this.mirror.delete(nodeId);
+    const target = this.next ?? this.mirror;
+    const placement = target.get(nodeId);
+    if (placement && placement.rev < rev) target.delete(nodeId);
     const entry = this.own.get(nodeId);
     // Someone removed an entry of ours we still hold (took us for dead): write it again.
     if (entry?.rev !== undefined && rev > entry.rev) {

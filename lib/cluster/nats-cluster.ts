@@ -6,9 +6,11 @@
  *   --cluster-creds; --cluster-tls-ca for TLS). Unreachable at start: the
  *   beacon serves its own peers and joins when NATS comes. Credentials or
  *   TLS refused at start: a StartError naming the fix (exit 2).
- * - On every (re)connect: subscribe, open the directory bucket, heartbeat,
- *   watch the directory from the start into the mirror, and write every
- *   attachment of ours again, so the cluster converges without a restart.
+ * - On joining: subscribe, open the directory bucket, heartbeat, load the
+ *   directory into the mirror (a live instance's snapshot, then a watch
+ *   from its revision; the first instance watches every key), and write
+ *   every attachment of ours. On a reconnect the watch resumes where it
+ *   stopped, so the cluster converges without a restart or a reload.
  * - Liveness (instances.ts), directory (directory.ts) and forwarding
  *   (forwarder.ts) are plain classes; this module feeds them NATS events.
  * - Anything on our subjects or bucket that is not ours is counted
@@ -19,7 +21,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, credsAuthenticator, nkeyAuthenticator,
+  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, createInbox, credsAuthenticator, nkeyAuthenticator,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
 import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
@@ -30,6 +32,9 @@ import type { NodeId } from '../protocol/packets';
 import { Directory } from './directory';
 import { Forwarder } from './forwarder';
 import { Instances, type Instance } from './instances';
+import {
+  SnapshotReceiver, SnapshotWriter, chunkEntriesFor, forEachSnapshotEntry, refusedChunk, type ReceiveOutcome,
+} from './snapshot';
 import type { ClusterDeps, ClusterNode } from './types';
 import {
   decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeHeartbeat, subjectsFor, type AttachKind, type Subjects,
@@ -56,6 +61,12 @@ const WITHDRAW_MS = 1_000;
 const CLUSTER_REPLICAS = 3;
 /** JetStream's answers when the cluster has fewer servers (with room) than the replicas asked for. */
 const TOO_FEW_PEERS = new Set([10005 /* no suitable peers for placement */, 10023 /* insufficient resources */]);
+/** A snapshot with no chunk for this long is given up (a lost chunk, a server gone). */
+const SNAPSHOT_STALL_MS = 2_000;
+/** Times a newcomer asks for a snapshot (an instance may refuse: loading itself, or busy) before watching every key. */
+const SNAPSHOT_ATTEMPTS = 4;
+/** Snapshots one instance serves at once; more newcomers are refused and ask again. */
+const SNAPSHOT_SERVES = 2;
 
 export async function startCluster(deps: ClusterDeps): Promise<ClusterNode> {
   const cluster = new NatsCluster(deps);
@@ -75,6 +86,13 @@ class NatsCluster implements ClusterNode {
   private isConnected = false;
   private closed = false;
   private watchStop: (() => void) | undefined;
+  /** The mirror reflects the bucket's stream through this revision (its sequence). */
+  private appliedRevision = 0;
+  /** The stream the mirror was loaded from (its creation time): a recreated one must be loaded anew. */
+  private loadedStream: string | undefined;
+  /** The mirror is complete up to appliedRevision, so it can be served as a snapshot. */
+  private mirrorReady = false;
+  private snapshotsServing = 0;
   /** Bumped on every (re)connect and close; stale async work checks it. */
   private epoch = 0;
   /** When the current connection's sync began: before dead-after has passed we have not heard everyone yet. */
@@ -238,6 +256,10 @@ class NatsCluster implements ClusterNode {
       nc.subscribe(this.subjects.heartbeats, {
         callback: (_err: Error | null, msg: Msg) => this.onHeartbeat(msg),
       }),
+      nc.subscribe(this.subjects.snapshot, {
+        queue: 'snapshot',
+        callback: (_err: Error | null, msg: Msg) => this.serveSnapshot(msg),
+      }),
     ];
     this.deps.log.debug({ subjects: subscriptions.map((sub) => sub.getSubject()) }, 'cluster: subscribed');
   }
@@ -255,7 +277,7 @@ class NatsCluster implements ClusterNode {
         this.members.graceAll(this.syncedAt);
         this.heartbeat();
         this.directory.store = storeOf(kv);
-        await this.watch(kv, epoch);
+        await this.loadDirectory(nc, kv, epoch);
         this.directory.announceAll();
         log.info({ instanceId: this.instanceId, bucket: this.subjects.bucket, directoryEntries: this.directory.size },
           what === 'joined' ? 'cluster joined' : 'cluster rejoined');
@@ -293,25 +315,57 @@ class NatsCluster implements ClusterNode {
     }
   }
 
-  // ---- directory watch -------------------------------------------------------
+  // ---- directory: load and watch --------------------------------------------
 
-  /** Watches the bucket from its start; resolves once the watch is set up. */
-  private async watch(kv: KV, epoch: number): Promise<void> {
+  /**
+   * Brings the mirror up to date and keeps it so. After a reconnect to the
+   * same stream the watch resumes after the last revision applied (every
+   * later change is still in the stream, as the last message of its key).
+   * Otherwise the directory is loaded anew: from a live instance's
+   * snapshot, then a watch from its revision; or, when no instance can
+   * serve one (the first of a cluster), by watching every key.
+   */
+  private async loadDirectory(nc: NatsConnection, kv: KV, epoch: number): Promise<void> {
     this.watchStop?.();
     const startedAt = Date.now();
-    const empty = (await kv.status()).values === 0;
-    const entries = await kv.watch();
+    const stream = (await kv.status()).streamInfo;
+    if (epoch !== this.epoch) return;
+    const streamId = `${stream.config.name} ${stream.created}`;
+    if (this.mirrorReady && this.loadedStream === streamId && stream.state.last_seq >= this.appliedRevision) {
+      await this.watchFrom(kv, epoch, this.appliedRevision + 1, undefined);
+      return;
+    }
+    this.mirrorReady = false;
+    this.loadedStream = streamId;
+    this.directory.beginLoad();
+    const snapshot = await this.fetchSnapshot(nc, epoch);
+    if (epoch !== this.epoch) return;
+    if (snapshot) {
+      this.appliedRevision = snapshot.fromRevision;
+      this.directoryLoaded(startedAt, 'snapshot');
+      await this.watchFrom(kv, epoch, snapshot.fromRevision + 1, undefined);
+      return;
+    }
+    this.appliedRevision = 0;
+    const empty = stream.state.messages === 0;
+    await this.watchFrom(kv, epoch, 0, empty ? undefined : () => this.directoryLoaded(startedAt, 'watch'));
+    if (empty && epoch === this.epoch) this.directoryLoaded(startedAt, 'watch');
+  }
+
+  private directoryLoaded(startedAt: number, via: 'snapshot' | 'watch'): void {
+    this.directory.finishLoad();
+    this.mirrorReady = true;
+    this.deps.log.info({ entries: this.directory.size, ms: Date.now() - startedAt, via }, 'cluster directory loaded');
+  }
+
+  /** Watches the bucket from `revision` (0: every key's last value); resolves once the watch is set up. */
+  private async watchFrom(kv: KV, epoch: number, revision: number, onCaughtUp: (() => void) | undefined): Promise<void> {
+    const entries = await kv.watch(revision > 0 ? { resumeFromRevision: revision } : {});
     if (epoch !== this.epoch) {
       entries.stop();
       return;
     }
     this.watchStop = () => entries.stop();
-    let loaded = false;
-    const markLoaded = () => {
-      loaded = true;
-      this.deps.log.info({ entries: this.directory.size, ms: Date.now() - startedAt }, 'cluster directory loaded');
-    };
-    if (empty) markLoaded();
     void (async () => {
       try {
         // Entries are applied as each socket read brings them (microtasks), so
@@ -319,8 +373,11 @@ class NatsCluster implements ClusterNode {
         // client buffer the whole directory as messages first.
         for await (const entry of entries) {
           this.onDirectoryEntry(entry);
-          // delta: messages still pending behind this one; 0 ends the initial snapshot.
-          if (!loaded && entry.delta === 0) markLoaded();
+          // delta: messages still pending behind this one; 0 ends the initial load.
+          if (onCaughtUp && entry.delta === 0) {
+            onCaughtUp();
+            onCaughtUp = undefined;
+          }
         }
       } catch (err) {
         this.deps.log.debug({ err: describe(err) }, 'cluster: directory watch ended');
@@ -328,7 +385,85 @@ class NatsCluster implements ClusterNode {
     })();
   }
 
+  /** Loads a live instance's snapshot into the mirror being built; undefined when none could be had. */
+  private async fetchSnapshot(nc: NatsConnection, epoch: number): Promise<{ fromRevision: number } | undefined> {
+    for (let attempt = 1; attempt <= SNAPSHOT_ATTEMPTS; attempt++) {
+      const outcome = await this.requestSnapshot(nc);
+      if (epoch !== this.epoch) return undefined;
+      if (outcome.kind === 'loaded') return outcome;
+      if (outcome.kind === 'none') return undefined;
+      this.deps.log.debug({ attempt, outcome }, 'cluster: no directory snapshot this time; asking again');
+      this.directory.beginLoad(); // a partial one is discarded
+      await delay(100 * attempt);
+    }
+    return undefined;
+  }
+
+  private requestSnapshot(nc: NatsConnection): Promise<ReceiveOutcome | { kind: 'none' }> {
+    return new Promise((resolve) => {
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const settle = (outcome: ReceiveOutcome | { kind: 'none' }) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        sub.unsubscribe();
+        resolve(outcome);
+      };
+      const receiver = new SnapshotReceiver(
+        (chunk) => forEachSnapshotEntry(chunk, (id) => this.members.get(id),
+          (nodeId, instance, kind, rev) => this.directory.applyPut(nodeId, instance, kind, rev)),
+        () => this.deps.stats.drop('cluster_malformed'),
+        settle,
+      );
+      const armStallTimer = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => receiver.fail(`no chunk for ${SNAPSHOT_STALL_MS} ms`), SNAPSHOT_STALL_MS);
+        timer.unref();
+      };
+      const sub = nc.subscribe(createInbox(), {
+        callback: (_err: Error | null, msg: Msg) => {
+          // No instance listens yet: NATS says so at once (no responders).
+          if (msg.data.length === 0 && msg.headers?.code === 503) return settle({ kind: 'none' });
+          receiver.accept(msg.data);
+          if (receiver.receivedAll) clearTimeout(timer);
+          else armStallTimer();
+        },
+      });
+      armStallTimer();
+      if (!this.publish(this.subjects.snapshot, Buffer.from(this.instanceId), sub.getSubject())) receiver.fail('not connected');
+    });
+  }
+
+  /** Streams our mirror to a newcomer, one chunk per event-loop turn, so relaying goes on meanwhile. */
+  private serveSnapshot(msg: Msg): void {
+    const reply = msg.reply;
+    if (!reply) return this.deps.stats.drop('cluster_malformed');
+    const nc = this.nc;
+    if (!nc || !this.mirrorReady || this.snapshotsServing >= SNAPSHOT_SERVES) {
+      this.publish(reply, refusedChunk());
+      return;
+    }
+    this.snapshotsServing++;
+    const epoch = this.epoch;
+    const startedAt = Date.now();
+    const writer = new SnapshotWriter(this.directory.placements(), this.appliedRevision, chunkEntriesFor(nc.info?.max_payload ?? 1024 * 1024));
+    const step = () => {
+      // Cut off meanwhile: the newcomer stops hearing chunks and asks again.
+      const chunk = epoch === this.epoch && !this.closed ? writer.next() : undefined;
+      if (chunk === undefined) {
+        this.snapshotsServing--;
+        this.deps.log.info({ to: msg.string(), ms: Date.now() - startedAt }, 'cluster: served the directory to a newcomer');
+        return;
+      }
+      this.publish(reply, chunk);
+      setImmediate(step);
+    };
+    step();
+  }
+
   private onDirectoryEntry(entry: KvWatchEntry): void {
+    this.appliedRevision = Math.max(this.appliedRevision, entry.revision);
     const nodeId = decodeNodeKey(entry.key);
     if (nodeId === undefined) return this.deps.stats.drop('cluster_malformed');
     if (entry.operation !== 'PUT') return this.directory.applyDelete(nodeId, entry.revision);
@@ -384,9 +519,9 @@ class NatsCluster implements ClusterNode {
     for (let i = 0; i < relays.length; i++) this.deps.deliverLocally(relays[i]!);
   }
 
-  private publish(subject: string, data: Uint8Array): boolean {
+  private publish(subject: string, data: Uint8Array, reply?: string): boolean {
     try {
-      this.nc!.publish(subject, data);
+      this.nc!.publish(subject, data, reply === undefined ? undefined : { reply });
       return true;
     } catch {
       return false;

@@ -5,7 +5,8 @@
  * - Subjects and the bucket are prefixed with the cluster name, so several
  *   clusters share one NATS: `<name>.fwd.<instance>` carries relays for one
  *   instance, `<name>.hb.<instance>` its heartbeats, `<name>.who.<instance>`
- *   answers "is this ID taken?"; the directory is the KV bucket
+ *   answers "is this ID taken?", `<name>.snap` serves the directory to a
+ *   newcomer (snapshot.ts); the directory is the KV bucket
  *   `<name>-directory`, one key per node (its decimal ID).
  * - A directory value is `w <instance>` (attached over WebSocket) or
  *   `u <instance>` (a UDP endpoint), one short ASCII line.
@@ -25,6 +26,8 @@ export interface Subjects {
   heartbeat(instanceId: string): string;
   heartbeats: string;
   who(instanceId: string): string;
+  /** Where a newcomer asks a live instance for the directory (queue group: one answers). */
+  snapshot: string;
   bucket: string;
 }
 
@@ -39,6 +42,7 @@ export function subjectsFor(clusterName: string): Subjects {
     heartbeat: (id) => `${clusterName}.hb.${token(id)}`,
     heartbeats: `${clusterName}.hb.*`,
     who: (id) => `${clusterName}.who.${token(id)}`,
+    snapshot: `${clusterName}.snap`,
     bucket: `${clusterName}-directory`,
   };
 }

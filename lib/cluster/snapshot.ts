@@ -1,0 +1,268 @@
+/**
+ * Directory snapshots: how a newcomer loads the directory from a live
+ * instance's mirror instead of watching every key of the bucket.
+ *
+ * Why: a KV watch from the start makes nats-server 2.9 find the last entry
+ * of every key before it sends one (about 7.5 s for a million keys), then
+ * sends one message per key (about 11 s more through the client). A live
+ * instance already holds all of it in memory: it streams its mirror in
+ * chunks of thousands of entries over core NATS, and the newcomer then
+ * watches only what changed since, from a revision (no per-key scan).
+ *
+ * Correctness: the server notes R, the last revision its mirror reflects,
+ * and walks its mirror over several turns while the watch keeps changing
+ * it, so the chunks are a mix of states between R and later. The newcomer
+ * applies every entry only over an older revision, then replays the
+ * bucket from R + 1: every change after R comes again, in order, so the
+ * result is the bucket's state, whatever the mix.
+ *
+ * Everything here is bytes and bookkeeping; nats-cluster.ts does the I/O.
+ *
+ * A chunk (big-endian):
+ *   'BDS1' | flags u8 | index u32 | fromRevision f64 | instances u16
+ *   | instances × (length u8 | ID bytes) | entries u32
+ *   | entries × (node u32 | instance index u16 | kind u8 | revision f64)
+ * flags: LAST ends the snapshot; REFUSED says "not now" (the instance is
+ * loading itself, or already serving two), so the newcomer asks again.
+ */
+import { MAX_NODE_ID, type NodeId } from '../protocol/packets';
+import type { AttachKind } from './wire';
+
+const MAGIC = 0x42445331; // 'BDS1'
+export const SNAPSHOT_FLAG_LAST = 1;
+export const SNAPSHOT_FLAG_REFUSED = 2;
+const HEADER_BYTES = 4 + 1 + 4 + 8 + 2;
+const ENTRY_BYTES = 4 + 2 + 1 + 8;
+const INSTANCE_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
+const KIND_BYTE: Record<AttachKind, number> = { wss: 0, udp: 1 };
+const KINDS: readonly AttachKind[] = ['wss', 'udp'];
+
+/** Entries per chunk: about 240 KiB, well under NATS's default 1 MiB max_payload. */
+export const SNAPSHOT_CHUNK_ENTRIES = 16_384;
+/** Bytes of instance IDs one chunk may name (a chunk that would name more ends early). */
+const TABLE_BUDGET = 64 * 1024;
+
+/** One mirror entry as the server walks it. */
+export interface SnapshotEntry {
+  instance: { readonly id: string };
+  kind: AttachKind;
+  rev: number;
+}
+
+/** The largest number of entries per chunk that fits `maxPayload` with room for the instance table. */
+export function chunkEntriesFor(maxPayload: number): number {
+  const room = maxPayload - HEADER_BYTES - 4 - TABLE_BUDGET;
+  return Math.max(1, Math.min(SNAPSHOT_CHUNK_ENTRIES, Math.floor(room / ENTRY_BYTES)));
+}
+
+/** Builds the chunks of one snapshot from a live iterator over the mirror. */
+export class SnapshotWriter {
+  private index = 0;
+  private done = false;
+  /** An entry taken from the iterator that did not fit the last chunk's instance table. */
+  private carried: [NodeId, SnapshotEntry] | undefined;
+  private readonly scratch: Buffer;
+
+  constructor(
+    private readonly entries: Iterator<[NodeId, SnapshotEntry]>,
+    private readonly fromRevision: number,
+    private readonly maxEntries = SNAPSHOT_CHUNK_ENTRIES,
+  ) {
+    this.scratch = Buffer.allocUnsafe(maxEntries * ENTRY_BYTES);
+  }
+
+  /** The next chunk, or undefined after the last one. */
+  next(): Buffer | undefined {
+    if (this.done) return undefined;
+    const instances = new Map<string, number>();
+    let tableBytes = 0;
+    let count = 0;
+    let at = 0;
+    while (count < this.maxEntries) {
+      let taken = this.carried;
+      this.carried = undefined;
+      if (!taken) {
+        const step = this.entries.next();
+        if (step.done) {
+          this.done = true;
+          break;
+        }
+        taken = step.value;
+      }
+      const [nodeId, entry] = taken;
+      let instance = instances.get(entry.instance.id);
+      if (instance === undefined) {
+        if (tableBytes + 1 + entry.instance.id.length > TABLE_BUDGET) {
+          this.carried = taken;
+          break;
+        }
+        tableBytes += 1 + entry.instance.id.length;
+        instance = instances.size;
+        instances.set(entry.instance.id, instance);
+      }
+      this.scratch.writeUInt32BE(nodeId, at);
+      this.scratch.writeUInt16BE(instance, at + 4);
+      this.scratch.writeUInt8(KIND_BYTE[entry.kind], at + 6);
+      this.scratch.writeDoubleBE(entry.rev, at + 7);
+      at += ENTRY_BYTES;
+      count++;
+    }
+    const ids = [...instances.keys()].map((id) => Buffer.from(id, 'latin1'));
+    const chunk = Buffer.allocUnsafe(HEADER_BYTES + ids.reduce((n, id) => n + 1 + id.length, 0) + 4 + at);
+    let p = writeHeader(chunk, this.done ? SNAPSHOT_FLAG_LAST : 0, this.index++, this.fromRevision, ids.length);
+    for (const id of ids) {
+      chunk.writeUInt8(id.length, p);
+      p += 1 + id.copy(chunk, p + 1);
+    }
+    chunk.writeUInt32BE(count, p);
+    this.scratch.copy(chunk, p + 4, 0, at);
+    return chunk;
+  }
+}
+
+/** The answer of an instance that cannot serve a snapshot now. */
+export function refusedChunk(): Buffer {
+  const chunk = Buffer.alloc(HEADER_BYTES + 4);
+  writeHeader(chunk, SNAPSHOT_FLAG_REFUSED | SNAPSHOT_FLAG_LAST, 0, 0, 0);
+  return chunk;
+}
+
+function writeHeader(chunk: Buffer, flags: number, index: number, fromRevision: number, instances: number): number {
+  chunk.writeUInt32BE(MAGIC, 0);
+  chunk.writeUInt8(flags, 4);
+  chunk.writeUInt32BE(index, 5);
+  chunk.writeDoubleBE(fromRevision, 9);
+  chunk.writeUInt16BE(instances, 17);
+  return HEADER_BYTES;
+}
+
+/** A chunk whose every byte has been checked; its entries are read in place. */
+export interface SnapshotChunk {
+  flags: number;
+  index: number;
+  fromRevision: number;
+  instanceIds: string[];
+  count: number;
+  bytes: Buffer;
+  entriesAt: number;
+}
+
+/** Checks a chunk from end to end; undefined when it is not one of ours. */
+export function decodeSnapshotChunk(data: Uint8Array): SnapshotChunk | undefined {
+  const bytes = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  if (bytes.length < HEADER_BYTES + 4 || bytes.readUInt32BE(0) !== MAGIC) return undefined;
+  const flags = bytes.readUInt8(4);
+  const index = bytes.readUInt32BE(5);
+  const fromRevision = bytes.readDoubleBE(9);
+  if ((flags & ~(SNAPSHOT_FLAG_LAST | SNAPSHOT_FLAG_REFUSED)) !== 0 || !isRevision(fromRevision, true)) return undefined;
+  const instanceIds: string[] = [];
+  let at = HEADER_BYTES;
+  for (let n = bytes.readUInt16BE(17); n > 0; n--) {
+    if (at >= bytes.length) return undefined;
+    const length = bytes.readUInt8(at);
+    const id = bytes.toString('latin1', at + 1, at + 1 + length);
+    if (at + 1 + length > bytes.length || !INSTANCE_ID.test(id)) return undefined;
+    instanceIds.push(id);
+    at += 1 + length;
+  }
+  if (at + 4 > bytes.length) return undefined;
+  const count = bytes.readUInt32BE(at);
+  const entriesAt = at + 4;
+  if (bytes.length - entriesAt !== count * ENTRY_BYTES) return undefined;
+  for (let p = entriesAt; p < bytes.length; p += ENTRY_BYTES) {
+    const nodeId = bytes.readUInt32BE(p);
+    if (nodeId === 0 || nodeId > MAX_NODE_ID) return undefined;
+    if (bytes.readUInt16BE(p + 4) >= instanceIds.length || bytes.readUInt8(p + 6) >= KINDS.length) return undefined;
+    if (!isRevision(bytes.readDoubleBE(p + 7), false)) return undefined;
+  }
+  return { flags, index, fromRevision, instanceIds, count, bytes, entriesAt };
+}
+
+/** Calls `visit` for each entry of a decoded chunk, with the instance resolved once per chunk. */
+export function forEachSnapshotEntry<I>(
+  chunk: SnapshotChunk, resolve: (instanceId: string) => I, visit: (nodeId: NodeId, instance: I, kind: AttachKind, rev: number) => void,
+): void {
+  const instances = chunk.instanceIds.map(resolve);
+  const { bytes } = chunk;
+  for (let i = 0, p = chunk.entriesAt; i < chunk.count; i++, p += ENTRY_BYTES) {
+    visit(bytes.readUInt32BE(p), instances[bytes.readUInt16BE(p + 4)]!, KINDS[bytes.readUInt8(p + 6)]!, bytes.readDoubleBE(p + 7));
+  }
+}
+
+function isRevision(value: number, zeroAllowed: boolean): boolean {
+  return Number.isSafeInteger(value) && (value > 0 || (zeroAllowed && value === 0));
+}
+
+/**
+ * The newcomer's side: chunks must come in order, one snapshot, ending
+ * with LAST. Chunks are applied one per event-loop turn, so a burst of
+ * them read at once never stalls the loop for longer than one chunk.
+ */
+export type ReceiveOutcome = { kind: 'loaded'; fromRevision: number; entries: number } | { kind: 'refused' } | { kind: 'failed'; why: string };
+
+export class SnapshotReceiver {
+  private expected = 0;
+  private fromRevision = -1;
+  private readonly queue: SnapshotChunk[] = [];
+  private draining = false;
+  private finished = false;
+  private entries = 0;
+  private lastReceived = false;
+
+  constructor(
+    private readonly apply: (chunk: SnapshotChunk) => void,
+    private readonly onMalformed: () => void,
+    private readonly settle: (outcome: ReceiveOutcome) => void,
+  ) {}
+
+  /** One message on the newcomer's inbox. */
+  accept(data: Uint8Array): void {
+    if (this.finished) return;
+    const chunk = decodeSnapshotChunk(data);
+    if (!chunk) {
+      this.onMalformed();
+      return this.end({ kind: 'failed', why: 'a malformed chunk' });
+    }
+    if (chunk.flags & SNAPSHOT_FLAG_REFUSED) return this.end({ kind: 'refused' });
+    if (chunk.index !== this.expected || (this.fromRevision >= 0 && chunk.fromRevision !== this.fromRevision)) {
+      return this.end({ kind: 'failed', why: `chunk ${chunk.index} where ${this.expected} was due (one was lost)` });
+    }
+    this.expected++;
+    this.fromRevision = chunk.fromRevision;
+    if (chunk.flags & SNAPSHOT_FLAG_LAST) this.lastReceived = true;
+    this.queue.push(chunk);
+    if (!this.draining) {
+      this.draining = true;
+      setImmediate(() => this.drain());
+    }
+  }
+
+  /** The last chunk has come (some may still be waiting to be applied). */
+  get receivedAll(): boolean {
+    return this.lastReceived;
+  }
+
+  /** Gives up (a timeout, a lost connection); nothing more is applied. */
+  fail(why: string): void {
+    this.end({ kind: 'failed', why });
+  }
+
+  private drain(): void {
+    const chunk = this.queue.shift();
+    if (!chunk || this.finished) {
+      this.draining = false;
+      return;
+    }
+    this.apply(chunk);
+    this.entries += chunk.count;
+    if (chunk.flags & SNAPSHOT_FLAG_LAST) return this.end({ kind: 'loaded', fromRevision: chunk.fromRevision, entries: this.entries });
+    setImmediate(() => this.drain());
+  }
+
+  private end(outcome: ReceiveOutcome): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.queue.length = 0;
+    this.settle(outcome);
+  }
+}
