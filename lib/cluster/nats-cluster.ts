@@ -228,7 +228,8 @@ class NatsCluster implements ClusterNode {
     void this.followStatus(nc);
     this.heartbeatTimer = setInterval(() => this.tick(), Math.max(50, Math.floor(this.deps.config.clusterDeadAfterMs / 5)));
     this.heartbeatTimer.unref();
-    await this.sync(nc, 'joined');
+    // Loading a large directory takes seconds: the beacon serves its own peers meanwhile.
+    void this.sync(nc, 'joined');
   }
 
   /** A second live process with our ID answers on its `who` subject. */
