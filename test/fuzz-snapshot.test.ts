@@ -12,6 +12,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { Directory } from '../lib/cluster/directory';
 import { Instances } from '../lib/cluster/instances';
+import { PlacementTable } from '../lib/cluster/placement-table';
 import {
   SnapshotReceiver, SnapshotWriter, chunkEntriesFor, decodeSnapshotChunk, forEachSnapshotEntry, refusedChunk,
   type ReceiveOutcome, type SnapshotChunk,
@@ -30,6 +31,7 @@ const op: fc.Arbitrary<Op> = fc.record({
 });
 
 function newDirectory(selfId: string): { directory: Directory; members: Instances } {
+  // Small tables: the property also meets rebuilds during a walk.
   const members = new Instances(selfId, 1_000, (id) => `fwd.${id}`);
   const directory = new Directory({ self: members.self, evict: () => undefined, onStoreError: (err) => { throw err; } });
   return { directory, members };
@@ -42,7 +44,8 @@ function apply(directory: Directory, members: Instances, o: Op, rev: number): vo
 
 function contents(directory: Directory): Map<number, string> {
   const out = new Map<number, string>();
-  for (const [nodeId, p] of directory.placements()) out.set(nodeId, `${p.instance.id} ${p.kind} ${p.rev}`);
+  const table = directory.placements();
+  for (const [nodeId, slot] of table) out.set(nodeId, `${table.instanceAt(slot).id} ${table.kindAt(slot)} ${table.revAt(slot)}`);
   return out;
 }
 
@@ -56,23 +59,29 @@ describe('directory snapshot', () => {
         const truth = newDirectory('truth');
         ops.forEach((o, i) => apply(truth.directory, truth.members, o, i + 1));
         // The server's mirror reflects the stream through R when the snapshot begins.
-        const R = ops.length === 0 ? 0 : cut % (ops.length + 1);
         let applied = 0;
-        while (applied < R) { apply(server.directory, server.members, ops[applied]!, applied + 1); applied++; }
-        const writer = new SnapshotWriter(server.directory.placements(), R, perChunk);
-        const chunks: SnapshotChunk[] = [];
-        for (let i = 0; ; i++) {
-          const bytes = writer.next();
-          if (!bytes) break;
-          const chunk = decodeSnapshotChunk(bytes);
-          assert.ok(chunk, 'every chunk the writer makes decodes');
-          assert.equal(chunk.index, i);
-          chunks.push(chunk);
-          // The server's watch goes on between chunks.
-          for (let n = changesBetweenChunks[i] ?? 0; n > 0 && applied < ops.length; n--) {
-            apply(server.directory, server.members, ops[applied]!, applied + 1);
-            applied++;
+        const upTo = ops.length === 0 ? 0 : cut % (ops.length + 1);
+        while (applied < upTo) { apply(server.directory, server.members, ops[applied]!, applied + 1); applied++; }
+        let chunks: SnapshotChunk[] = [];
+        // A mirror rebuilt during the walk (it grew) voids the snapshot: the newcomer asks again.
+        for (let attempt = 0; ; attempt++) {
+          const writer = new SnapshotWriter(server.directory.placements(), applied, perChunk);
+          chunks = [];
+          for (let i = 0; ; i++) {
+            const bytes = writer.next();
+            if (!bytes) break;
+            const chunk = decodeSnapshotChunk(bytes);
+            assert.ok(chunk, 'every chunk the writer makes decodes');
+            assert.equal(chunk.index, i);
+            chunks.push(chunk);
+            // The server's watch goes on between chunks.
+            for (let n = attempt < 3 ? changesBetweenChunks[i] ?? 0 : 0; n > 0 && applied < ops.length; n--) {
+              apply(server.directory, server.members, ops[applied]!, applied + 1);
+              applied++;
+            }
           }
+          if (!writer.invalidated) break;
+          assert.ok(attempt < 3, 'a walk with no change meanwhile completes');
         }
         const newcomer = newDirectory('newcomer');
         newcomer.directory.beginLoad();
@@ -176,4 +185,41 @@ test('the receiver applies one chunk per event-loop turn, refuses a gap, and tak
   new SnapshotReceiver(() => undefined, () => { malformed++; }, (o) => { bad = o; }).accept(Buffer.from('not a chunk'));
   assert.equal(malformed, 1);
   assert.equal(bad?.kind, 'failed');
+});
+
+describe('placement table', () => {
+  test('any run of sets and deletes leaves the table holding exactly what a Map would, across rebuilds', () => {
+    const instances = ['a', 'b'].map((id) => ({ id }));
+    const nodeIds = fc.oneof(fc.integer({ min: 1, max: 40 }), fc.integer({ min: 1, max: 0xffffffff }));
+    const step = fc.tuple(fc.boolean(), nodeIds, fc.integer({ min: 0, max: 1 }), fc.constantFrom<AttachKind>('wss', 'udp'));
+    fc.assert(fc.property(fc.array(step, { maxLength: 600 }), fc.constantFrom(8, 16, 1024), (steps, minCapacity) => {
+      const table = new PlacementTable<{ id: string }>(minCapacity);
+      const model = new Map<number, string>();
+      steps.forEach(([isSet, nodeId, instance, kind], rev) => {
+        if (isSet) {
+          table.set(nodeId, instances[instance]!, kind, rev + 1);
+          model.set(nodeId, `${instances[instance]!.id} ${kind} ${rev + 1}`);
+        } else {
+          assert.equal(table.delete(nodeId), model.delete(nodeId));
+        }
+      });
+      assert.equal(table.size, model.size);
+      const held = new Map<number, string>();
+      for (const [nodeId, slot] of table) held.set(nodeId, `${table.instanceAt(slot).id} ${table.kindAt(slot)} ${table.revAt(slot)}`);
+      assert.deepEqual(held, model);
+      for (const nodeId of model.keys()) assert.ok(table.find(nodeId) >= 0);
+    }), fuzzParams(300));
+  });
+
+  test('a snapshot walk over a table that grows under it is void: no chunk after, and the server refuses', () => {
+    const table = new PlacementTable<{ id: string }>(8);
+    const a = { id: 'a' };
+    for (let node = 1; node <= 5; node++) table.set(node, a, 'wss', node);
+    const writer = new SnapshotWriter(table, 5, 2);
+    assert.ok(writer.next());
+    assert.equal(writer.invalidated, false);
+    for (let node = 6; node <= 50; node++) table.set(node, a, 'wss', node); // grows: rebuilt
+    assert.equal(writer.invalidated, true);
+    assert.equal(writer.next(), undefined);
+  });
 });

@@ -18,15 +18,9 @@
  */
 import type { NodeId } from '../protocol/packets';
 import type { Instance } from './instances';
+import { PlacementTable } from './placement-table';
 import { encodePlacement, type AttachKind } from './wire';
 
-/** Where a node is attached, as the mirror holds it (~100 bytes per node with its Map slot). */
-export interface Placement {
-  instance: Instance;
-  kind: AttachKind;
-  /** KV revision of the entry. */
-  rev: number;
-}
 
 /** The KV operations the directory needs (the NATS bucket, or nothing while cut off). */
 export interface DirectoryStore {
@@ -82,13 +76,14 @@ class Window {
 }
 
 export class Directory {
-  private mirror = new Map<NodeId, Placement>();
+  /** Where each node is attached, with its KV revision. */
+  private mirror = new PlacementTable<Instance>();
   /**
    * While (re)loading, entries go here and routes keep using the old
    * mirror; the new one replaces it in one step when the load is complete,
    * so entries deleted while we were away do not linger.
    */
-  private next: Map<NodeId, Placement> | undefined;
+  private next: PlacementTable<Instance> | undefined;
   private readonly window = new Window(STORE_WINDOW);
   private readonly own = new Map<NodeId, OwnEntry>();
   /** Set while connected and the bucket is open. */
@@ -111,16 +106,18 @@ export class Directory {
 
   /** The live instance, other than this one, that holds `nodeId`. Hot path. */
   instanceOf(nodeId: NodeId): Instance | undefined {
-    const placement = this.mirror.get(nodeId);
-    if (placement === undefined) return undefined;
-    const { instance } = placement;
+    const slot = this.mirror.find(nodeId);
+    if (slot < 0) return undefined;
+    const instance = this.mirror.instanceAt(slot);
     return instance.live && !instance.self ? instance : undefined;
   }
 
   /** Attached over WebSocket to another live instance (docs/protocol.md §3 across instances). */
   isWssElsewhere(nodeId: NodeId): boolean {
-    const placement = this.mirror.get(nodeId);
-    return placement !== undefined && placement.kind === 'wss' && placement.instance.live && !placement.instance.self;
+    const slot = this.mirror.find(nodeId);
+    if (slot < 0 || this.mirror.kindAt(slot) !== 'wss') return false;
+    const instance = this.mirror.instanceAt(slot);
+    return instance.live && !instance.self;
   }
 
   isOwn(nodeId: NodeId, kind: AttachKind): boolean {
@@ -143,8 +140,9 @@ export class Directory {
     const entry = this.own.get(nodeId);
     if (!entry || entry.kind !== kind) return;
     this.own.delete(nodeId);
-    for (const map of [this.mirror, this.next]) {
-      if (map?.get(nodeId)?.instance.self) map.delete(nodeId);
+    for (const table of [this.mirror, this.next]) {
+      const slot = table?.find(nodeId) ?? -1;
+      if (slot >= 0 && table!.instanceAt(slot).self) table!.delete(nodeId);
     }
     // A write in flight is deleted when its revision comes back (announce).
     if (entry.rev !== undefined) this.remove(nodeId, entry.rev);
@@ -180,7 +178,12 @@ export class Directory {
 
   /** A (re)load begins: entries from now on fill a new mirror. */
   beginLoad(): void {
-    this.next = new Map();
+    this.next = new PlacementTable();
+  }
+
+  /** The load in progress will bring about `count` entries: room for them at once, so it never rebuilds. */
+  expectEntries(count: number): void {
+    (this.next ?? this.mirror).reserve(count);
   }
 
   /** The load is complete: the new mirror replaces the old one. */
@@ -190,17 +193,17 @@ export class Directory {
     this.next = undefined;
   }
 
-  /** The mirror's entries, for a snapshot; the iterator survives later changes (Map iterators do). */
-  placements(): IterableIterator<[NodeId, Placement]> {
-    return this.mirror.entries();
+  /** The mirror itself, for a snapshot to walk across turns (see PlacementTable.generation). */
+  placements(): PlacementTable<Instance> {
+    return this.mirror;
   }
 
   /** A put from the watch or a snapshot; one older than what the mirror holds changes nothing. */
   applyPut(nodeId: NodeId, instance: Instance, kind: AttachKind, rev: number): void {
     const target = this.next ?? this.mirror;
-    const current = target.get(nodeId);
-    if (current !== undefined && current.rev >= rev) return;
-    target.set(nodeId, { instance, kind, rev });
+    const slot = target.find(nodeId);
+    if (slot >= 0 && target.revAt(slot) >= rev) return;
+    target.set(nodeId, instance, kind, rev);
     const entry = this.own.get(nodeId);
     if (instance.self) {
       // Ours, but not held: left over from a lost delete or an earlier life of this ID.
@@ -214,8 +217,8 @@ export class Directory {
 
   applyDelete(nodeId: NodeId, rev: number): void {
     const target = this.next ?? this.mirror;
-    const placement = target.get(nodeId);
-    if (placement && placement.rev < rev) target.delete(nodeId);
+    const slot = target.find(nodeId);
+    if (slot >= 0 && target.revAt(slot) < rev) target.delete(nodeId);
     const entry = this.own.get(nodeId);
     // Someone removed an entry of ours we still hold (took us for dead): write it again.
     if (entry?.rev !== undefined && rev > entry.rev) {
@@ -228,7 +231,7 @@ export class Directory {
   /** Entries a dead instance held, for the survivor that removes them. */
   entriesOf(instance: Instance): Array<[NodeId, number]> {
     const entries: Array<[NodeId, number]> = [];
-    for (const [nodeId, placement] of this.mirror) if (placement.instance === instance) entries.push([nodeId, placement.rev]);
+    for (const [nodeId, slot] of this.mirror) if (this.mirror.instanceAt(slot) === instance) entries.push([nodeId, this.mirror.revAt(slot)]);
     return entries;
   }
 

@@ -65,6 +65,8 @@ const TOO_FEW_PEERS = new Set([10005 /* no suitable peers for placement */, 1002
 const SNAPSHOT_STALL_MS = 2_000;
 /** Times a newcomer asks for a snapshot (an instance may refuse: loading itself, or busy) before watching every key. */
 const SNAPSHOT_ATTEMPTS = 4;
+/** A load makes room for at most this many entries up front (beyond, the mirror grows as usual). */
+const MAX_RESERVED_ENTRIES = 16_000_000;
 /** Snapshots one instance serves at once; more newcomers are refused and ask again. */
 const SNAPSHOT_SERVES = 2;
 
@@ -349,6 +351,7 @@ class NatsCluster implements ClusterNode {
     }
     this.appliedRevision = 0;
     const empty = stream.state.messages === 0;
+    this.directory.expectEntries(Math.min(stream.state.messages, MAX_RESERVED_ENTRIES));
     await this.watchFrom(kv, epoch, 0, empty ? undefined : () => this.directoryLoaded(startedAt, 'watch'));
     if (empty && epoch === this.epoch) this.directoryLoaded(startedAt, 'watch');
   }
@@ -412,8 +415,12 @@ class NatsCluster implements ClusterNode {
         resolve(outcome);
       };
       const receiver = new SnapshotReceiver(
-        (chunk) => forEachSnapshotEntry(chunk, (id) => this.members.get(id),
-          (nodeId, instance, kind, rev) => this.directory.applyPut(nodeId, instance, kind, rev)),
+        (chunk) => {
+          // Room for every entry at once: the mirror is never rebuilt during the load.
+          if (chunk.index === 0) this.directory.expectEntries(Math.min(chunk.total, MAX_RESERVED_ENTRIES));
+          forEachSnapshotEntry(chunk, (id) => this.members.get(id),
+            (nodeId, instance, kind, rev) => this.directory.applyPut(nodeId, instance, kind, rev));
+        },
         () => this.deps.stats.drop('cluster_malformed'),
         settle,
       );
@@ -452,6 +459,12 @@ class NatsCluster implements ClusterNode {
     const step = () => {
       // Cut off meanwhile: the newcomer stops hearing chunks and asks again.
       const chunk = epoch === this.epoch && !this.closed ? writer.next() : undefined;
+      if (writer.invalidated) {
+        // The mirror grew and was rebuilt under the walk: the newcomer asks again.
+        this.snapshotsServing--;
+        this.publish(reply, refusedChunk());
+        return;
+      }
       if (chunk === undefined) {
         this.snapshotsServing--;
         this.deps.log.info({ to: msg.string(), ms: Date.now() - startedAt }, 'cluster: served the directory to a newcomer');

@@ -19,10 +19,11 @@
  * Everything here is bytes and bookkeeping; nats-cluster.ts does the I/O.
  *
  * A chunk (big-endian):
- *   'BDS1' | flags u8 | index u32 | fromRevision f64 | instances u16
+ *   'BDS1' | flags u8 | index u32 | fromRevision f64 | total u32 | instances u16
  *   | instances × (length u8 | ID bytes) | entries u32
  *   | entries × (node u32 | instance index u16 | kind u8 | revision f64)
- * flags: LAST ends the snapshot; REFUSED says "not now" (the instance is
+ * total: the server's entries when its walk began, so the newcomer makes
+ * room for them at once. flags: LAST ends the snapshot; REFUSED says "not now" (the instance is
  * loading itself, or already serving two), so the newcomer asks again.
  */
 import { MAX_NODE_ID, type NodeId } from '../protocol/packets';
@@ -31,7 +32,7 @@ import type { AttachKind } from './wire';
 const MAGIC = 0x42445331; // 'BDS1'
 export const SNAPSHOT_FLAG_LAST = 1;
 export const SNAPSHOT_FLAG_REFUSED = 2;
-const HEADER_BYTES = 4 + 1 + 4 + 8 + 2;
+const HEADER_BYTES = 4 + 1 + 4 + 8 + 4 + 2;
 const ENTRY_BYTES = 4 + 2 + 1 + 8;
 const INSTANCE_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
 const KIND_BYTE: Record<AttachKind, number> = { wss: 0, udp: 1 };
@@ -42,11 +43,20 @@ export const SNAPSHOT_CHUNK_ENTRIES = 16_384;
 /** Bytes of instance IDs one chunk may name (a chunk that would name more ends early). */
 const TABLE_BUDGET = 64 * 1024;
 
-/** One mirror entry as the server walks it. */
-export interface SnapshotEntry {
-  instance: { readonly id: string };
-  kind: AttachKind;
-  rev: number;
+/**
+ * The mirror as the server walks it, slot by slot across turns. Its
+ * entries stay in their slots until it is rebuilt, which bumps
+ * `generation` and voids the walk (PlacementTable).
+ */
+export interface SnapshotSource {
+  readonly generation: number;
+  readonly slotCount: number;
+  readonly size: number;
+  /** The node in `slot`, or 0 when the slot holds none. */
+  nodeAt(slot: number): NodeId;
+  instanceAt(slot: number): { readonly id: string };
+  kindAt(slot: number): AttachKind;
+  revAt(slot: number): number;
 }
 
 /** The largest number of entries per chunk that fits `maxPayload` with room for the instance table. */
@@ -55,61 +65,65 @@ export function chunkEntriesFor(maxPayload: number): number {
   return Math.max(1, Math.min(SNAPSHOT_CHUNK_ENTRIES, Math.floor(room / ENTRY_BYTES)));
 }
 
-/** Builds the chunks of one snapshot from a live iterator over the mirror. */
+/** Builds the chunks of one snapshot from the live mirror, a chunk per call. */
 export class SnapshotWriter {
   private index = 0;
   private done = false;
-  /** An entry taken from the iterator that did not fit the last chunk's instance table. */
-  private carried: [NodeId, SnapshotEntry] | undefined;
+  private slot = 0;
+  private readonly generation: number;
+  private readonly slots: number;
+  private readonly total: number;
   private readonly scratch: Buffer;
 
   constructor(
-    private readonly entries: Iterator<[NodeId, SnapshotEntry]>,
+    private readonly source: SnapshotSource,
     private readonly fromRevision: number,
     private readonly maxEntries = SNAPSHOT_CHUNK_ENTRIES,
   ) {
+    this.generation = source.generation;
+    this.slots = source.slotCount;
+    this.total = source.size;
     this.scratch = Buffer.allocUnsafe(maxEntries * ENTRY_BYTES);
   }
 
-  /** The next chunk, or undefined after the last one. */
+  /** The mirror was rebuilt since the walk began: entries moved, so the snapshot is void (refuse; the newcomer asks again). */
+  get invalidated(): boolean {
+    return this.source.generation !== this.generation;
+  }
+
+  /** The next chunk, or undefined after the last one or once invalidated. */
   next(): Buffer | undefined {
-    if (this.done) return undefined;
+    if (this.done || this.invalidated) return undefined;
+    const { source } = this;
     const instances = new Map<string, number>();
     let tableBytes = 0;
     let count = 0;
     let at = 0;
-    while (count < this.maxEntries) {
-      let taken = this.carried;
-      this.carried = undefined;
-      if (!taken) {
-        const step = this.entries.next();
-        if (step.done) {
-          this.done = true;
-          break;
-        }
-        taken = step.value;
+    for (; count < this.maxEntries; this.slot++) {
+      if (this.slot === this.slots) {
+        this.done = true;
+        break;
       }
-      const [nodeId, entry] = taken;
-      let instance = instances.get(entry.instance.id);
+      const nodeId = source.nodeAt(this.slot);
+      if (nodeId === 0) continue;
+      const instanceId = source.instanceAt(this.slot).id;
+      let instance = instances.get(instanceId);
       if (instance === undefined) {
-        if (tableBytes + 1 + entry.instance.id.length > TABLE_BUDGET) {
-          this.carried = taken;
-          break;
-        }
-        tableBytes += 1 + entry.instance.id.length;
+        if (tableBytes + 1 + instanceId.length > TABLE_BUDGET) break; // this slot opens the next chunk
+        tableBytes += 1 + instanceId.length;
         instance = instances.size;
-        instances.set(entry.instance.id, instance);
+        instances.set(instanceId, instance);
       }
       this.scratch.writeUInt32BE(nodeId, at);
       this.scratch.writeUInt16BE(instance, at + 4);
-      this.scratch.writeUInt8(KIND_BYTE[entry.kind], at + 6);
-      this.scratch.writeDoubleBE(entry.rev, at + 7);
+      this.scratch.writeUInt8(KIND_BYTE[source.kindAt(this.slot)], at + 6);
+      this.scratch.writeDoubleBE(source.revAt(this.slot), at + 7);
       at += ENTRY_BYTES;
       count++;
     }
     const ids = [...instances.keys()].map((id) => Buffer.from(id, 'latin1'));
     const chunk = Buffer.allocUnsafe(HEADER_BYTES + ids.reduce((n, id) => n + 1 + id.length, 0) + 4 + at);
-    let p = writeHeader(chunk, this.done ? SNAPSHOT_FLAG_LAST : 0, this.index++, this.fromRevision, ids.length);
+    let p = writeHeader(chunk, this.done ? SNAPSHOT_FLAG_LAST : 0, this.index++, this.fromRevision, this.total, ids.length);
     for (const id of ids) {
       chunk.writeUInt8(id.length, p);
       p += 1 + id.copy(chunk, p + 1);
@@ -123,16 +137,17 @@ export class SnapshotWriter {
 /** The answer of an instance that cannot serve a snapshot now. */
 export function refusedChunk(): Buffer {
   const chunk = Buffer.alloc(HEADER_BYTES + 4);
-  writeHeader(chunk, SNAPSHOT_FLAG_REFUSED | SNAPSHOT_FLAG_LAST, 0, 0, 0);
+  writeHeader(chunk, SNAPSHOT_FLAG_REFUSED | SNAPSHOT_FLAG_LAST, 0, 0, 0, 0);
   return chunk;
 }
 
-function writeHeader(chunk: Buffer, flags: number, index: number, fromRevision: number, instances: number): number {
+function writeHeader(chunk: Buffer, flags: number, index: number, fromRevision: number, total: number, instances: number): number {
   chunk.writeUInt32BE(MAGIC, 0);
   chunk.writeUInt8(flags, 4);
   chunk.writeUInt32BE(index, 5);
   chunk.writeDoubleBE(fromRevision, 9);
-  chunk.writeUInt16BE(instances, 17);
+  chunk.writeUInt32BE(Math.min(total, 0xffffffff), 17);
+  chunk.writeUInt16BE(instances, 21);
   return HEADER_BYTES;
 }
 
@@ -141,6 +156,8 @@ export interface SnapshotChunk {
   flags: number;
   index: number;
   fromRevision: number;
+  /** The server's entries when its walk began (a hint for making room). */
+  total: number;
   instanceIds: string[];
   count: number;
   bytes: Buffer;
@@ -154,10 +171,11 @@ export function decodeSnapshotChunk(data: Uint8Array): SnapshotChunk | undefined
   const flags = bytes.readUInt8(4);
   const index = bytes.readUInt32BE(5);
   const fromRevision = bytes.readDoubleBE(9);
+  const total = bytes.readUInt32BE(17);
   if ((flags & ~(SNAPSHOT_FLAG_LAST | SNAPSHOT_FLAG_REFUSED)) !== 0 || !isRevision(fromRevision, true)) return undefined;
   const instanceIds: string[] = [];
   let at = HEADER_BYTES;
-  for (let n = bytes.readUInt16BE(17); n > 0; n--) {
+  for (let n = bytes.readUInt16BE(21); n > 0; n--) {
     if (at >= bytes.length) return undefined;
     const length = bytes.readUInt8(at);
     const id = bytes.toString('latin1', at + 1, at + 1 + length);
@@ -175,7 +193,7 @@ export function decodeSnapshotChunk(data: Uint8Array): SnapshotChunk | undefined
     if (bytes.readUInt16BE(p + 4) >= instanceIds.length || bytes.readUInt8(p + 6) >= KINDS.length) return undefined;
     if (!isRevision(bytes.readDoubleBE(p + 7), false)) return undefined;
   }
-  return { flags, index, fromRevision, instanceIds, count, bytes, entriesAt };
+  return { flags, index, fromRevision, total, instanceIds, count, bytes, entriesAt };
 }
 
 /** Calls `visit` for each entry of a decoded chunk, with the instance resolved once per chunk. */
