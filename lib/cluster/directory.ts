@@ -43,6 +43,8 @@ export interface DirectoryDeps {
   evict(nodeId: NodeId, kind: AttachKind): void;
   /** A KV operation failed (cut off, timeout); reconnecting re-announces everything. */
   onStoreError(err: unknown, op: string): void;
+  /** Smallest mirror table (tests use small ones to meet rebuilds). */
+  minTableCapacity?: number;
 }
 
 /**
@@ -77,7 +79,7 @@ class Window {
 
 export class Directory {
   /** Where each node is attached, with its KV revision. */
-  private mirror = new PlacementTable<Instance>();
+  private mirror: PlacementTable<Instance>;
   /**
    * While (re)loading, entries go here and routes keep using the old
    * mirror; the new one replaces it in one step when the load is complete,
@@ -89,7 +91,9 @@ export class Directory {
   /** Set while connected and the bucket is open. */
   store: DirectoryStore | undefined;
 
-  constructor(private readonly deps: DirectoryDeps) {}
+  constructor(private readonly deps: DirectoryDeps) {
+    this.mirror = new PlacementTable(deps.minTableCapacity);
+  }
 
   get size(): number {
     return this.mirror.size;
@@ -178,7 +182,7 @@ export class Directory {
 
   /** A (re)load begins: entries from now on fill a new mirror. */
   beginLoad(): void {
-    this.next = new PlacementTable();
+    this.next = new PlacementTable(this.deps.minTableCapacity);
   }
 
   /** The load in progress will bring about `count` entries: room for them at once, so it never rebuilds. */

@@ -67,6 +67,8 @@ const SNAPSHOT_STALL_MS = 2_000;
 const SNAPSHOT_ATTEMPTS = 4;
 /** A load makes room for at most this many entries up front (beyond, the mirror grows as usual). */
 const MAX_RESERVED_ENTRIES = 16_000_000;
+/** Old slots a rebuild of the mirror moves per turn before a snapshot walks it. */
+const REBUILD_SLICE_SLOTS = 65_536;
 /** Snapshots one instance serves at once; more newcomers are refused and ask again. */
 const SNAPSHOT_SERVES = 2;
 
@@ -455,12 +457,22 @@ class NatsCluster implements ClusterNode {
     this.snapshotsServing++;
     const epoch = this.epoch;
     const startedAt = Date.now();
-    const writer = new SnapshotWriter(this.directory.placements(), this.appliedRevision, chunkEntriesFor(nc.info?.max_payload ?? 1024 * 1024));
+    const table = this.directory.placements();
+    let writer: SnapshotWriter | undefined;
     const step = () => {
       // Cut off meanwhile: the newcomer stops hearing chunks and asks again.
-      const chunk = epoch === this.epoch && !this.closed ? writer.next() : undefined;
+      if (epoch !== this.epoch || this.closed) {
+        this.snapshotsServing--;
+        return;
+      }
+      // A rebuild of the mirror still moving entries is finished first, a slice per turn.
+      if (!writer) {
+        if (!table.advanceRebuild(REBUILD_SLICE_SLOTS)) return void setImmediate(step);
+        writer = new SnapshotWriter(table, this.appliedRevision, chunkEntriesFor(nc.info?.max_payload ?? 1024 * 1024));
+      }
+      const chunk = writer.next();
       if (writer.invalidated) {
-        // The mirror grew and was rebuilt under the walk: the newcomer asks again.
+        // The mirror grew and began a rebuild under the walk: the newcomer asks again.
         this.snapshotsServing--;
         this.publish(reply, refusedChunk());
         return;

@@ -12,11 +12,15 @@
  *
  * Open addressing with linear probing; a deleted slot becomes a tombstone,
  * so entries never move except when the table is rebuilt (growth, or too
- * many tombstones). A rebuild bumps `generation`, which tells a snapshot
- * walking the slots across turns that its walk is void.
+ * many tombstones). A rebuild is incremental: the new slots are allocated
+ * at once, and every later change moves a few entries of the old slots
+ * over (a lookup that finds an entry there moves it), since moving a
+ * million at once took 110 ms (most of it the kernel handing over fresh
+ * pages). A rebuild bumps `generation`, which tells a snapshot walking the
+ * slots across turns that its walk is void; no walk starts while one runs.
  *
  * About 30 bytes per entry at the largest load (15 bytes a slot, at least
- * half the slots free).
+ * half the slots free), twice that while a rebuild runs.
  */
 import type { NodeId } from '../protocol/packets';
 import type { AttachKind } from './wire';
@@ -28,111 +32,159 @@ const KINDS: readonly (AttachKind | undefined)[] = [undefined, 'wss', 'udp'];
 const MIN_CAPACITY = 1024;
 /** Slots used (entries and tombstones) past this share of the capacity rebuild the table. */
 const MAX_LOAD = 0.7;
+/**
+ * Old slots moved over per change while a rebuild runs. A rebuild starts
+ * at 0.7 of the old capacity and leaves the new one at most half full, so
+ * it has 0.4 × the old capacity of inserts before the next one is due:
+ * 4 slots per change finishes well within that.
+ */
+const MOVE_PER_CHANGE = 4;
 
-export class PlacementTable<I extends { readonly id: string }> {
-  private capacity: number;
-  /** Slot of a node: the top log2(capacity) bits of its hash. */
-  private shift: number;
-  private keys: Uint32Array;
+/** One set of slots: parallel typed arrays. */
+class Slots {
+  readonly keys: Uint32Array;
   /** EMPTY, TOMBSTONE, or the kind's code (an entry). */
-  private states: Uint8Array;
-  private revs: Float64Array;
-  private instanceIndexes: Uint16Array;
-  private readonly instances: I[] = [];
-  private readonly indexOf = new Map<I, number>();
-  private entries = 0;
-  private tombstones = 0;
-  /** Bumped by every rebuild: slot numbers from before mean nothing after. */
-  generation = 0;
+  readonly states: Uint8Array;
+  readonly revs: Float64Array;
+  readonly instanceIndexes: Uint16Array;
+  /** Slot of a node: the top log2(capacity) bits of its hash. */
+  readonly shift: number;
+  readonly mask: number;
 
-  /** `minCapacity`: a power of two; tests use small ones to meet rebuilds often. */
-  constructor(private readonly minCapacity = MIN_CAPACITY) {
-    if (minCapacity < 8 || (minCapacity & (minCapacity - 1)) !== 0) throw new RangeError('minCapacity must be a power of two, at least 8');
-    this.capacity = minCapacity;
-    this.shift = 32 - Math.log2(minCapacity);
-    this.keys = new Uint32Array(minCapacity);
-    this.states = new Uint8Array(minCapacity);
-    this.revs = new Float64Array(minCapacity);
-    this.instanceIndexes = new Uint16Array(minCapacity);
+  constructor(readonly capacity: number) {
+    this.keys = new Uint32Array(capacity);
+    this.states = new Uint8Array(capacity);
+    this.revs = new Float64Array(capacity);
+    this.instanceIndexes = new Uint16Array(capacity);
+    this.shift = 32 - Math.log2(capacity);
+    this.mask = capacity - 1;
   }
 
-  get size(): number {
-    return this.entries;
-  }
-
-  /** Room for `count` entries without a rebuild (a load that knows its size calls this first). */
-  reserve(count: number): void {
-    if (count + this.tombstones > this.capacity * MAX_LOAD) this.rebuild(count);
-  }
-
-  /** The slot holding `nodeId`, or -1. Hot path: no allocation. */
   find(nodeId: NodeId): number {
-    const mask = this.capacity - 1;
-    for (let slot = hash(nodeId) >>> this.shift; ; slot = (slot + 1) & mask) {
+    for (let slot = hash(nodeId) >>> this.shift; ; slot = (slot + 1) & this.mask) {
       const state = this.states[slot]!;
       if (state === EMPTY) return -1;
       if (state !== TOMBSTONE && this.keys[slot] === nodeId) return slot;
     }
   }
 
+  freeSlotFor(nodeId: NodeId): number {
+    let slot = hash(nodeId) >>> this.shift;
+    while (this.states[slot] !== EMPTY && this.states[slot] !== TOMBSTONE) slot = (slot + 1) & this.mask;
+    return slot;
+  }
+
+  nodeAt(slot: number): NodeId {
+    const state = this.states[slot]!;
+    return state === EMPTY || state === TOMBSTONE ? 0 : this.keys[slot]!;
+  }
+}
+
+export class PlacementTable<I extends { readonly id: string }> {
+  private slots: Slots;
+  /** The slots a rebuild is moving entries out of, and how far it has got. */
+  private old: Slots | undefined;
+  private moved = 0;
+  private readonly instances: I[] = [];
+  private readonly indexOf = new Map<I, number>();
+  private entries = 0;
+  /** Tombstones in the current slots. */
+  private tombstones = 0;
+  /** Bumped when a rebuild starts and ends: slot numbers from before mean nothing after. */
+  generation = 0;
+
+  /** `minCapacity`: a power of two; tests use small ones to meet rebuilds often. */
+  constructor(private readonly minCapacity = MIN_CAPACITY) {
+    if (minCapacity < 8 || (minCapacity & (minCapacity - 1)) !== 0) throw new RangeError('minCapacity must be a power of two, at least 8');
+    this.slots = new Slots(minCapacity);
+  }
+
+  get size(): number {
+    return this.entries;
+  }
+
+  /** A rebuild is moving entries: slots cannot be walked now. */
+  get migrating(): boolean {
+    return this.old !== undefined;
+  }
+
+  /** Moves up to `slots` old slots of a running rebuild; true when none is left (a snapshot about to walk calls this, a slice per turn). */
+  advanceRebuild(slots: number): boolean {
+    this.moveSome(slots);
+    return this.old === undefined;
+  }
+
+  /** Room for `count` entries without a rebuild (a load that knows its size calls this first, on a new table). */
+  reserve(count: number): void {
+    if (count + this.tombstones <= this.slots.capacity * MAX_LOAD) return;
+    this.startRebuild(count);
+    this.moveSome(Infinity);
+  }
+
+  /** The slot holding `nodeId`, or -1. Hot path: no allocation. */
+  find(nodeId: NodeId): number {
+    const slot = this.slots.find(nodeId);
+    if (slot >= 0 || this.old === undefined) return slot;
+    // Not moved yet: move it now, so slots returned are always current ones.
+    const oldSlot = this.old.find(nodeId);
+    return oldSlot < 0 ? -1 : this.moveOne(oldSlot);
+  }
+
   instanceAt(slot: number): I {
-    return this.instances[this.instanceIndexes[slot]!]!;
+    return this.instances[this.slots.instanceIndexes[slot]!]!;
   }
 
   kindAt(slot: number): AttachKind {
-    return KINDS[this.states[slot]!]!;
+    return KINDS[this.slots.states[slot]!]!;
   }
 
   revAt(slot: number): number {
-    return this.revs[slot]!;
+    return this.slots.revs[slot]!;
   }
 
   set(nodeId: NodeId, instance: I, kind: AttachKind, rev: number): void {
     let slot = this.find(nodeId);
     if (slot < 0) {
-      this.reserve(this.entries + 1);
-      slot = this.freeSlotFor(nodeId);
-      if (this.states[slot] === TOMBSTONE) this.tombstones--;
-      this.keys[slot] = nodeId;
+      if (this.old === undefined && this.entries + 1 + this.tombstones > this.slots.capacity * MAX_LOAD) this.startRebuild(this.entries + 1);
+      slot = this.slots.freeSlotFor(nodeId);
+      if (this.slots.states[slot] === TOMBSTONE) this.tombstones--;
+      this.slots.keys[slot] = nodeId;
       this.entries++;
     }
-    this.states[slot] = KIND_CODE[kind];
-    this.revs[slot] = rev;
-    this.instanceIndexes[slot] = this.indexFor(instance);
+    this.slots.states[slot] = KIND_CODE[kind];
+    this.slots.revs[slot] = rev;
+    this.slots.instanceIndexes[slot] = this.indexFor(instance);
+    this.moveSome(MOVE_PER_CHANGE);
   }
 
   delete(nodeId: NodeId): boolean {
     const slot = this.find(nodeId);
-    if (slot < 0) return false;
-    this.states[slot] = TOMBSTONE;
-    this.entries--;
-    this.tombstones++;
-    return true;
+    if (slot >= 0) {
+      this.slots.states[slot] = TOMBSTONE;
+      this.entries--;
+      this.tombstones++;
+    }
+    this.moveSome(MOVE_PER_CHANGE);
+    return slot >= 0;
   }
 
-  /** Slots to walk for every entry: 0 ≤ slot < slotCount (see nodeAt). */
+  /** Slots to walk for every entry: 0 ≤ slot < slotCount (see nodeAt); not while migrating. */
   get slotCount(): number {
-    return this.capacity;
+    return this.slots.capacity;
   }
 
   /** The node in `slot`, or 0 when the slot holds none. */
   nodeAt(slot: number): NodeId {
-    const state = this.states[slot]!;
-    return state === EMPTY || state === TOMBSTONE ? 0 : this.keys[slot]!;
+    return this.slots.nodeAt(slot);
   }
 
+  /** Every entry as [node, slot]; nothing may change the table during the loop. */
   *[Symbol.iterator](): IterableIterator<[NodeId, number]> {
-    for (let slot = 0; slot < this.capacity; slot++) {
-      const nodeId = this.nodeAt(slot);
+    this.moveSome(Infinity);
+    for (let slot = 0; slot < this.slots.capacity; slot++) {
+      const nodeId = this.slots.nodeAt(slot);
       if (nodeId !== 0) yield [nodeId, slot];
     }
-  }
-
-  private freeSlotFor(nodeId: NodeId): number {
-    const mask = this.capacity - 1;
-    let slot = hash(nodeId) >>> this.shift;
-    while (this.states[slot] !== EMPTY && this.states[slot] !== TOMBSTONE) slot = (slot + 1) & mask;
-    return slot;
   }
 
   private indexFor(instance: I): number {
@@ -146,29 +198,44 @@ export class PlacementTable<I extends { readonly id: string }> {
     return index;
   }
 
-  /** A table sized for `count` entries at half load, every entry moved in. */
-  private rebuild(count: number): void {
+  /** New slots sized for `count` entries at half load; the old ones empty out as changes come. */
+  private startRebuild(count: number): void {
+    this.moveSome(Infinity); // at most one rebuild at a time
     let capacity = this.minCapacity;
     while (capacity * 0.5 < count) capacity *= 2;
-    const { keys, states, revs, instanceIndexes } = this;
-    const old = this.capacity;
-    this.capacity = capacity;
-    this.shift = 32 - Math.log2(capacity);
-    this.keys = new Uint32Array(capacity);
-    this.states = new Uint8Array(capacity);
-    this.revs = new Float64Array(capacity);
-    this.instanceIndexes = new Uint16Array(capacity);
+    this.old = this.slots;
+    this.moved = 0;
+    this.slots = new Slots(capacity);
     this.tombstones = 0;
     this.generation++;
-    for (let from = 0; from < old; from++) {
-      const state = states[from]!;
-      if (state === EMPTY || state === TOMBSTONE) continue;
-      const to = this.freeSlotFor(keys[from]!);
-      this.keys[to] = keys[from]!;
-      this.states[to] = state;
-      this.revs[to] = revs[from]!;
-      this.instanceIndexes[to] = instanceIndexes[from]!;
+  }
+
+  /** Moves the entries of up to `count` old slots into the current ones. */
+  private moveSome(count: number): void {
+    const old = this.old;
+    if (old === undefined) return;
+    const end = Math.min(old.capacity, this.moved + count);
+    for (; this.moved < end; this.moved++) {
+      if (old.nodeAt(this.moved) !== 0) this.moveOne(this.moved);
     }
+    if (this.moved === old.capacity) {
+      this.old = undefined;
+      this.generation++;
+    }
+  }
+
+  /** Moves one old slot's entry; returns its new slot. */
+  private moveOne(oldSlot: number): number {
+    const old = this.old!;
+    const nodeId = old.keys[oldSlot]!;
+    const slot = this.slots.freeSlotFor(nodeId);
+    if (this.slots.states[slot] === TOMBSTONE) this.tombstones--;
+    this.slots.keys[slot] = nodeId;
+    this.slots.states[slot] = old.states[oldSlot]!;
+    this.slots.revs[slot] = old.revs[oldSlot]!;
+    this.slots.instanceIndexes[slot] = old.instanceIndexes[oldSlot]!;
+    old.states[oldSlot] = TOMBSTONE; // keeps the old probe chains whole
+    return slot;
   }
 }
 

@@ -50,6 +50,8 @@ const TABLE_BUDGET = 64 * 1024;
  */
 export interface SnapshotSource {
   readonly generation: number;
+  /** Entries are moving between slots (a rebuild): no walk may start. */
+  readonly migrating: boolean;
   readonly slotCount: number;
   readonly size: number;
   /** The node in `slot`, or 0 when the slot holds none. */
@@ -71,6 +73,7 @@ export class SnapshotWriter {
   private done = false;
   private slot = 0;
   private readonly generation: number;
+  private readonly startedMigrating: boolean;
   private readonly slots: number;
   private readonly total: number;
   private readonly scratch: Buffer;
@@ -81,14 +84,15 @@ export class SnapshotWriter {
     private readonly maxEntries = SNAPSHOT_CHUNK_ENTRIES,
   ) {
     this.generation = source.generation;
+    this.startedMigrating = source.migrating;
     this.slots = source.slotCount;
     this.total = source.size;
     this.scratch = Buffer.allocUnsafe(maxEntries * ENTRY_BYTES);
   }
 
-  /** The mirror was rebuilt since the walk began: entries moved, so the snapshot is void (refuse; the newcomer asks again). */
+  /** The mirror was being rebuilt or was rebuilt since the walk began: entries moved, so the snapshot is void (refuse; the newcomer asks again). */
   get invalidated(): boolean {
-    return this.source.generation !== this.generation;
+    return this.startedMigrating || this.source.generation !== this.generation;
   }
 
   /** The next chunk, or undefined after the last one or once invalidated. */
