@@ -99,11 +99,6 @@ export class Directory {
     return this.mirror.size;
   }
 
-  /** Entries the mirror being loaded holds so far (0 when not loading). */
-  get loadingSize(): number {
-    return this.next?.size ?? 0;
-  }
-
   get ownCount(): number {
     return this.own.size;
   }
