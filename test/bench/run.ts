@@ -17,6 +17,10 @@
  *                                     or --baseline-dist dist --baseline-env BEACON_UDP_IO=dgram (batched vs dgram)
  *   BENCH_LOAD_UDP_IO=dgram npm run bench   load generators' UDP clients on dgram instead of the udp-batch addon
  *   npm run bench -- --keys-count N   keys in the keys-file scenario (9/keys; default 1,000,000, quick 100,000)
+ *   npm run bench -- --only cluster --cluster-parts convergence,move
+ *                                     only these parts of scenario 8 (hop, zeroloss, convergence, move,
+ *                                     directory; default all); with --baseline-dist DIR the convergence
+ *                                     part also runs that build's instances, alternating: before/after
  *
  * - Every server runs in its own process on core 0, every load generator
  *   in its own process on core 1 (taskset, when present). Nothing is
@@ -32,7 +36,7 @@ import { join } from 'node:path';
 import { hasTaskset, stopLeftovers } from './common/child';
 import { makeIdentities, writeIdentityFiles } from './common/identities';
 import type { BenchSettings, Row } from './scenarios/context';
-import { clusterScenario } from './scenarios/cluster';
+import { CLUSTER_PARTS, clusterScenario, type ClusterPart } from './scenarios/cluster';
 import { handshakeStorm } from './scenarios/handshake-storm';
 import { heavySender } from './scenarios/heavy-sender';
 import { memoryPerPeer } from './scenarios/memory';
@@ -51,7 +55,7 @@ interface Scenario {
 }
 
 function parseArgs(argv: readonly string[]) {
-  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string> };
+  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string>, clusterParts: undefined as Set<ClusterPart> | undefined };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -67,6 +71,12 @@ function parseArgs(argv: readonly string[]) {
     else if (a === '--profile') args.profile = value();
     else if (a === '--keys-count') args.keysCount = Number(value());
     else if (a === '--baseline-dist') args.baselineDist = value();
+    else if (a === '--cluster-parts') {
+      const parts = value().split(',');
+      const unknown = parts.filter((part) => !(CLUSTER_PARTS as readonly string[]).includes(part));
+      if (unknown.length > 0) throw new Error(`--cluster-parts: unknown part ${unknown.join(',')}; use some of ${CLUSTER_PARTS.join(',')}`);
+      args.clusterParts = new Set(parts as ClusterPart[]);
+    }
     else if (a === '--baseline-env') {
       const [k, ...v] = value().split('=');
       args.baselineEnv[k!] = v.join('=');
@@ -118,8 +128,8 @@ async function main(): Promise<void> {
     { id: '5', name: 'memory', run: (s) => memoryPerPeer(s, { counts: memoryPeers }) },
     { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 200 : 1_500 }) },
     { id: '8', name: 'cluster', run: (s) => clusterScenario(s, quick
-      ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000 }
-      : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000 }) },
+      ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000, parts: args.clusterParts }
+      : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000, parts: args.clusterParts }) },
     { id: '10', name: 'heavy', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)

@@ -10,10 +10,18 @@
  *   "beacon" column is the cross-instance figure, "baseline" the local one,
  *   so the ratio is the hop's cost. Then the highest offered rate (doubling)
  *   each delivers without loss.
- * - Convergence: nodes authenticate on instance B one after another; from
- *   A a probe is relayed to each every 5 ms from its auth_ok on, and the
- *   first that arrives gives the time to reachable. Moves: a node on A
- *   reconnects to B; the time from B's auth_ok to the old socket's close.
+ * - Convergence: nodes authenticate on instance B, 8 at a time; from A a
+ *   probe is relayed to each every 5 ms from its auth_ok on, and the first
+ *   that arrives gives the time to reachable. Beside it, where the time
+ *   goes: an observer in this process watches the directory bucket and the
+ *   attach notices (auth_ok to the KV entry, auth_ok to the notice), and
+ *   A's and B's largest event-loop stall meanwhile. With --baseline-dist,
+ *   a second pair of instances from that build (its own cluster name, same
+ *   nats-server) is measured the same way, alternating run by run: before
+ *   and after in one run. Moves: a node on A reconnects to B; the time
+ *   from B's auth_ok to the old socket's close.
+ * - Parts (`--cluster-parts hop,zeroloss,convergence,move,directory`,
+ *   default all) run only what is asked.
  * - Directory at scale: entries written into the bucket directly (a node
  *   each, held by a dead instance), then a new instance starts: its load
  *   time, the largest event-loop stall it reports meanwhile, its heap per
@@ -32,9 +40,13 @@ import { Kvm } from '@nats-io/kv';
 import { NatsServer } from '../../helpers/nats';
 import { loadSigners, type Signer } from '../common/identities';
 import { spread } from '../common/stats';
-import { Figures, sleep, type BenchSettings, type Row } from './context';
+import { Figures, sleep, type BenchSettings, type Row, type ServerKind } from './context';
 
-const CLI = join(__dirname, '..', '..', '..', 'cmd', 'beacon.js');
+const DIST = join(__dirname, '..', '..', '..');
+const cliOf = (dist = DIST) => join(dist, 'cmd', 'beacon.js');
+
+export const CLUSTER_PARTS = ['hop', 'zeroloss', 'convergence', 'move', 'directory'] as const;
+export type ClusterPart = typeof CLUSTER_PARTS[number];
 const SUBPROTOCOL = 'pilot.v1';
 
 export interface ClusterPlan {
@@ -48,6 +60,8 @@ export interface ClusterPlan {
   attaches: number;
   moves: number;
   directoryEntries: number;
+  /** What to measure (default: all). */
+  parts?: ReadonlySet<ClusterPart>;
 }
 
 interface Proc {
@@ -64,9 +78,11 @@ function cpuSeconds(pid: number): number {
 }
 
 /** Spawns an instance; it goes into `procs` at once, so it is stopped even if it never says it listens. */
-async function startInstance(settings: BenchSettings, nats: string, id: string, procs: Proc[], extra: string[] = []): Promise<Proc> {
-  const child = spawn(process.execPath, [CLI, '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
-    '--cluster', nats, '--cluster-name', 'bench', '--instance-id', id, '--cluster-dead-after', '2s',
+async function startInstance(
+  settings: BenchSettings, nats: string, id: string, procs: Proc[], extra: string[] = [], dist?: string, clusterName = 'bench',
+): Promise<Proc> {
+  const child = spawn(process.execPath, [cliOf(dist), '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
+    '--cluster', nats, '--cluster-name', clusterName, '--instance-id', id, '--cluster-dead-after', '2s',
     '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   const proc: Proc = { child, logs: [], url: '', http: '' };
   procs.push(proc);
@@ -195,14 +211,17 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     (_b, ratio) => ({ text: 'cross-instance <= 2.5x local', met: ratio.median <= 2.5 }));
   figures.define('zero-loss rate (cross-instance vs local; bounded by the one-process load generator)', 'frames/s', 'higher');
   const single = new Figures('cluster');
-  single.define('time to reachable from another instance, p99', 'ms', 'lower', (b) => ({ text: '<= 50 ms after auth_ok (p99)', met: b.median <= 50 }));
-  single.define('time to reachable, p50', 'ms', 'lower');
+  // With a baseline build the convergence figures pair this build with it, run by run.
+  const conv = settings.baselineDist ? figures : single;
+  conv.define(CONV_P99, 'ms', 'lower', (b) => ({ text: '<= 50 ms after auth_ok (p99)', met: b.median <= 50 }));
+  conv.define(CONV_P50, 'ms', 'lower');
   single.define('moved node: old socket closed after the new auth_ok, p99', 'ms', 'lower', (b) => ({ text: '<= 100 ms (p99)', met: b.median <= 100 }));
   single.define(`directory load, ${plan.directoryEntries} entries`, 'ms', 'lower', (b) => ({ text: plan.directoryEntries >= 1_000_000 ? '<= 10 s' : '<= 10 s at 1M (smaller here)', met: b.median <= 10_000 }));
   single.define('largest event-loop stall while loading', 'ms', 'lower', (b) => ({ text: '<= 50 ms', met: b.median <= 50 }));
   single.define('heap per directory entry', 'bytes', 'lower', (b) => ({ text: '<= 150 bytes', met: b.median <= 150 }));
   single.define('relay rate of another instance during the load / before', 'ratio', 'higher', (b) => ({ text: 'unchanged (>= 0.95)', met: b.median >= 0.95 }));
 
+  const parts = plan.parts ?? new Set(CLUSTER_PARTS);
   const payload = Buffer.alloc(plan.payload, 0x61);
   const nats = await NatsServer.start();
   const procs: Proc[] = [];
@@ -213,16 +232,25 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
     const natsPid = (nats as unknown as { child: ChildProcess }).child.pid!;
 
-    // ---- cost of a hop ----
+    // Node IDs: pairs 1..3P; convergence two ranges (this build, the baseline build) and a watcher each; then moves.
     const P = plan.pairs;
-    const senders = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + i)).then((d) => d.daemon)));
-    const localReceivers = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + P + i)).then((d) => d.daemon)));
-    const crossReceivers = await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(b.url, signer(1 + 2 * P + i)).then((d) => d.daemon)));
-    daemons.push(...senders, ...localReceivers, ...crossReceivers);
-    await sleep(500); // the directory has every entry
-    await offer(senders, crossReceivers, plan.rate, 300, payload); // warm-up both paths
-    await offer(senders, localReceivers, plan.rate, 300, payload);
-    for (let run = 0; run < settings.runs; run++) {
+    const firstAttach = 3 * P + 1;
+    const firstMove = firstAttach + 2 * (plan.attaches + 1);
+    const senders: Daemon[] = [];
+    const localReceivers: Daemon[] = [];
+    const crossReceivers: Daemon[] = [];
+    if (parts.has('hop') || parts.has('zeroloss') || parts.has('directory')) {
+      senders.push(...await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + i)).then((d) => d.daemon))));
+      localReceivers.push(...await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(a.url, signer(1 + P + i)).then((d) => d.daemon))));
+      crossReceivers.push(...await Promise.all(Array.from({ length: P }, (_, i) => Daemon.connect(b.url, signer(1 + 2 * P + i)).then((d) => d.daemon))));
+      daemons.push(...senders, ...localReceivers, ...crossReceivers);
+      await sleep(500); // the directory has every entry
+      await offer(senders, crossReceivers, plan.rate, 300, payload); // warm-up both paths
+      await offer(senders, localReceivers, plan.rate, 300, payload);
+    }
+
+    // ---- cost of a hop ----
+    for (let run = 0; parts.has('hop') && run < settings.runs; run++) {
       for (const kind of run % 2 === 0 ? ['local', 'cross'] as const : ['cross', 'local'] as const) {
         const pids = kind === 'local' ? [a.child.pid!] : [a.child.pid!, b.child.pid!, natsPid];
         const cpu0 = pids.map(cpuSeconds);
@@ -237,7 +265,7 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
         figures.add('CPU per delivered frame (cross-instance vs local)', kind === 'cross' ? 'beacon' : 'baseline', (cpu * 1e6) / Math.max(1, delivered));
       }
     }
-    for (let run = 0; run < settings.runs; run++) {
+    for (let run = 0; parts.has('zeroloss') && run < settings.runs; run++) {
       for (const kind of ['local', 'cross'] as const) {
         let best = 0;
         for (let rate = 2_000; rate <= plan.maxRate; rate *= 2) {
@@ -253,60 +281,140 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     }
 
     // ---- convergence ----
-    const watcher = senders[0]!;
-    const firstAttach = 3 * P + 1;
-    const reachMs: number[] = [];
-    const CONCURRENCY = 8;
-    let next = 0;
-    const attachOne = async (nodeId: number) => {
-      const { daemon, authOkAt } = await Daemon.connect(b.url, signer(nodeId));
-      const probe = relay(watcher.nodeId, nodeId, payload);
-      const arrived = new Promise<number>((resolve) => { daemon.onFrame = () => resolve(performance.now()); });
-      let stop = false;
-      void (async () => {
-        for (let i = 0; i < 200 && !stop; i++) {
-          watcher.ws.send(probe);
-          await sleep(5);
-        }
-      })();
-      const at = await Promise.race([arrived, sleep(2_000).then(() => NaN)]);
-      stop = true;
-      reachMs.push(at - authOkAt);
-      daemon.close();
-    };
-    await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
-      while (next < plan.attaches) await attachOne(firstAttach + next++);
-    }));
-    const failed = reachMs.filter((ms) => !Number.isFinite(ms)).length;
-    settings.log(`  ${plan.attaches} attaches: ${failed} never reachable within 2 s; p50 ${percentile(reachMs.filter(Number.isFinite), 50).toFixed(1)} ms, p99 ${percentile(reachMs.filter(Number.isFinite), 99).toFixed(1)} ms`);
-    single.add('time to reachable from another instance, p99', 'beacon', failed > plan.attaches / 100 ? Infinity : percentile(reachMs.filter(Number.isFinite), 99));
-    single.add('time to reachable, p50', 'beacon', percentile(reachMs.filter(Number.isFinite), 50));
+    if (parts.has('convergence')) await convergence(settings, plan, nats, procs, signer, payload, firstAttach, conv);
 
-    const closeMs: number[] = [];
-    const firstMove = firstAttach + plan.attaches;
-    for (let i = 0; i < plan.moves; i++) {
-      const nodeId = firstMove + i;
-      const old = await Daemon.connect(a.url, signer(nodeId));
-      const closedAt = once(old.daemon.ws, 'close').then(() => performance.now());
-      await sleep(20); // the first attach is in the directory
-      const moved = await Daemon.connect(b.url, signer(nodeId));
-      const at = await Promise.race([closedAt, sleep(2_000).then(() => NaN)]);
-      closeMs.push(at - moved.authOkAt);
-      old.daemon.close();
-      moved.daemon.close();
+    // ---- moves ----
+    if (parts.has('move')) {
+      const closeMs: number[] = [];
+      for (let i = 0; i < plan.moves; i++) {
+        const nodeId = firstMove + i;
+        const old = await Daemon.connect(a.url, signer(nodeId));
+        const closedAt = once(old.daemon.ws, 'close').then(() => performance.now());
+        await sleep(20); // the first attach is in the directory
+        const moved = await Daemon.connect(b.url, signer(nodeId));
+        const at = await Promise.race([closedAt, sleep(2_000).then(() => NaN)]);
+        closeMs.push(at - moved.authOkAt);
+        old.daemon.close();
+        moved.daemon.close();
+      }
+      settings.log(`  ${plan.moves} moves: old socket closed p50 ${percentile(closeMs, 50).toFixed(1)} ms, p99 ${percentile(closeMs, 99).toFixed(1)} ms`);
+      single.add('moved node: old socket closed after the new auth_ok, p99', 'beacon', percentile(closeMs, 99));
     }
-    settings.log(`  ${plan.moves} moves: old socket closed p50 ${percentile(closeMs, 50).toFixed(1)} ms, p99 ${percentile(closeMs, 99).toFixed(1)} ms`);
-    single.add('moved node: old socket closed after the new auth_ok, p99', 'beacon', percentile(closeMs, 99));
 
     // ---- directory at scale (its failure keeps the figures above) ----
-    await directoryAtScale(settings, plan, nats, b, senders, localReceivers, payload, procs, single)
-      .catch((err: Error) => settings.log(`  directory at scale failed: ${err.message}`));
+    if (parts.has('directory')) {
+      await directoryAtScale(settings, plan, nats, b, senders, localReceivers, payload, procs, single)
+        .catch((err: Error) => settings.log(`  directory at scale failed: ${err.message}`));
+    }
   } finally {
     for (const d of daemons) d.close();
     await Promise.all(procs.map(stopProc));
     await nats.close();
   }
-  return [...figures.rows(), ...single.rows().map((r) => ({ ...r, baseline: spread([]), ratio: spread([]) }))];
+  // Rows of parts not run are left out.
+  return [...figures.rows(), ...single.rows().map((r) => ({ ...r, baseline: spread([]), ratio: spread([]) }))]
+    .filter((r) => r.beacon.runs.length > 0);
+}
+
+const CONV_P99 = 'time to reachable from another instance, p99';
+const CONV_P50 = 'time to reachable, p50';
+
+/**
+ * Convergence: a pair of instances per build (this one; the baseline's with
+ * --baseline-dist), each under its own cluster name on the one nats-server;
+ * runs alternate which build goes first. An observer connection here
+ * watches each build's bucket and attach notices, so the log shows where
+ * the time goes.
+ */
+async function convergence(
+  settings: BenchSettings, plan: ClusterPlan, nats: NatsServer, procs: Proc[], signer: (id: number) => Signer,
+  payload: Buffer, firstId: number, figures: Figures,
+): Promise<void> {
+  interface Rig { kind: ServerKind; a: Proc; b: Proc; watcher: Daemon; first: number; kvAt: Map<number, number>; noticeAt: Map<number, number> }
+  const kinds: ServerKind[] = settings.baselineDist ? ['beacon', 'baseline'] : ['beacon'];
+  const observer = await natsConnect({ servers: `127.0.0.1:${nats.port}` });
+  const rigs: Rig[] = [];
+  try {
+    for (const [i, kind] of kinds.entries()) {
+      const name = `conv${i}`;
+      const dist = kind === 'beacon' ? settings.beaconDist : settings.baselineDist;
+      const a = await startInstance(settings, nats.url(), `${name}-a`, procs, [], dist, name);
+      const b = await startInstance(settings, nats.url(), `${name}-b`, procs, [], dist, name);
+      await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
+      const first = firstId + i * (plan.attaches + 1);
+      const { daemon: watcher } = await Daemon.connect(a.url, signer(first + plan.attaches));
+      const rig: Rig = { kind, a, b, watcher, first, kvAt: new Map(), noticeAt: new Map() };
+      rigs.push(rig);
+      // First arrival per node in this run: the KV entry (put), the notice (after auth_ok on B).
+      const kv = await new Kvm(observer).open(`${name}-directory`);
+      const entries = await kv.watch({ include: 'updates', ignoreDeletes: true });
+      void (async () => {
+        for await (const e of entries) if (!rig.kvAt.has(Number(e.key))) rig.kvAt.set(Number(e.key), performance.now());
+      })();
+      observer.subscribe(`${name}.att.*`, {
+        callback: (_err, msg) => {
+          const nodeId = Number(msg.string().split(' ')[0]);
+          if (!rig.noticeAt.has(nodeId)) rig.noticeAt.set(nodeId, performance.now());
+        },
+      });
+    }
+    for (let run = 0; run < settings.runs; run++) {
+      for (const rig of run % 2 === 0 ? rigs : [...rigs].reverse()) {
+        rig.kvAt.clear();
+        rig.noticeAt.clear();
+        await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag windows
+        await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
+        const reach = await attachAll(plan, rig, signer, payload);
+        await sleep(500); // late KV entries reach the observer
+        const lagA = await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds');
+        const lagB = await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
+        const reached = reach.filter((r) => Number.isFinite(r.ms));
+        const failed = reach.length - reached.length;
+        const since = (at: Map<number, number>) => reach.flatMap((r) => at.has(r.nodeId) ? [at.get(r.nodeId)! - r.authOkAt] : []);
+        const kvMs = since(rig.kvAt);
+        const noticeMs = since(rig.noticeAt);
+        const ms = reached.map((r) => r.ms);
+        const p = (values: number[]) => values.length === 0 ? 'n/a' : `p50 ${percentile(values, 50).toFixed(1)} / p99 ${percentile(values, 99).toFixed(1)} ms`;
+        settings.log(`  run ${run + 1} ${rig.kind}: ${plan.attaches} attaches, ${failed} never reachable within 2 s; reachable ${p(ms)}; `
+          + `observer saw the KV entry ${p(kvMs)} (${kvMs.length}), the notice ${p(noticeMs)} (${noticeMs.length}) after auth_ok; `
+          + `largest event-loop stall A ${(lagA * 1000).toFixed(0)} ms, B ${(lagB * 1000).toFixed(0)} ms`);
+        figures.add(CONV_P99, rig.kind, failed > plan.attaches / 100 ? Infinity : percentile(ms, 99));
+        figures.add(CONV_P50, rig.kind, percentile(ms, 50));
+      }
+    }
+  } finally {
+    for (const rig of rigs) rig.watcher.close();
+    await observer.close();
+  }
+}
+
+/** Attaches plan.attaches nodes on B, 8 at a time, probing each from A every 5 ms from its auth_ok until one arrives. */
+async function attachAll(
+  plan: ClusterPlan, rig: { b: Proc; watcher: Daemon; first: number }, signer: (id: number) => Signer, payload: Buffer,
+): Promise<Array<{ nodeId: number; authOkAt: number; ms: number }>> {
+  const CONCURRENCY = 8;
+  const results: Array<{ nodeId: number; authOkAt: number; ms: number }> = [];
+  let next = 0;
+  const attachOne = async (nodeId: number) => {
+    const { daemon, authOkAt } = await Daemon.connect(rig.b.url, signer(nodeId));
+    const probe = relay(rig.watcher.nodeId, nodeId, payload);
+    const arrived = new Promise<number>((resolve) => { daemon.onFrame = () => resolve(performance.now()); });
+    let stop = false;
+    void (async () => {
+      for (let i = 0; i < 200 && !stop; i++) {
+        rig.watcher.ws.send(probe);
+        await sleep(5);
+      }
+    })();
+    const at = await Promise.race([arrived, sleep(2_000).then(() => NaN)]);
+    stop = true;
+    results.push({ nodeId, authOkAt, ms: at - authOkAt });
+    daemon.close();
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (next < plan.attaches) await attachOne(rig.first + next++);
+  }));
+  return results;
 }
 
 async function directoryAtScale(
