@@ -49,6 +49,11 @@ export class Instances {
     return instance;
   }
 
+  /** The instance named `id` if we have heard of it; unlike `get`, names nothing new. */
+  find(id: string): Instance | undefined {
+    return this.byId.get(id);
+  }
+
   /** Records a heartbeat; returns the instance, and whether it just came (back) to life. */
   heartbeat(id: string, incarnation: string, now: number): { instance: Instance; cameAlive: boolean } {
     const instance = this.get(id);

@@ -11,8 +11,9 @@
  *   from its revision; the first instance watches every key), and write
  *   every attachment of ours. On a reconnect the watch resumes where it
  *   stopped, so the cluster converges without a restart or a reload.
- * - Liveness (instances.ts), directory (directory.ts) and forwarding
- *   (forwarder.ts) are plain classes; this module feeds them NATS events.
+ * - Liveness (instances.ts), directory (directory.ts), attach notices
+ *   (attach-notices.ts) and forwarding (forwarder.ts) are plain classes;
+ *   this module feeds them NATS events.
  * - Anything on our subjects or bucket that is not ours is counted
  *   (`cluster_malformed`) and dropped; nothing here throws into the beacon.
  * - No home-made consensus: the KV revision orders attachments, NATS
@@ -29,6 +30,7 @@ import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
 import type { NodeId } from '../protocol/packets';
+import { ProvisionalRoutes, attachSubject, attachSubjects, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
 import { Directory } from './directory';
 import { Forwarder } from './forwarder';
 import { Instances, type Instance } from './instances';
@@ -84,6 +86,8 @@ class NatsCluster implements ClusterNode {
   private readonly members: Instances;
   private readonly directory: Directory;
   private readonly forwarder: Forwarder;
+  /** Attachments other instances announced by notice, ahead of their KV entries. */
+  private readonly provisional = new ProvisionalRoutes();
   private readonly incarnation = randomBytes(8).toString('hex');
   private readonly options: NodeConnectionOptions;
   private nc: NatsConnection | undefined;
@@ -125,6 +129,11 @@ class NatsCluster implements ClusterNode {
   // ---- ClusterNode -----------------------------------------------------------
 
   instanceOf(nodeId: NodeId): Instance | undefined {
+    // A notice is newer than the mirror's entry; asked only while one waits for its KV entry.
+    if (this.provisional.size !== 0) {
+      const noticed = this.provisional.instanceOf(nodeId);
+      if (noticed !== undefined) return noticed;
+    }
     return this.directory.instanceOf(nodeId);
   }
 
@@ -133,11 +142,17 @@ class NatsCluster implements ClusterNode {
   }
 
   isWssElsewhere(nodeId: NodeId): boolean {
-    return this.directory.isWssElsewhere(nodeId);
+    return this.directory.isWssElsewhere(nodeId) || this.provisional.isWssElsewhere(nodeId);
   }
 
   attached(nodeId: NodeId, kind: AttachKind): void {
+    const isNew = !this.directory.isOwn(nodeId, kind);
     this.directory.attached(nodeId, kind);
+    this.provisional.forget(nodeId);
+    // In the same turn as the KV write (and, for a WebSocket, auth_ok): the others route here at once.
+    if (isNew && this.isConnected) {
+      this.publish(attachSubject(this.deps.config.clusterName, this.instanceId), Buffer.from(encodeAttachNotice(nodeId, kind, this.instanceId)));
+    }
   }
 
   detached(nodeId: NodeId, kind: AttachKind): void {
@@ -162,6 +177,7 @@ class NatsCluster implements ClusterNode {
     clearTimeout(this.retryTimer);
     clearInterval(this.heartbeatTimer);
     clearInterval(this.reconcileTimer);
+    this.provisional.clear();
     this.forwarder.flushAll();
     if (this.isConnected) await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
     this.epoch++;
@@ -265,6 +281,9 @@ class NatsCluster implements ClusterNode {
         queue: 'snapshot',
         callback: (_err: Error | null, msg: Msg) => this.serveSnapshot(msg),
       }),
+      nc.subscribe(attachSubjects(this.deps.config.clusterName), {
+        callback: (_err: Error | null, msg: Msg) => this.onAttachNotice(msg),
+      }),
     ];
     this.deps.log.debug({ subjects: subscriptions.map((sub) => sub.getSubject()) }, 'cluster: subscribed');
   }
@@ -305,6 +324,7 @@ class NatsCluster implements ClusterNode {
           this.isConnected = false;
           this.epoch++;
           this.directory.store = undefined;
+          this.provisional.clear(); // notices sent meanwhile are missed
           this.watchStop?.();
           log.warn({}, 'cluster: lost NATS; relaying locally, dropping relays for other instances until it is back');
           break;
@@ -495,7 +515,22 @@ class NatsCluster implements ClusterNode {
     if (entry.operation !== 'PUT') return this.directory.applyDelete(nodeId, entry.revision);
     const placement = decodePlacement(entry.string());
     if (!placement) return this.deps.stats.drop('cluster_malformed');
-    this.directory.applyPut(nodeId, this.members.get(placement.instanceId), placement.kind, entry.revision);
+    const instance = this.members.get(placement.instanceId);
+    this.provisional.confirmed(nodeId, instance);
+    this.directory.applyPut(nodeId, instance, placement.kind, entry.revision);
+  }
+
+  /** A notice from another instance: a provisional route until its KV entry comes (attach-notices.ts). */
+  private onAttachNotice(msg: Msg): void {
+    const notice = decodeAttachNotice(msg.string());
+    if (!notice || msg.subject !== attachSubject(this.deps.config.clusterName, notice.instanceId)) {
+      return this.deps.stats.drop('cluster_malformed');
+    }
+    // From an instance we have not heard a heartbeat from (yet): it is not routed to anyway, and
+    // naming it here would let any name grow the instance table. Another process with our ID is reported by its heartbeats.
+    const instance = this.members.find(notice.instanceId);
+    if (!instance || instance.self) return;
+    this.provisional.noted(notice.nodeId, instance, notice.kind, this.directory.instanceOf(notice.nodeId));
   }
 
   // ---- heartbeats and liveness -----------------------------------------------

@@ -32,7 +32,7 @@ export interface Subjects {
 }
 
 /** A subject token may not hold '.'; instance IDs are host names, so it is escaped (IDs hold no '%'). */
-function token(instanceId: string): string {
+export function token(instanceId: string): string {
   return instanceId.replace(/\./g, '%2E');
 }
 

@@ -6,7 +6,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +18,8 @@ export const NATS_SERVER = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].fin
 export interface NatsOptions {
   user?: string;
   password?: string;
+  /** A configuration file's text (e.g. users with permissions), given with -c; the flags above still apply. */
+  config?: string;
 }
 
 export class NatsServer {
@@ -46,6 +48,11 @@ export class NatsServer {
   async start(): Promise<void> {
     const args = ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.dir];
     if (this.options.user !== undefined) args.push('--user', this.options.user, '--pass', this.options.password ?? '');
+    if (this.options.config !== undefined) {
+      const file = join(this.dir, 'nats.conf');
+      writeFileSync(file, this.options.config);
+      args.push('-c', file);
+    }
     const child = spawn(NATS_SERVER, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.child = child;
     child.stderr!.setEncoding('utf8').on('data', (text: string) => { this.log += text; });
