@@ -11,8 +11,9 @@
  *   so the ratio is the hop's cost. Then the highest offered rate (doubling)
  *   each delivers without loss.
  * - Convergence: nodes authenticate on instance B, 8 at a time; from A a
- *   probe is relayed to each every 5 ms from its auth_ok on, and the first
- *   that arrives gives the time to reachable. Beside it, where the time
+ *   probe is relayed to each every millisecond from its auth_ok on, and the
+ *   first that arrives gives the time to reachable; measured quiet, then
+ *   with relays flowing from A to B meanwhile. Beside it, where the time
  *   goes: an observer in this process watches the directory bucket and the
  *   attach notices (auth_ok to the KV entry, auth_ok to the notice), and
  *   A's and B's largest event-loop stall meanwhile. With --baseline-dist,
@@ -215,6 +216,7 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
   const conv = settings.baselineDist ? figures : single;
   conv.define(CONV_P99, 'ms', 'lower', (b) => ({ text: '<= 50 ms after auth_ok (p99)', met: b.median <= 50 }));
   conv.define(CONV_P50, 'ms', 'lower');
+  conv.define(CONV_BUSY_P99, 'ms', 'lower', (b) => ({ text: '<= 50 ms after auth_ok (p99)', met: b.median <= 50 }));
   single.define('moved node: old socket closed after the new auth_ok, p99', 'ms', 'lower', (b) => ({ text: '<= 100 ms (p99)', met: b.median <= 100 }));
   single.define(`directory load, ${plan.directoryEntries} entries`, 'ms', 'lower', (b) => ({ text: plan.directoryEntries >= 1_000_000 ? '<= 10 s' : '<= 10 s at 1M (smaller here)', met: b.median <= 10_000 }));
   single.define('largest event-loop stall while loading', 'ms', 'lower', (b) => ({ text: '<= 50 ms', met: b.median <= 50 }));
@@ -232,7 +234,7 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
     const natsPid = (nats as unknown as { child: ChildProcess }).child.pid!;
 
-    // Node IDs: pairs 1..3P; convergence two ranges (this build, the baseline build) and a watcher each; then moves.
+    // Node IDs: pairs 1..3P; convergence two ranges (this build, the baseline build) and a watcher each; then moves; then 2P per build for convergence's load.
     const P = plan.pairs;
     const firstAttach = 3 * P + 1;
     const firstMove = firstAttach + 2 * (plan.attaches + 1);
@@ -281,7 +283,7 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
     }
 
     // ---- convergence ----
-    if (parts.has('convergence')) await convergence(settings, plan, nats, procs, signer, payload, firstAttach, conv);
+    if (parts.has('convergence')) await convergence(settings, plan, nats, procs, signer, payload, firstAttach, firstMove + plan.moves, conv);
 
     // ---- moves ----
     if (parts.has('move')) {
@@ -318,22 +320,28 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
 
 const CONV_P99 = 'time to reachable from another instance, p99';
 const CONV_P50 = 'time to reachable, p50';
+const CONV_BUSY_P99 = 'time to reachable with relays flowing A->B, p99';
 
 /**
  * Convergence: a pair of instances per build (this one; the baseline's with
  * --baseline-dist), each under its own cluster name on the one nats-server;
- * runs alternate which build goes first. An observer connection here
- * watches each build's bucket and attach notices, so the log shows where
- * the time goes.
+ * runs alternate which build goes first. Each run measures twice: quiet,
+ * then busy (relays flowing from A to B at plan.rate meanwhile, as in a
+ * cluster at work). An observer connection here watches each build's
+ * bucket and attach notices, so the log shows where the time goes.
  */
 async function convergence(
   settings: BenchSettings, plan: ClusterPlan, nats: NatsServer, procs: Proc[], signer: (id: number) => Signer,
-  payload: Buffer, firstId: number, figures: Figures,
+  payload: Buffer, firstId: number, loadFirstId: number, figures: Figures,
 ): Promise<void> {
-  interface Rig { kind: ServerKind; a: Proc; b: Proc; watcher: Daemon; first: number; kvAt: Map<number, number>; noticeAt: Map<number, number> }
+  interface Rig {
+    kind: ServerKind; a: Proc; b: Proc; watcher: Daemon; first: number; senders: Daemon[]; receivers: Daemon[];
+    kvAt: Map<number, number>; noticeAt: Map<number, number>;
+  }
   const kinds: ServerKind[] = settings.baselineDist ? ['beacon', 'baseline'] : ['beacon'];
   const observer = await natsConnect({ servers: `127.0.0.1:${nats.port}` });
   const rigs: Rig[] = [];
+  const P = plan.pairs;
   try {
     for (const [i, kind] of kinds.entries()) {
       const name = `conv${i}`;
@@ -343,7 +351,10 @@ async function convergence(
       await Promise.all([waitForLog(a, 'cluster joined', 10_000), waitForLog(b, 'cluster joined', 10_000)]);
       const first = firstId + i * (plan.attaches + 1);
       const { daemon: watcher } = await Daemon.connect(a.url, signer(first + plan.attaches));
-      const rig: Rig = { kind, a, b, watcher, first, kvAt: new Map(), noticeAt: new Map() };
+      const load = loadFirstId + i * 2 * P;
+      const senders = await Promise.all(Array.from({ length: P }, (_, j) => Daemon.connect(a.url, signer(load + j)).then((d) => d.daemon)));
+      const receivers = await Promise.all(Array.from({ length: P }, (_, j) => Daemon.connect(b.url, signer(load + P + j)).then((d) => d.daemon)));
+      const rig: Rig = { kind, a, b, watcher, first, senders, receivers, kvAt: new Map(), noticeAt: new Map() };
       rigs.push(rig);
       // First arrival per node in this run: the KV entry (put), the notice (after auth_ok on B).
       const kv = await new Kvm(observer).open(`${name}-directory`);
@@ -358,57 +369,96 @@ async function convergence(
         },
       });
     }
+    await sleep(500); // the load pairs are in every mirror
     for (let run = 0; run < settings.runs; run++) {
       for (const rig of run % 2 === 0 ? rigs : [...rigs].reverse()) {
-        rig.kvAt.clear();
-        rig.noticeAt.clear();
-        await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag windows
-        await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
-        const reach = await attachAll(plan, rig, signer, payload);
-        await sleep(500); // late KV entries reach the observer
-        const lagA = await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds');
-        const lagB = await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
-        const reached = reach.filter((r) => Number.isFinite(r.ms));
-        const failed = reach.length - reached.length;
-        const since = (at: Map<number, number>) => reach.flatMap((r) => at.has(r.nodeId) ? [at.get(r.nodeId)! - r.authOkAt] : []);
-        const kvMs = since(rig.kvAt);
-        const noticeMs = since(rig.noticeAt);
-        const ms = reached.map((r) => r.ms);
-        const p = (values: number[]) => values.length === 0 ? 'n/a' : `p50 ${percentile(values, 50).toFixed(1)} / p99 ${percentile(values, 99).toFixed(1)} ms`;
-        settings.log(`  run ${run + 1} ${rig.kind}: ${plan.attaches} attaches, ${failed} never reachable within 2 s; reachable ${p(ms)}; `
-          + `observer saw the KV entry ${p(kvMs)} (${kvMs.length}), the notice ${p(noticeMs)} (${noticeMs.length}) after auth_ok; `
-          + `largest event-loop stall A ${(lagA * 1000).toFixed(0)} ms, B ${(lagB * 1000).toFixed(0)} ms`);
-        figures.add(CONV_P99, rig.kind, failed > plan.attaches / 100 ? Infinity : percentile(ms, 99));
-        figures.add(CONV_P50, rig.kind, percentile(ms, 50));
+        for (const busy of [false, true]) {
+          rig.kvAt.clear();
+          rig.noticeAt.clear();
+          await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag windows
+          await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
+          const background = busy ? relayUntil(rig.senders, rig.receivers, plan.rate, payload) : undefined;
+          const reach = await attachAll(plan, rig, signer, payload);
+          const carried = await background?.stop();
+          await sleep(500); // late KV entries reach the observer
+          const lagA = await metric(rig.a, 'beacon_nodejs_eventloop_lag_max_seconds');
+          const lagB = await metric(rig.b, 'beacon_nodejs_eventloop_lag_max_seconds');
+          const reached = reach.filter((r) => Number.isFinite(r.ms));
+          const failed = reach.length - reached.length;
+          const since = (at: Map<number, number>) => reach.flatMap((r) => at.has(r.nodeId) ? [at.get(r.nodeId)! - r.authOkAt] : []);
+          const kvMs = since(rig.kvAt);
+          const noticeMs = since(rig.noticeAt);
+          const ms = reached.map((r) => r.ms);
+          const p = (values: number[]) => values.length === 0 ? 'n/a' : `p50 ${percentile(values, 50).toFixed(1)} / p99 ${percentile(values, 99).toFixed(1)} ms`;
+          settings.log(`  run ${run + 1} ${rig.kind} ${busy ? `busy (${carried!.delivered}/${carried!.sent} relays A->B meanwhile)` : 'quiet'}: `
+            + `${plan.attaches} attaches, ${failed} never reachable within 2 s; reachable ${p(ms)} `
+            + `(first probe through was sent ${p(reached.map((r) => r.sentMs))}); `
+            + `observer saw the KV entry ${p(kvMs)} (${kvMs.length}), the notice ${p(noticeMs)} (${noticeMs.length}) after auth_ok; `
+            + `largest event-loop stall A ${(lagA * 1000).toFixed(0)} ms, B ${(lagB * 1000).toFixed(0)} ms`);
+          figures.add(busy ? CONV_BUSY_P99 : CONV_P99, rig.kind, failed > plan.attaches / 100 ? Infinity : percentile(ms, 99));
+          if (!busy) figures.add(CONV_P50, rig.kind, percentile(ms, 50));
+        }
       }
     }
   } finally {
-    for (const rig of rigs) rig.watcher.close();
+    for (const rig of rigs) for (const d of [rig.watcher, ...rig.senders, ...rig.receivers]) d.close();
     await observer.close();
   }
 }
 
-/** Attaches plan.attaches nodes on B, 8 at a time, probing each from A every 5 ms from its auth_ok until one arrives. */
+/** Relays from senders[i] to receivers[i] at `rate` frames/s until stopped (at most 60 s); stop() says how many were sent and arrived. */
+function relayUntil(senders: Daemon[], receivers: Daemon[], rate: number, payload: Buffer): { stop(): Promise<{ sent: number; delivered: number }> } {
+  const frames = senders.map((s, i) => relay(s.nodeId, receivers[i]!.nodeId, payload));
+  const before = receivers.reduce((n, r) => n + r.received, 0);
+  let sent = 0;
+  let stopped = false;
+  const done = (async () => {
+    const start = performance.now();
+    for (let elapsed = 0; !stopped && elapsed < 60_000; elapsed = performance.now() - start) {
+      const due = Math.min(Math.floor((rate * elapsed) / 1000), sent + rate);
+      for (; sent < due; sent++) senders[sent % senders.length]!.ws.send(frames[sent % senders.length]!);
+      await sleep(1);
+    }
+  })();
+  return {
+    async stop() {
+      stopped = true;
+      await done;
+      await sleep(200);
+      return { sent, delivered: receivers.reduce((n, r) => n + r.received, 0) - before };
+    },
+  };
+}
+
+/**
+ * Attaches plan.attaches nodes on B, 8 at a time, probing each from A every
+ * millisecond from its auth_ok until one arrives; each probe carries its
+ * send time, so the first through tells when the route appeared.
+ */
 async function attachAll(
   plan: ClusterPlan, rig: { b: Proc; watcher: Daemon; first: number }, signer: (id: number) => Signer, payload: Buffer,
-): Promise<Array<{ nodeId: number; authOkAt: number; ms: number }>> {
+): Promise<Array<{ nodeId: number; authOkAt: number; ms: number; sentMs: number }>> {
   const CONCURRENCY = 8;
-  const results: Array<{ nodeId: number; authOkAt: number; ms: number }> = [];
+  const results: Array<{ nodeId: number; authOkAt: number; ms: number; sentMs: number }> = [];
   let next = 0;
   const attachOne = async (nodeId: number) => {
     const { daemon, authOkAt } = await Daemon.connect(rig.b.url, signer(nodeId));
-    const probe = relay(rig.watcher.nodeId, nodeId, payload);
-    const arrived = new Promise<number>((resolve) => { daemon.onFrame = () => resolve(performance.now()); });
+    const arrived = new Promise<{ at: number; sentAt: number }>((resolve) => {
+      // RelayDeliver: type u8 | sender u32 | payload, whose first 8 bytes are the probe's send time.
+      daemon.onFrame = (frame) => resolve({ at: performance.now(), sentAt: frame.readDoubleBE(5) });
+    });
     let stop = false;
     void (async () => {
-      for (let i = 0; i < 200 && !stop; i++) {
+      for (let i = 0; i < 2_000 && !stop; i++) {
+        const probe = relay(rig.watcher.nodeId, nodeId, payload);
+        probe.writeDoubleBE(performance.now(), 9);
         rig.watcher.ws.send(probe);
-        await sleep(5);
+        await sleep(1);
       }
     })();
-    const at = await Promise.race([arrived, sleep(2_000).then(() => NaN)]);
+    const got = await Promise.race([arrived, sleep(2_000).then(() => ({ at: NaN, sentAt: NaN }))]);
     stop = true;
-    results.push({ nodeId, authOkAt, ms: at - authOkAt });
+    results.push({ nodeId, authOkAt, ms: got.at - authOkAt, sentMs: got.sentAt - authOkAt });
     daemon.close();
   };
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
