@@ -5,7 +5,9 @@
  * the beacon user with its password (the one cluster.env uses); three
  * servers on the three-machine file form one JetStream cluster, and the
  * directory bucket raised to three replicas keeps its entry on the others
- * when the server leading it stops.
+ * when the server leading it stops. The replicas script reads the
+ * variables as the beacon does: a token URL is a token and never
+ * printed, and a CA file it cannot use is one line and exit 2.
  *
  * Needs Debian's nats-server (.ci/install-deps); fails, never skips, without it.
  */
@@ -15,8 +17,9 @@ import { after, test } from 'node:test';
 import { requireTool, run, sleep, tempDir, REPO_ROOT } from './helpers/deploy';
 import {
   NATS_SINGLE_CONF, NATS_THREE_CONF, NatsProbe, adaptNatsConfig, directoryStream, freeNatsPorts, metaLeaderElected, readShipped,
-  shippedPassword, startNats, startThreeNats, type RunningNats,
+  shippedPassword, startNats, startNatsWith, startThreeNats, type RunningNats,
 } from './helpers/nats-deploy';
+import { issueServerCert, makeCa } from './helpers/test-ca';
 import { parseEnvFile } from './helpers/systemd';
 import { writeFileSync } from 'node:fs';
 
@@ -133,6 +136,45 @@ test('one machine: JetStream on, loopback only, and only the beacon user with it
     const refused = await setReplicas(bad, [p.client]);
     assert.equal(refused.code, 2, refused.stderr);
     assert.match(refused.stderr, /is not a number of replicas from 1 to 5/);
+  }
+});
+
+test('the replicas script reads the variables as the beacon does: a token URL is a token, never printed; a missing or non-PEM CA file is one line and exit 2', async () => {
+  const token = 'tok-91c4e2-never-printed';
+  const ca = await makeCa('beacon test NATS CA');
+  const cert = await issueServerCert(ca);
+  const nats = await startNatsWith(`tls {\n  cert_file: ${JSON.stringify(cert.certFile)}\n  key_file: ${JSON.stringify(cert.keyFile)}\n}\n`
+    + `authorization {\n  token: "${token}"\n}`);
+  servers.push(nats);
+  const notPem = join(tempDir('not-pem'), 'ca.txt');
+  writeFileSync(notPem, 'not a certificate\n');
+  const script = (env: Record<string, string>) => run(process.execPath, [BUCKET_SCRIPT, '1'], { env: { PATH: process.env.PATH, ...env }, timeoutMs: 30_000 });
+  const at = (secret: string) => `tls://${secret}@127.0.0.1:${nats.ports.client}`;
+
+  const [created, wrong, missingCa, notPemCa, badUrl] = await Promise.all([
+    script({ BEACON_CLUSTER: at(token), BEACON_CLUSTER_TLS_CA: ca.certFile }),
+    script({ BEACON_CLUSTER: at(`${token}-not`), BEACON_CLUSTER_TLS_CA: ca.certFile }),
+    script({ BEACON_CLUSTER: at(token), BEACON_CLUSTER_TLS_CA: join(tempDir('no-ca'), 'nonexistent.pem') }),
+    script({ BEACON_CLUSTER: at(token), BEACON_CLUSTER_TLS_CA: notPem }),
+    script({ BEACON_CLUSTER: `nats://${token}@127.0.0.1:port` }),
+  ]);
+  assert.equal(created.code, 0, created.stderr);
+  assert.equal(created.stdout, 'nats-directory-bucket: created the bucket beacon-directory with 1 replica\n');
+  const stream = await directoryStream(nats, '$G');
+  assert.equal(stream?.config.num_replicas, 1, 'the bucket is on the token-protected server');
+  assert.equal(wrong.code, 1, wrong.stderr);
+  assert.match(wrong.stderr, /^nats-directory-bucket: .*Authorization Violation/);
+  const oneLine = (result: typeof created, message: RegExp) => {
+    assert.equal(result.code, 2, result.stdout + result.stderr);
+    assert.equal(result.stdout, '');
+    assert.equal(result.stderr.trim().split('\n').length, 1, result.stderr);
+    assert.match(result.stderr, message);
+  };
+  oneLine(missingCa, /^nats-directory-bucket: BEACON_CLUSTER_TLS_CA \S+nonexistent\.pem: cannot read \(ENOENT\); name the PEM file of the CA that signed the NATS server's certificate\n$/);
+  oneLine(notPemCa, /^nats-directory-bucket: BEACON_CLUSTER_TLS_CA \S+ca\.txt: no PEM certificate in it; name the PEM file \(-----BEGIN CERTIFICATE-----\) of the CA/);
+  oneLine(badUrl, /^nats-directory-bucket: BEACON_CLUSTER: "nats:\/\/\*\*\*@127\.0\.0\.1:port" is not nats:\/\/HOST:PORT/);
+  for (const result of [created, wrong, missingCa, notPemCa, badUrl]) {
+    assert.ok(!(result.stdout + result.stderr).includes(token), `the token was printed: ${result.stdout}${result.stderr}`);
   }
 });
 
