@@ -7,12 +7,14 @@
  * it; the variable it sets is the CLI's --cluster-creds and nothing shipped
  * overrides it; and the unit's own ExecStart, given a credentials directory
  * as systemd would, joins a nats-server that lets in only that nkey user.
+ * Without it, a root-only file named directly stops the beacon with one
+ * line that points at the drop-in.
  *
  * Needs Debian's systemd (systemd-analyze) and nats-server
  * (.ci/install-deps); fails, never skips, without them.
  */
 import assert from 'node:assert/strict';
-import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, join } from 'node:path';
 import { after, test } from 'node:test';
@@ -199,4 +201,36 @@ test('the unit\'s ExecStart with the drop-in\'s variable and a credentials direc
   for (const child of [beacon, bare]) assert.ok(!child.output.includes(seed), 'the seed was printed');
   const stopped = await beacon.stop(10_000);
   assert.equal(stopped.code, 0, beacon.output);
+});
+
+test('the trap the drop-in avoids: a root-only credentials file named directly stops the unit\'s ExecStart with exit 2 and one line pointing at the drop-in', async () => {
+  const dir = tempDir('creds-denied');
+  const keys = join(dir, 'keys.json');
+  writeFileSync(keys, keysFileJson([makeIdentity(7777)]));
+  const secret = join(dir, 'nats.creds');
+  writeFileSync(secret, `${new TextDecoder().decode(createUser().getSeed())}\n`, { mode: 0o600 });
+  const template = parseUnit(readFileSync(TEMPLATE_PATH, 'utf8'));
+  let argv = unitCommand(setting(template, 'Service', 'ExecStart').replace(/%i/g, '1'));
+  if (process.getuid?.() === 0) {
+    // As the units' dynamic user sees it: someone else's 0600 file, and no capability to override that.
+    chownSync(secret, 65534, 65534);
+    argv = [requireTool('setpriv'), '--inh-caps=-all', '--bounding-set=-all', ...argv];
+  } else {
+    chmodSync(secret, 0o000);
+  }
+  const beacon = new Child(argv, {
+    PATH: process.env.PATH,
+    ...active(join(REPO_ROOT, 'deploy', 'beacon.env')),
+    ...active(CLUSTER_ENV_PATH),
+    BEACON_BIND: `127.0.0.1:${await freeTcpPort()}`,
+    BEACON_UDP: '127.0.0.1:0',
+    BEACON_KEYS: keys,
+    BEACON_CLUSTER: `nats://127.0.0.1:${await freeTcpPort()}`,
+    BEACON_CLUSTER_CREDS: secret,
+  }, dir);
+  children.push(beacon);
+  assert.deepEqual(await withTimeout(beacon.exit, 15_000, 'the beacon to exit'), { code: 2, signal: null }, beacon.output);
+  const lines = beacon.output.trim().split('\n').filter((line) => !line.startsWith('{'));
+  assert.equal(lines.length, 1, beacon.output);
+  assert.match(lines[0]!, /^beacon: --cluster-creds \S+nats\.creds: cannot read \(EACCES\); .*keep it root-only .*deploy\/beacon@\.service\.d\/cluster-creds\.conf \(LoadCredential=\)/);
 });

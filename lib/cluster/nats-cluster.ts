@@ -660,8 +660,13 @@ function credentials(path: string): Authenticator {
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
-    throw new StartError(`--cluster-creds ${path}: cannot read (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); `
-      + 'name a NATS .creds file or an nkey seed file', 'ECLUSTERCREDS');
+    const code = (err as NodeJS.ErrnoException).code;
+    // EACCES is the units' dynamic user meeting a root-only file: point at the drop-in, not at chmod.
+    const fix = code === 'EACCES'
+      ? 'this beacon\'s user may not read it: keep it root-only and let systemd hand it over with '
+        + 'deploy/beacon@.service.d/cluster-creds.conf (LoadCredential=) rather than making it readable to all'
+      : 'name a NATS .creds file or an nkey seed file';
+    throw new StartError(`--cluster-creds ${path}: cannot read (${code ?? (err as Error).message}); ${fix}`, 'ECLUSTERCREDS');
   }
   const isCreds = text.includes('-----BEGIN NATS USER JWT-----');
   const seed = text.trim();

@@ -26,6 +26,7 @@ const PACKAGE_OF: Record<string, string> = {
   'systemd-analyze': 'systemd',
   'nats-server': 'nats-server',
   openssl: 'openssl',
+  setpriv: 'util-linux',
 };
 
 /** The absolute path of `tool` on PATH, or throws an Error that says how to install it. */
