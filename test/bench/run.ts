@@ -21,6 +21,8 @@
  *                                     only these parts of scenario 8 (hop, zeroloss, convergence, move,
  *                                     directory; default all); with --baseline-dist DIR the convergence
  *                                     part also runs that build's instances, alternating: before/after
+ *   npm run bench -- --only cluster --cluster-three-nats   convergence on three nats-servers (the shipped
+ *                                     three-machine file here; the bucket with three copies)
  *
  * - Every server runs in its own process on core 0, every load generator
  *   in its own process on core 1 (taskset, when present). Nothing is
@@ -55,7 +57,7 @@ interface Scenario {
 }
 
 function parseArgs(argv: readonly string[]) {
-  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string>, clusterParts: undefined as Set<ClusterPart> | undefined };
+  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string>, clusterParts: undefined as Set<ClusterPart> | undefined, clusterThreeNats: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -71,6 +73,7 @@ function parseArgs(argv: readonly string[]) {
     else if (a === '--profile') args.profile = value();
     else if (a === '--keys-count') args.keysCount = Number(value());
     else if (a === '--baseline-dist') args.baselineDist = value();
+    else if (a === '--cluster-three-nats') args.clusterThreeNats = true;
     else if (a === '--cluster-parts') {
       const parts = value().split(',');
       const unknown = parts.filter((part) => !(CLUSTER_PARTS as readonly string[]).includes(part));
@@ -128,8 +131,8 @@ async function main(): Promise<void> {
     { id: '5', name: 'memory', run: (s) => memoryPerPeer(s, { counts: memoryPeers }) },
     { id: '7', name: 'slow', run: (s) => slowReader(s, { pairs: 16, windowMs: quick ? 200 : 1_500 }) },
     { id: '8', name: 'cluster', run: (s) => clusterScenario(s, quick
-      ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000, parts: args.clusterParts }
-      : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000, parts: args.clusterParts }) },
+      ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000, parts: args.clusterParts, threeNats: args.clusterThreeNats }
+      : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000, parts: args.clusterParts, threeNats: args.clusterThreeNats }) },
     { id: '10', name: 'heavy', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
