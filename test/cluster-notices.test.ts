@@ -181,8 +181,9 @@ test('a node attached on A is reachable from B by its notice alone (A may not wr
   const aliceA = await peer(a.url, alice);
   assert.ok(await delivered(bobB, bob, aliceA, alice.nodeId, 'to alice', 8_000), 'alice (KV entry and notice) reachable from B');
 
-  const carolA = await peer(a.url, carol);
+  // Before the handshake: B may hear the notice (sent before auth_ok) before this process reads auth_ok.
   const attachedAt = Date.now();
+  const carolA = await peer(a.url, carol);
   assert.ok(await delivered(bobB, bob, carolA, carol.nodeId, 'to carol', PROVISIONAL_TTL_MS - 200), 'carol reachable from B through the notice');
   assert.equal(await kv.get(String(carol.nodeId)), null, 'the directory has no entry for carol');
   // B forgets the notice after the TTL, never before: with no KV entry, relays to carol are then unknown.
