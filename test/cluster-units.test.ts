@@ -85,6 +85,40 @@ test('forwarder: relays for one instance in one turn share one message; cut off,
   assert.equal(stats.dropped.cluster_unavailable, 1);
 });
 
+test('forwarder: a batch within the coalescing window of the last one waits for the window, gathering the frames of several turns', async () => {
+  const stats = new BeaconStats();
+  const members = new Instances('self', 1_000, (id) => `fwd.${id}`);
+  const published: Array<[number, Buffer]> = [];
+  const WINDOW_MS = 300; // the default is 1 ms; a wide one keeps this test's turns inside it on a loaded machine
+  const forwarder = new Forwarder(stats, () => true, (_subject, data) => { published.push([performance.now(), Buffer.from(data)]); return true; }, WINDOW_MS);
+  const b = members.get('b');
+  const relays = Array.from({ length: 6 }, (_, i) => encodeRelay(1, 100 + i, Buffer.from(`r${i}`)));
+  // A quiet link: the first relay leaves at the end of its turn.
+  forwarder.forward(b, relays[0]!);
+  await new Promise(setImmediate);
+  assert.equal(published.length, 1);
+  // More within the window, over three turns: held, then one message for all of them.
+  const heldFrom = performance.now();
+  for (const relay of relays.slice(1, 4)) {
+    forwarder.forward(b, relay);
+    await new Promise(setImmediate);
+  }
+  assert.equal(published.length, 1, 'held inside the window');
+  while (published.length < 2) await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.deepEqual(decodeBatch(published[1]![1]), relays.slice(1, 4));
+  assert.ok(published[1]![0] - heldFrom >= WINDOW_MS * 0.9, 'not before the window ends');
+  // Quiet again for longer than the window: the next one goes at the end of its turn.
+  await new Promise((resolve) => setTimeout(resolve, WINDOW_MS + 20));
+  forwarder.forward(b, relays[4]!);
+  await new Promise(setImmediate);
+  assert.equal(published.length, 3);
+  // Shutdown: flushAll sends what is held at once.
+  forwarder.forward(b, relays[5]!);
+  forwarder.flushAll();
+  assert.equal(published.length, 4);
+  assert.deepEqual(stats.cluster, { framesOut: 6, framesIn: 0, batchesOut: 4, batchesIn: 0 });
+});
+
 /** A store that records operations and answers with revisions we choose. */
 class FakeStore implements DirectoryStore {
   rev = 100;

@@ -24,6 +24,8 @@ export class Instance implements ClusterInstance {
   /** Relays waiting for the end of the turn (forwarder); undefined when none. */
   batch: Buffer[] | undefined;
   batchBytes = 0;
+  /** When a batch for it last left (performance.now()), for the forwarder's coalescing window. */
+  lastFlushAt = -Infinity;
 
   constructor(readonly id: string, readonly self: boolean, readonly forwardSubject: string) {
     this.live = self;

@@ -51,6 +51,8 @@ const cliOf = (dist = DIST) => join(dist, 'cmd', 'beacon.js');
 
 export const CLUSTER_PARTS = ['hop', 'zeroloss', 'convergence', 'move', 'directory'] as const;
 export type ClusterPart = typeof CLUSTER_PARTS[number];
+/** Watches a child's event loop (servers/loop-watch-preload.ts), loaded with node -r. */
+const LOOP_WATCH_PRELOAD = join(__dirname, '..', 'servers', 'loop-watch-preload.js');
 const SUBPROTOCOL = 'pilot.v1';
 
 export interface ClusterPlan {
@@ -90,8 +92,9 @@ function cpuSeconds(pid: number): number {
 /** Spawns an instance; it goes into `procs` at once, so it is stopped even if it never says it listens. */
 async function startInstance(
   settings: BenchSettings, nats: string, id: string, procs: Proc[], extra: string[] = [], dist?: string, clusterName = 'bench',
+  nodeFlags: string[] = [],
 ): Promise<Proc> {
-  const child = spawn(process.execPath, [cliOf(dist), '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
+  const child = spawn(process.execPath, [...nodeFlags, cliOf(dist), '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
     '--cluster', nats, '--cluster-name', clusterName, '--instance-id', id, '--cluster-dead-after', '2s',
     '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
   const proc: Proc = { child, logs: [], url: '', http: '' };
@@ -230,7 +233,8 @@ export async function clusterScenario(settings: BenchSettings, plan: ClusterPlan
   conv.define(CONV_BUSY_ARRIVAL_P99, 'ms', 'lower');
   single.define('moved node: old socket closed after the new auth_ok, p99', 'ms', 'lower', (b) => ({ text: '<= 100 ms (p99)', met: b.median <= 100 }));
   single.define(`directory load, ${plan.directoryEntries} entries`, 'ms', 'lower', (b) => ({ text: plan.directoryEntries >= 1_000_000 ? '<= 10 s' : '<= 10 s at 1M (smaller here)', met: b.median <= 10_000 }));
-  single.define('largest event-loop stall while loading', 'ms', 'lower', (b) => ({ text: '<= 50 ms', met: b.median <= 50 }));
+  single.define('largest event-loop stall while loading (own run)', 'ms', 'lower', (b) => ({ text: '<= 50 ms', met: b.median <= 50 }));
+  single.define('largest wall-clock gap while loading (machine included)', 'ms', 'lower');
   single.define('heap per directory entry', 'bytes', 'lower', (b) => ({ text: '<= 150 bytes', met: b.median <= 150 }));
   single.define('relay rate of another instance during the load / before', 'ratio', 'higher', (b) => ({ text: 'unchanged (>= 0.95)', met: b.median >= 0.95 }));
 
@@ -525,36 +529,43 @@ async function directoryAtScale(
     }
     settings.log(`  wrote ${plan.directoryEntries} entries in ${Date.now() - t0} ms`);
     // An instance of another cluster on the same NATS, whose directory is empty: the heap baseline.
-    const control = await startInstance(settings, nats.url(), 'bench-control', procs, ['--cluster-name', 'benchctl']);
+    const control = await startInstance(settings, nats.url(), 'bench-control', procs, [], undefined, 'benchctl');
     await waitForLog(control, 'cluster directory loaded', 60_000);
     // Instance a relays between local pairs before and during the new instance's load.
     const rateWindow = Math.max(500, plan.windowMs);
     const before = await offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const startedAt = Date.now();
-    const c = await startInstance(settings, nats.url(), 'bench-c', procs);
-    await metric(c, 'beacon_nodejs_eventloop_lag_max_seconds'); // resets the lag window
+    // The newcomer's loop is watched from "listening" to "loaded": its own longest run, and the wall-clock gap.
+    const c = await startInstance(settings, nats.url(), 'bench-c', procs, [], undefined, 'bench', ['-r', LOOP_WATCH_PRELOAD]);
+    c.child.kill('SIGUSR2');
     const during = offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const loaded = await waitForLog(c, 'cluster directory loaded', 180_000).catch(async (err: Error) => {
       throw new Error(`${err.message}; its mirror holds ${await metric(c, 'beacon_cluster_directory_entries')} entries`);
     });
     const loadMs = Date.now() - startedAt;
-    const lagMax = await metric(c, 'beacon_nodejs_eventloop_lag_max_seconds');
+    c.child.kill('SIGUSR2');
+    const loop = await waitForLog(c, 'loop-watch', 10_000);
     const duringRate = await during;
     await sleep(1_000);
-    // The heap figure includes garbage not yet collected: the lower of a few reads, for both.
+    // The mirror lives in typed arrays (outside the JS heap): heap used + external memory. It includes
+    // garbage not yet collected: the lower of a few reads, for both.
     const heapOf = async (proc: Proc) => {
       let low = Infinity;
-      for (let i = 0; i < 5; i++, await sleep(300)) low = Math.min(low, await metric(proc, 'beacon_nodejs_heap_size_used_bytes'));
+      for (let i = 0; i < 5; i++, await sleep(300)) {
+        low = Math.min(low, await metric(proc, 'beacon_nodejs_heap_size_used_bytes') + await metric(proc, 'beacon_nodejs_external_memory_bytes'));
+      }
       return low;
     };
     const [heapC, heapControl] = [await heapOf(c), await heapOf(control)];
     const entries = Number(loaded.entries);
     const served = [...procs].filter((p) => p.logs.some((l) => l.msg === 'cluster: served the directory to a newcomer' && l.to === 'bench-c'));
     settings.log(`  new instance: directory of ${entries} entries loaded via ${String(loaded.via)} ${loadMs} ms after its start (${Number(loaded.ms)} ms after joining NATS)`
-      + `${served.length > 0 ? '' : ' (no instance logged serving it)'}; its event-loop lag max ${(lagMax * 1000).toFixed(0)} ms;`
-      + ` heap ${(heapC / 1e6).toFixed(0)} MB vs ${(heapControl / 1e6).toFixed(0)} MB for an instance with an empty directory`);
+      + `${served.length > 0 ? '' : ' (no instance logged serving it)'}; its loop's longest own run ${Number(loop.maxBusyMs).toFixed(1)} ms,`
+      + ` longest wall-clock gap ${Number(loop.maxStallMs).toFixed(1)} ms (other processes included);`
+      + ` heap + external ${(heapC / 1e6).toFixed(0)} MB vs ${(heapControl / 1e6).toFixed(0)} MB for an instance with an empty directory`);
     single.add(`directory load, ${plan.directoryEntries} entries`, 'beacon', loadMs);
-    single.add('largest event-loop stall while loading', 'beacon', lagMax * 1000);
+    single.add('largest event-loop stall while loading (own run)', 'beacon', Number(loop.maxBusyMs));
+    single.add('largest wall-clock gap while loading (machine included)', 'beacon', Number(loop.maxStallMs));
     single.add('heap per directory entry', 'beacon', (heapC - heapControl) / Math.max(1, entries));
     single.add('relay rate of another instance during the load / before', 'beacon',
       (duringRate.delivered / duringRate.sent) / Math.max(1e-9, before.delivered / before.sent));
