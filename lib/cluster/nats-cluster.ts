@@ -366,9 +366,14 @@ class NatsCluster implements ClusterNode {
     const snapshot = await this.fetchSnapshot(nc, epoch);
     if (epoch !== this.epoch) return;
     if (snapshot) {
+      this.directory.finishLoad(); // routes use it from now on
       this.appliedRevision = snapshot.fromRevision;
-      this.directoryLoaded(startedAt, 'snapshot');
-      await this.watchFrom(kv, epoch, snapshot.fromRevision + 1, undefined);
+      // Loaded once the watch has replayed what changed since the snapshot began, up to now.
+      const lastRevision = (await kv.status()).streamInfo.state.last_seq;
+      if (epoch !== this.epoch) return;
+      if (lastRevision <= snapshot.fromRevision) this.directoryLoaded(startedAt, 'snapshot');
+      await this.watchFrom(kv, epoch, snapshot.fromRevision + 1,
+        lastRevision <= snapshot.fromRevision ? undefined : () => this.directoryLoaded(startedAt, 'snapshot'), lastRevision);
       return;
     }
     this.appliedRevision = 0;
@@ -384,8 +389,11 @@ class NatsCluster implements ClusterNode {
     this.deps.log.info({ entries: this.directory.size, ms: Date.now() - startedAt, via }, 'cluster directory loaded');
   }
 
-  /** Watches the bucket from `revision` (0: every key's last value); resolves once the watch is set up. */
-  private async watchFrom(kv: KV, epoch: number, revision: number, onCaughtUp: (() => void) | undefined): Promise<void> {
+  /**
+   * Watches the bucket from `revision` (0: every key's last value); resolves once the watch is set up.
+   * `onCaughtUp` runs once the entry at `caughtUpAt` (or, without it, the last pending one) has been applied.
+   */
+  private async watchFrom(kv: KV, epoch: number, revision: number, onCaughtUp: (() => void) | undefined, caughtUpAt?: number): Promise<void> {
     const entries = await kv.watch(revision > 0 ? { resumeFromRevision: revision } : {});
     if (epoch !== this.epoch) {
       entries.stop();
@@ -400,7 +408,7 @@ class NatsCluster implements ClusterNode {
         for await (const entry of entries) {
           this.onDirectoryEntry(entry);
           // delta: messages still pending behind this one; 0 ends the initial load.
-          if (onCaughtUp && entry.delta === 0) {
+          if (onCaughtUp && (caughtUpAt === undefined ? entry.delta === 0 : entry.revision >= caughtUpAt)) {
             onCaughtUp();
             onCaughtUp = undefined;
           }
