@@ -161,7 +161,7 @@ test('the receiver applies one chunk per event-loop turn, refuses a gap, and tak
 
   const applied: number[] = [];
   let outcome: ReceiveOutcome | undefined;
-  const receiver = new SnapshotReceiver((chunk) => applied.push(chunk.index), () => assert.fail('nothing malformed'), (o) => { outcome = o; });
+  const receiver = new SnapshotReceiver((chunk) => applied.push(chunk.index) > 0, () => assert.fail('nothing malformed'), (o) => { outcome = o; });
   for (const chunk of chunks) receiver.accept(chunk); // one socket read brings them all
   assert.equal(receiver.receivedAll, true);
   assert.deepEqual(applied, [], 'nothing is applied in the read that brought the chunks');
@@ -173,20 +173,54 @@ test('the receiver applies one chunk per event-loop turn, refuses a gap, and tak
   assert.deepEqual(outcome, { kind: 'loaded', fromRevision: 10, entries: 10 });
 
   let gap: ReceiveOutcome | undefined;
-  const gapped = new SnapshotReceiver(() => undefined, () => assert.fail('a gap is not malformed'), (o) => { gap = o; });
+  const gapped = new SnapshotReceiver(() => true, () => assert.fail('a gap is not malformed'), (o) => { gap = o; });
   gapped.accept(chunks[0]!);
   gapped.accept(chunks[2]!);
   assert.equal(gap?.kind, 'failed');
 
   let refused: ReceiveOutcome | undefined;
-  new SnapshotReceiver(() => undefined, () => undefined, (o) => { refused = o; }).accept(refusedChunk());
+  new SnapshotReceiver(() => true, () => undefined, (o) => { refused = o; }).accept(refusedChunk());
   assert.deepEqual(refused, { kind: 'refused' });
 
   let malformed = 0;
   let bad: ReceiveOutcome | undefined;
-  new SnapshotReceiver(() => undefined, () => { malformed++; }, (o) => { bad = o; }).accept(Buffer.from('not a chunk'));
+  new SnapshotReceiver(() => true, () => { malformed++; }, (o) => { bad = o; }).accept(Buffer.from('not a chunk'));
   assert.equal(malformed, 1);
   assert.equal(bad?.kind, 'failed');
+});
+
+test('the receiver applies a big chunk a slice per turn, and a malformed entry ends the load', async () => {
+  const { directory, members } = newDirectory('server');
+  for (let node = 1; node <= 10_000; node++) directory.applyPut(node, members.get('a'), 'wss', node);
+  const chunk = new SnapshotWriter(directory.placements(), 10_000, 20_000).next()!; // all 10,000 in one chunk, the last
+  const slices: Array<[number, number]> = [];
+  let outcome: ReceiveOutcome | undefined;
+  const receiver = new SnapshotReceiver((c, from, to) => {
+    slices.push([from, to]);
+    return forEachSnapshotEntry(c, (id) => id, () => undefined, from, to);
+  }, () => assert.fail('nothing malformed'), (o) => { outcome = o; });
+  receiver.accept(chunk);
+  assert.deepEqual(slices, []);
+  await nextTurn();
+  assert.deepEqual(slices, [[0, 4_096]], 'one slice per turn');
+  while (!outcome) await nextTurn();
+  assert.deepEqual(outcome, { kind: 'loaded', fromRevision: 10_000, entries: 10_000 });
+  assert.deepEqual(slices, [[0, 4_096], [4_096, 8_192], [8_192, 10_000]]);
+
+  // The same chunk with one entry's instance index out of range: refused while applying.
+  const damaged = Buffer.from(chunk);
+  const decoded = decodeSnapshotChunk(damaged)!;
+  damaged.writeUInt16BE(9, decoded.entriesAt + 5_000 * 15 + 4);
+  let malformed = 0;
+  let bad: ReceiveOutcome | undefined;
+  const applied: number[] = [];
+  const strict = new SnapshotReceiver((c, from, to) => forEachSnapshotEntry(c, (id) => id, (nodeId) => { applied.push(nodeId); }, from, to),
+    () => { malformed++; }, (o) => { bad = o; });
+  strict.accept(damaged);
+  while (!bad) await nextTurn();
+  assert.equal(bad.kind, 'failed');
+  assert.equal(malformed, 1);
+  assert.ok(applied.length < 10_000);
 });
 
 describe('placement table', () => {

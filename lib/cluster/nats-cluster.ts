@@ -445,11 +445,11 @@ class NatsCluster implements ClusterNode {
         resolve(outcome);
       };
       const receiver = new SnapshotReceiver(
-        (chunk) => {
+        (chunk, from, to) => {
           // Room for every entry at once: the mirror is never rebuilt during the load.
-          if (chunk.index === 0) this.directory.expectEntries(Math.min(chunk.total, MAX_RESERVED_ENTRIES));
-          forEachSnapshotEntry(chunk, (id) => this.members.get(id),
-            (nodeId, instance, kind, rev) => this.directory.applyPut(nodeId, instance, kind, rev));
+          if (chunk.index === 0 && from === 0) this.directory.expectEntries(Math.min(chunk.total, MAX_RESERVED_ENTRIES));
+          return forEachSnapshotEntry(chunk, (id) => this.members.get(id),
+            (nodeId, instance, kind, rev) => this.directory.applyPut(nodeId, instance, kind, rev), from, to);
         },
         () => this.deps.stats.drop('cluster_malformed'),
         settle,

@@ -558,6 +558,9 @@ async function directoryAtScale(
     };
     const [heapC, heapControl] = [await heapOf(c), await heapOf(control)];
     const entries = Number(loaded.entries);
+    // Both mirrors hold the same directory once the newcomer has caught up (procs[0] is instance a, which served it).
+    const [mirrorC, mirrorA] = [await metric(c, 'beacon_cluster_directory_entries'), await metric(procs[0]!, 'beacon_cluster_directory_entries')];
+    settings.log(`  a second after: the newcomer's mirror holds ${mirrorC} entries, the serving instance's ${mirrorA}${mirrorC === mirrorA ? '' : ' — THEY DIFFER'}`);
     const served = [...procs].filter((p) => p.logs.some((l) => l.msg === 'cluster: served the directory to a newcomer' && l.to === 'bench-c'));
     settings.log(`  new instance: directory of ${entries} entries loaded via ${String(loaded.via)} ${loadMs} ms after its start (${Number(loaded.ms)} ms after joining NATS)`
       + `${served.length > 0 ? '' : ' (no instance logged serving it)'}; its loop's longest own run ${Number(loop.maxBusyMs).toFixed(1)} ms,`
@@ -568,7 +571,7 @@ async function directoryAtScale(
     single.add('largest wall-clock gap while loading (machine included)', 'beacon', Number(loop.maxStallMs));
     single.add('heap per directory entry', 'beacon', (heapC - heapControl) / Math.max(1, entries));
     single.add('relay rate of another instance during the load / before', 'beacon',
-      (duringRate.delivered / duringRate.sent) / Math.max(1e-9, before.delivered / before.sent));
+      before.delivered > 0 ? (duringRate.delivered / Math.max(1, duringRate.sent)) / (before.delivered / before.sent) : NaN);
   } finally {
     clearInterval(ghostBeat);
     await nc.close();
