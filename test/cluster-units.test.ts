@@ -13,7 +13,7 @@ import { Forwarder } from '../lib/cluster/forwarder';
 import { Instances } from '../lib/cluster/instances';
 import { RelayRouter, type ClusterInstance } from '../lib/relay/router';
 import {
-  decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeBatch, encodeHeartbeat, encodePlacement, subjectsFor,
+  decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeBatch, encodeHeartbeat, encodePlacement, natsAddress, subjectsFor,
 } from '../lib/cluster/wire';
 
 test('wire: subjects escape the dots of host names; values and heartbeats round-trip; foreign ones are refused', () => {
@@ -28,6 +28,13 @@ test('wire: subjects escape the dots of host names; values and heartbeats round-
   for (const bad of ['0', '4294967296', '01', '-1', 'abc', '1.5']) assert.equal(decodeNodeKey(bad), undefined, bad);
   assert.deepEqual(decodeHeartbeat(encodeHeartbeat('a:1', '00ff')), { instanceId: 'a:1', incarnation: '00ff' });
   for (const bad of ['', 'a', 'a zz', 'a 00 extra', ' 00']) assert.equal(decodeHeartbeat(bad), undefined, bad);
+});
+
+test('wire: a --cluster URL becomes host:port for the client, IPv6 hosts with their brackets once', () => {
+  assert.equal(natsAddress(new URL('nats://127.0.0.1:4333')), '127.0.0.1:4333');
+  assert.equal(natsAddress(new URL('tls://nats.example:4222')), 'nats.example:4222');
+  assert.equal(natsAddress(new URL('nats://user:pw@[::1]:4222')), '[::1]:4222');
+  assert.equal(natsAddress(new URL('nats://[fd00::5]')), '[fd00::5]:4222');
 });
 
 test('wire: a batch is relays with u32 lengths; any bad length or non-Relay refuses the whole message', () => {

@@ -39,7 +39,7 @@ import {
 } from './snapshot';
 import type { ClusterDeps, ClusterNode } from './types';
 import {
-  decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeHeartbeat, subjectsFor, type AttachKind, type Subjects,
+  decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeHeartbeat, natsAddress, subjectsFor, type AttachKind, type Subjects,
 } from './wire';
 
 /** A first connection attempt gives up after this; the beacon then starts without NATS and keeps trying. */
@@ -624,7 +624,7 @@ function connectOptions(deps: ClusterDeps): NodeConnectionOptions {
       pass = decodeURIComponent(url.password);
     }
     if (url.protocol === 'tls:') tls = true;
-    servers.push(`${url.hostname.includes(':') ? `[${url.hostname}]` : url.hostname}:${url.port || '4222'}`);
+    servers.push(natsAddress(url));
   }
   const options: NodeConnectionOptions = {
     servers,

@@ -47,6 +47,11 @@ export function subjectsFor(clusterName: string): Subjects {
   };
 }
 
+/** `host:port` of a --cluster URL for the NATS client; an IPv6 host keeps the brackets the URL already gives it. */
+export function natsAddress(url: URL): string {
+  return `${url.hostname}:${url.port || '4222'}`;
+}
+
 export function encodePlacement(kind: AttachKind, instanceId: string): string {
   return `${KIND_CODE[kind]} ${instanceId}`;
 }
