@@ -12,7 +12,5 @@ import ipaddr from 'ipaddr.js';
 
 export function perIpKey(ip: string, ipv6PrefixBits: number): string {
   if (isIP(ip) !== 6 || ipv6PrefixBits >= 128) return ip;
-  const bytes = ipaddr.IPv6.parse(ip).toByteArray();
-  for (let bit = ipv6PrefixBits; bit < 128; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
-  return `${ipaddr.fromByteArray(bytes).toString()}/${ipv6PrefixBits}`;
+  return `${ipaddr.IPv6.networkAddressFromCIDR(`${ip}/${ipv6PrefixBits}`).toString()}/${ipv6PrefixBits}`;
 }
