@@ -11,9 +11,10 @@ import { after, test } from 'node:test';
 import { connect } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import {
-  PROVISIONAL_TTL_MS, ProvisionalRoutes, attachSubject, decodeAttachNotice, encodeAttachNotice,
+  PROVISIONAL_TTL_MS, ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice,
 } from '../lib/cluster/attach-notices';
 import { Instances } from '../lib/cluster/instances';
+import { subjectsFor } from '../lib/cluster/wire';
 import { encodeRelay, encodeRelayDeliver } from '../lib/protocol';
 import { allSee, joinedInstance, writeKeys, type Instance } from './helpers/cluster';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
@@ -44,7 +45,7 @@ test('notice wire: node, kind and instance round-trip; anything else is refused'
   for (const bad of ['', '4004', '4004 ', '0 w a', '4294967296 w a', 'x w a', '4004 x a', '4004 w', '4004 w a b', ' 4004 w a']) {
     assert.equal(decodeAttachNotice(bad), undefined, JSON.stringify(bad));
   }
-  assert.equal(attachSubject('prod', 'host.example:1'), 'prod.att.host%2Eexample:1');
+  assert.equal(subjectsFor('prod').attach('host.example:1'), 'prod.att.host%2Eexample:1');
 });
 
 test('provisional: a notice routes to its live instance until the KV entry naming that instance confirms it', () => {

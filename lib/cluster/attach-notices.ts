@@ -25,7 +25,7 @@
  */
 import type { NodeId } from '../protocol/packets';
 import type { Instance } from './instances';
-import { decodePlacement, decodeNodeKey, encodePlacement, token, type AttachKind } from './wire';
+import { decodePlacement, decodeNodeKey, encodePlacement, type AttachKind } from './wire';
 
 /**
  * How long a notice stands without its KV entry. The entry usually comes
@@ -43,14 +43,6 @@ export const PROVISIONAL_TTL_MS = 2_000;
  * oldest are dropped, which only costs their head start.
  */
 export const MAX_PROVISIONAL = 65_536;
-
-export function attachSubject(clusterName: string, instanceId: string): string {
-  return `${clusterName}.att.${token(instanceId)}`;
-}
-
-export function attachSubjects(clusterName: string): string {
-  return `${clusterName}.att.*`;
-}
 
 export interface AttachNotice {
   nodeId: NodeId;

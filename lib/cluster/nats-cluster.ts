@@ -30,7 +30,7 @@ import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
 import type { NodeId } from '../protocol/packets';
-import { ProvisionalRoutes, attachSubject, attachSubjects, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
+import { ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
 import { Directory } from './directory';
 import { Forwarder } from './forwarder';
 import { Instances, type Instance } from './instances';
@@ -83,6 +83,8 @@ export async function startCluster(deps: ClusterDeps): Promise<ClusterNode> {
 class NatsCluster implements ClusterNode {
   readonly instanceId: string;
   private readonly subjects: Subjects;
+  /** Our own attach-notice subject, built once (one publish per attachment). */
+  private readonly attachSubject: string;
   private readonly members: Instances;
   private readonly directory: Directory;
   private readonly forwarder: Forwarder;
@@ -113,6 +115,7 @@ class NatsCluster implements ClusterNode {
     const { config } = deps;
     this.instanceId = deps.instanceId;
     this.subjects = subjectsFor(config.clusterName);
+    this.attachSubject = this.subjects.attach(deps.instanceId);
     this.members = new Instances(deps.instanceId, config.clusterDeadAfterMs, this.subjects.forward);
     this.directory = new Directory({
       self: this.members.self,
@@ -151,7 +154,7 @@ class NatsCluster implements ClusterNode {
     this.provisional.forget(nodeId);
     // In the same turn as the KV write (and, for a WebSocket, auth_ok): the others route here at once.
     if (isNew && this.isConnected) {
-      this.publish(attachSubject(this.deps.config.clusterName, this.instanceId), Buffer.from(encodeAttachNotice(nodeId, kind, this.instanceId)));
+      this.publish(this.attachSubject, Buffer.from(encodeAttachNotice(nodeId, kind, this.instanceId)));
     }
   }
 
@@ -281,7 +284,7 @@ class NatsCluster implements ClusterNode {
         queue: 'snapshot',
         callback: (_err: Error | null, msg: Msg) => this.serveSnapshot(msg),
       }),
-      nc.subscribe(attachSubjects(this.deps.config.clusterName), {
+      nc.subscribe(this.subjects.attaches, {
         callback: (_err: Error | null, msg: Msg) => this.onAttachNotice(msg),
       }),
     ];
@@ -531,7 +534,7 @@ class NatsCluster implements ClusterNode {
   /** A notice from another instance: a provisional route until its KV entry comes (attach-notices.ts). */
   private onAttachNotice(msg: Msg): void {
     const notice = decodeAttachNotice(msg.string());
-    if (!notice || msg.subject !== attachSubject(this.deps.config.clusterName, notice.instanceId)) {
+    if (!notice || msg.subject !== this.subjects.attach(notice.instanceId)) {
       return this.deps.stats.drop('cluster_malformed');
     }
     // From an instance we have not heard a heartbeat from (yet): it is not routed to anyway, and

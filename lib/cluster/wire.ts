@@ -5,7 +5,8 @@
  * - Subjects and the bucket are prefixed with the cluster name, so several
  *   clusters share one NATS: `<name>.fwd.<instance>` carries relays for one
  *   instance, `<name>.hb.<instance>` its heartbeats, `<name>.who.<instance>`
- *   answers "is this ID taken?", `<name>.snap` serves the directory to a
+ *   answers "is this ID taken?", `<name>.att.<instance>` announces a node
+ *   that just attached there (attach-notices.ts), `<name>.snap` serves the directory to a
  *   newcomer (snapshot.ts); the directory is the KV bucket
  *   `<name>-directory`, one key per node (its decimal ID).
  * - A directory value is `w <instance>` (attached over WebSocket) or
@@ -26,13 +27,16 @@ export interface Subjects {
   heartbeat(instanceId: string): string;
   heartbeats: string;
   who(instanceId: string): string;
+  /** Where an instance announces a node that just attached to it (attach-notices.ts), and all of them. */
+  attach(instanceId: string): string;
+  attaches: string;
   /** Where a newcomer asks a live instance for the directory (queue group: one answers). */
   snapshot: string;
   bucket: string;
 }
 
 /** A subject token may not hold '.'; instance IDs are host names, so it is escaped (IDs hold no '%'). */
-export function token(instanceId: string): string {
+function token(instanceId: string): string {
   return instanceId.replace(/\./g, '%2E');
 }
 
@@ -42,6 +46,8 @@ export function subjectsFor(clusterName: string): Subjects {
     heartbeat: (id) => `${clusterName}.hb.${token(id)}`,
     heartbeats: `${clusterName}.hb.*`,
     who: (id) => `${clusterName}.who.${token(id)}`,
+    attach: (id) => `${clusterName}.att.${token(id)}`,
+    attaches: `${clusterName}.att.*`,
     snapshot: `${clusterName}.snap`,
     bucket: `${clusterName}-directory`,
   };

@@ -43,6 +43,7 @@ import { Kvm } from '@nats-io/kv';
 import { NatsServer } from '../../helpers/nats';
 import { NATS_THREE_CONF, metaLeaderElected, readShipped, shippedPassword, startThreeNats, type RunningNats } from '../../helpers/nats-deploy';
 import { loadSigners, type Signer } from '../common/identities';
+import { subjectsFor } from '../../../lib/cluster/wire';
 import { spread } from '../common/stats';
 import { Figures, sleep, type BenchSettings, type Row, type ServerKind } from './context';
 
@@ -392,12 +393,13 @@ async function convergence(
       const rig: Rig = { kind, a, b, watcher, first, senders, receivers, kvAt: new Map(), noticeAt: new Map() };
       rigs.push(rig);
       // First arrival per node in this run: the KV entry (put), the notice (after auth_ok on B).
-      const kv = await new Kvm(observer).open(`${name}-directory`);
+      const subjects = subjectsFor(name);
+      const kv = await new Kvm(observer).open(subjects.bucket);
       const entries = await kv.watch({ include: 'updates', ignoreDeletes: true });
       void (async () => {
         for await (const e of entries) if (!rig.kvAt.has(Number(e.key))) rig.kvAt.set(Number(e.key), performance.now());
       })();
-      observer.subscribe(`${name}.att.*`, {
+      observer.subscribe(subjects.attaches, {
         callback: (_err, msg) => {
           const nodeId = Number(msg.string().split(' ')[0]);
           if (!rig.noticeAt.has(nodeId)) rig.noticeAt.set(nodeId, performance.now());
