@@ -1,6 +1,5 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -8,10 +7,9 @@ import {
   KEYS_FILE_DEBOUNCE_MS, KeysFile, KeysFileError, loadKeysFile, writeKeysFileAtomic, type RegisteredKey,
 } from '../lib/auth';
 import { generatePublicKey } from './helpers/fake-registry';
+import { nextKeysEvent } from './helpers/keys-events';
 import { tempDirMaker } from './helpers/temp-dir';
 
-/** Every wait on an event is bounded: a missing event fails the test, never hangs it. */
-const EVENT_TIMEOUT_MS = 3000;
 
 const tempDir = tempDirMaker('beacon-keys-');
 
@@ -32,20 +30,6 @@ function rawOf(base64: string): Buffer {
   return Buffer.from(base64, 'base64');
 }
 
-/**
- * The next `name` event, or a rejection after EVENT_TIMEOUT_MS. The timer is
- * a ref'd one on purpose: the watcher does not keep the process alive, so
- * the wait itself must (AbortSignal.timeout would not).
- */
-async function nextEvent<T extends unknown[]>(file: KeysFile, name: 'reload' | 'reloadError'): Promise<T> {
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(new Error(`no '${name}' event within ${EVENT_TIMEOUT_MS} ms`)), EVENT_TIMEOUT_MS);
-  try {
-    return (await once(file, name, { signal: abort.signal })) as T;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function assertKeysFileError(fn: () => unknown, expected: { code: string; file: string; entry?: string; message: RegExp }): void {
   assert.throws(fn, (err: unknown) => {
@@ -196,7 +180,7 @@ test('the watcher reloads when the file is replaced by rename', async (t) => {
   const b = generatePublicKey();
   const keysFile = watchedKeysFile(t, file, new Map([[1, a]]));
 
-  const reloaded = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const reloaded = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   writeKeysFileAtomic(file, new Map([[1, a], [2, b]]));
   const [keys] = await reloaded;
   assert.equal(keys.size, 2);
@@ -204,7 +188,7 @@ test('the watcher reloads when the file is replaced by rename', async (t) => {
   assert.equal(keysFile.keys, keys);
 
   // A second replacement is seen too: the watch survived the first rename.
-  const again = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const again = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   writeKeysFileAtomic(file, new Map([[3, b]]));
   const [third] = await again;
   assert.deepEqual([...third.keys()], [3]);
@@ -217,7 +201,7 @@ test('the watcher reloads when the file is rewritten in place', async (t) => {
   const keysFile = KeysFile.open(file);
   t.after(() => keysFile.close());
   keysFile.watch();
-  const reloaded = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const reloaded = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   writeJson(file, { '42': a });
   const [keys] = await reloaded;
   assert.deepEqual([...keys.keys()], [42]);
@@ -230,7 +214,7 @@ test('the watcher keeps the old keys and emits reloadError for a bad file', asyn
   const keysFile = KeysFile.open(file);
   t.after(() => keysFile.close());
   keysFile.watch();
-  const failed = nextEvent<[KeysFileError]>(keysFile, 'reloadError');
+  const failed = nextKeysEvent<[KeysFileError]>(keysFile, 'reloadError');
   fs.writeFileSync(file, '{"1": ');
   const [err] = await failed;
   assert.equal(err.code, 'bad_json');
@@ -254,7 +238,7 @@ test('the watcher ignores other files and byte-identical rewrites', async (t) =>
   await sleep(KEYS_FILE_DEBOUNCE_MS * 4);
   assert.deepEqual(events, []);
 
-  const reloaded = nextEvent(keysFile, 'reload');
+  const reloaded = nextKeysEvent(keysFile, 'reload');
   writeKeysFileAtomic(file, new Map([[1, b]]));
   await reloaded;
   assert.deepEqual(events, ['reload']);

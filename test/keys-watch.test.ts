@@ -3,7 +3,7 @@
  * (lib/auth/file-watch.ts through KeysFile): a file created after start
  * (the default ./keys.json), a Kubernetes ConfigMap update (the `..data`
  * symlink swapped), a symlinked file whose target changes, and unrelated
- * churn in the same directory. Every wait is bounded by EVENT_TIMEOUT_MS.
+ * churn in the same directory. Every wait is bounded by KEYS_EVENT_TIMEOUT_MS.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,22 +17,12 @@ import { startBeacon } from '../lib/beacon';
 import { COMPAT_PATH, CloseCode } from '../lib/protocol';
 import { closed, connectPeer, testConfig } from './helpers/harness';
 import { keysFileJson, makeIdentity } from './helpers/identity';
+import { KEYS_EVENT_TIMEOUT_MS, nextKeysEvent } from './helpers/keys-events';
 import { tempDirMaker } from './helpers/temp-dir';
 
-const EVENT_TIMEOUT_MS = 3000;
 
 const tempDir = tempDirMaker('beacon-watch-');
 
-/** The next `name` event, or a rejection after EVENT_TIMEOUT_MS (a ref'd timer: the watcher itself keeps nothing alive). */
-async function nextEvent<T extends unknown[]>(file: KeysFile, name: 'reload' | 'reloadError'): Promise<T> {
-  const abort = new AbortController();
-  const timer = setTimeout(() => abort.abort(new Error(`no '${name}' event within ${EVENT_TIMEOUT_MS} ms`)), EVENT_TIMEOUT_MS);
-  try {
-    return (await once(file, name, { signal: abort.signal })) as T;
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 function openWatched(t: TestContext, file: string, options: { mayBeMissing?: boolean } = {}): KeysFile {
   const keysFile = KeysFile.open(file, options);
@@ -82,7 +72,7 @@ test('a keys file that may be missing starts with no keys and is loaded when it 
   assert.equal(keysFile.exists, false);
   assert.equal(keysFile.size, 0);
 
-  const reloaded = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const reloaded = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   fs.writeFileSync(file, keysFileJson([alice]));
   const [keys] = await reloaded;
   assert.deepEqual([...keys.keys()], [7777]);
@@ -131,11 +121,11 @@ test('a ConfigMap update (the ..data symlink swapped) is picked up without SIGHU
   const keysFile = openWatched(t, mount.file);
   assert.deepEqual([...keysFile.keys.keys()], [1]);
 
-  const first = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const first = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   mount.update(keysFileJson([a, b]));
   assert.deepEqual([...(await first)[0].keys()].sort(), [1, 2]);
 
-  const second = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const second = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   mount.update(keysFileJson([c]));
   assert.deepEqual([...(await second)[0].keys()], [3]);
 });
@@ -148,7 +138,7 @@ test('a keys file that is a symlink is reloaded when the link is pointed at anot
   fs.symlinkSync('v1.json', file);
   const keysFile = openWatched(t, file);
 
-  const reloaded = nextEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
+  const reloaded = nextKeysEvent<[ReadonlyMap<number, RegisteredKey>]>(keysFile, 'reload');
   fs.symlinkSync('v2.json', path.join(dir, 'next.json'));
   fs.renameSync(path.join(dir, 'next.json'), file);
   assert.deepEqual([...(await reloaded)[0].keys()], [2]);
@@ -170,7 +160,7 @@ test('watchFile: churn in the directory that leaves the file as it was calls not
 
   fs.writeFileSync(file, '{"1": "x"}');
   fs.appendFileSync(file, '\n');
-  const deadline = Date.now() + EVENT_TIMEOUT_MS;
+  const deadline = Date.now() + KEYS_EVENT_TIMEOUT_MS;
   while (calls === 0 && Date.now() < deadline) await sleep(10);
   await sleep(100); // both writes fall in one debounce window
   assert.equal(calls, 1);
@@ -187,7 +177,7 @@ test('a beacon on a keys file that did not exist at start lets a daemon in once 
 
   const reloaded = once(beacon, 'keysReloaded');
   fs.writeFileSync(file, keysFileJson([alice]));
-  await Promise.race([reloaded, sleep(EVENT_TIMEOUT_MS).then(() => { throw new Error('no keysReloaded event'); })]);
+  await Promise.race([reloaded, sleep(KEYS_EVENT_TIMEOUT_MS).then(() => { throw new Error('no keysReloaded event'); })]);
   const ws = await connectPeer(url, alice);
   const gone = closed(ws);
   fs.writeFileSync(file, '{}');
