@@ -12,10 +12,9 @@
  *   never touches the machine's Caddy state), waits (bounded) for its local
  *   root CA and for TLS to answer, and `stop()` kills it by PID.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT, get, requireTool, sleep, tempDir } from './deploy';
+import { REPO_ROOT, get, requireTool, startTool, tempDir } from './deploy';
 
 export const SHIPPED_CADDYFILE = join(REPO_ROOT, 'Caddyfile');
 
@@ -96,48 +95,15 @@ export async function startCaddy(caddyfile: string, port: number): Promise<Runni
   const dir = tempDir('caddy');
   const config = join(dir, 'Caddyfile');
   writeFileSync(config, caddyfile);
-  const child: ChildProcess = spawn(caddy, ['run', '--config', config, '--adapter', 'caddyfile'], {
-    env: isolatedCaddyEnv(dir, { BEACON_DOMAIN: `127.0.0.1:${port}` }),
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let output = '';
-  const keep = (chunk: Buffer) => { output = (output + chunk.toString('utf8')).slice(-64 * 1024); };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  let exited: string | undefined;
-  child.on('exit', (code, signal) => { exited = `caddy exited (code ${code}, signal ${signal})`; });
-  child.on('error', (err) => { exited = `caddy could not be started: ${err.message}`; });
-
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-    const gone = new Promise<void>((ok) => child.once('exit', () => ok()));
-    process.kill(child.pid, 'SIGTERM');
-    const timer = setTimeout(() => { if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL'); }, 5_000);
-    await gone;
-    clearTimeout(timer);
-  };
-
   const rootPath = join(dir, 'data', 'caddy', 'pki', 'authorities', 'local', 'root.crt');
   const base = `https://127.0.0.1:${port}`;
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  let lastProblem = 'no root CA yet';
-  try {
-    for (;;) {
-      if (exited) throw new Error(`${exited} before it was ready; its output:\n${output}`);
-      if (Date.now() > deadline) throw new Error(`caddy was not ready within ${START_TIMEOUT_MS} ms (${lastProblem}); its output:\n${output}`);
-      if (existsSync(rootPath)) {
-        const rootCa = readFileSync(rootPath, 'utf8');
-        try {
-          await get(base, '/health', { ca: rootCa, timeoutMs: 1_000 });
-          return { pid: child.pid!, base, rootCa, dir, logs: () => output, stop };
-        } catch (err) {
-          lastProblem = (err as Error).message;
-        }
-      }
-      await sleep(100);
-    }
-  } catch (err) {
-    await stop();
-    throw err;
-  }
+  const { tool, ready: rootCa } = await startTool('caddy', caddy, ['run', '--config', config, '--adapter', 'caddyfile'], {
+    env: isolatedCaddyEnv(dir, { BEACON_DOMAIN: `127.0.0.1:${port}` }),
+  }, async () => {
+    if (!existsSync(rootPath)) throw new Error('no root CA yet');
+    const ca = readFileSync(rootPath, 'utf8');
+    await get(base, '/health', { ca, timeoutMs: 1_000 });
+    return ca;
+  }, START_TIMEOUT_MS);
+  return { pid: tool.pid, base, rootCa, dir, logs: tool.logs, stop: tool.stop };
 }

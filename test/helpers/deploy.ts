@@ -1,6 +1,7 @@
 /**
  * Helpers for the tests of the shipped operator files (Caddyfile, deploy/):
  * finding the Debian tools they need, running them with a bound on time,
+ * starting a long-running one (Caddy, nats-server) and waiting until it is ready,
  * free ports, HTTP(S) requests with a private CA and a source address, and
  * reading metric names out of Prometheus text.
  *
@@ -8,7 +9,7 @@
  *   .ci/install-deps, which installs it.
  * - Every child process is bounded in time and killed by its own PID.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn, type SpawnOptions } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -165,4 +166,59 @@ export function exportedMetricNames(text: string): Set<string> {
 /** Sleeps `ms` (for bounded polling loops only). */
 export function sleep(ms: number): Promise<void> {
   return new Promise((ok) => setTimeout(ok, ms));
+}
+
+/** A long-running tool started by startTool: its PID, its recent output, and a bounded stop. */
+export interface RunningTool {
+  pid: number;
+  /** The last 64 KiB of its stdout and stderr. */
+  logs(): string;
+  /** SIGTERM, SIGKILL after 5 s; resolves when it has exited. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Spawns `bin` (named `name` in messages) and polls `probe` every 100 ms
+ * until it resolves: its value and the running tool come back. A probe
+ * that throws means "not yet" (its message is kept for the error). If the
+ * tool exits first, or `timeoutMs` passes, it is stopped and the rejection
+ * carries its output.
+ */
+export async function startTool<T>(
+  name: string, bin: string, args: readonly string[], options: SpawnOptions, probe: () => Promise<T>, timeoutMs = 20_000,
+): Promise<{ tool: RunningTool; ready: T }> {
+  const child = spawn(bin, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (chunk: Buffer) => { output = (output + chunk.toString('utf8')).slice(-64 * 1024); };
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
+  let exited: string | undefined;
+  child.on('exit', (code, signal) => { exited = `${name} exited (code ${code}, signal ${signal})`; });
+  child.on('error', (err) => { exited = `${name} could not be started: ${err.message}`; });
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
+    const gone = new Promise<void>((ok) => child.once('exit', () => ok()));
+    process.kill(child.pid, 'SIGTERM');
+    const timer = setTimeout(() => { if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL'); }, 5_000);
+    await gone;
+    clearTimeout(timer);
+  };
+  const deadline = Date.now() + timeoutMs;
+  let last = 'not asked yet';
+  try {
+    for (;;) {
+      if (exited) throw new Error(`${exited} before it was ready; its output:\n${output}`);
+      if (Date.now() > deadline) throw new Error(`${name} was not ready within ${timeoutMs} ms (${last}); its output:\n${output}`);
+      try {
+        const ready = await probe();
+        return { tool: { pid: child.pid!, logs: () => output, stop }, ready };
+      } catch (err) {
+        last = (err as Error).message;
+      }
+      await sleep(100);
+    }
+  } catch (err) {
+    await stop();
+    throw err;
+  }
 }

@@ -13,11 +13,10 @@
  *   -ERR, and a request is SUB + PUB + the first MSG on the inbox. Every
  *   wait is bounded.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { REPO_ROOT, freeTcpPort, get, requireTool, sleep, tempDir } from './deploy';
+import { REPO_ROOT, freeTcpPort, get, requireTool, sleep, startTool, tempDir } from './deploy';
 
 export const NATS_SINGLE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server.conf');
 export const NATS_THREE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server-3.conf');
@@ -70,46 +69,16 @@ export async function startNats(config: string, ports: NatsPorts, readyPath = '/
   const dir = tempDir('nats');
   const file = join(dir, 'nats-server.conf');
   writeFileSync(file, config);
-  const child: ChildProcess = spawn(bin, ['-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  const keep = (chunk: Buffer) => { output = (output + chunk.toString('utf8')).slice(-64 * 1024); };
-  child.stdout?.on('data', keep);
-  child.stderr?.on('data', keep);
-  let exited: string | undefined;
-  child.on('exit', (code, signal) => { exited = `nats-server exited (code ${code}, signal ${signal})`; });
-  child.on('error', (err) => { exited = `nats-server could not be started: ${err.message}`; });
   const base = `http://127.0.0.1:${ports.monitor}`;
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-    const gone = new Promise<void>((ok) => child.once('exit', () => ok()));
-    process.kill(child.pid, 'SIGTERM');
-    const timer = setTimeout(() => { if (child.exitCode === null && child.signalCode === null) process.kill(child.pid!, 'SIGKILL'); }, 5_000);
-    await gone;
-    clearTimeout(timer);
-  };
   const monitor = async (path: string) => {
     const answer = await get(base, path, { timeoutMs: 2_000 });
     return JSON.parse(answer.body) as Record<string, unknown>;
   };
-  const deadline = Date.now() + START_TIMEOUT_MS;
-  let last = 'not asked yet';
-  try {
-    for (;;) {
-      if (exited) throw new Error(`${exited} before it was ready; its output:\n${output}`);
-      if (Date.now() > deadline) throw new Error(`nats-server was not ready within ${START_TIMEOUT_MS} ms (${last}); its output:\n${output}`);
-      try {
-        const answer = await get(base, readyPath, { timeoutMs: 1_000 });
-        if (answer.status === 200) return { pid: child.pid!, ports, logs: () => output, monitor, stop };
-        last = `${readyPath} answered ${answer.status}: ${answer.body.slice(0, 200)}`;
-      } catch (err) {
-        last = (err as Error).message;
-      }
-      await sleep(100);
-    }
-  } catch (err) {
-    await stop();
-    throw err;
-  }
+  const { tool } = await startTool('nats-server', bin, ['-c', file], {}, async () => {
+    const answer = await get(base, readyPath, { timeoutMs: 1_000 });
+    if (answer.status !== 200) throw new Error(`${readyPath} answered ${answer.status}: ${answer.body.slice(0, 200)}`);
+  }, START_TIMEOUT_MS);
+  return { pid: tool.pid, ports, logs: tool.logs, monitor, stop: tool.stop };
 }
 
 /** Free client and monitoring ports (and a cluster port) on 127.0.0.1. */
