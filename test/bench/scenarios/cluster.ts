@@ -91,15 +91,21 @@ function cpuSeconds(pid: number): number {
 }
 
 /** Spawns an instance; it goes into `procs` at once, so it is stopped even if it never says it listens. */
+/** How an instance differs from the default: another build, another cluster, flags for node itself. */
+interface InstanceOptions {
+  dist?: string;
+  clusterName?: string;
+  nodeFlags?: string[];
+}
+
 async function startInstance(
-  settings: BenchSettings, nats: string, id: string, procs: Proc[], extra: string[] = [], dist?: string, clusterName = 'bench',
-  nodeFlags: string[] = [],
+  settings: BenchSettings, nats: string, id: string, procs: Proc[], { dist, clusterName = 'bench', nodeFlags = [] }: InstanceOptions = {},
 ): Promise<Proc> {
   const child = spawn(process.execPath, [...nodeFlags, cliOf(dist), '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--keys', settings.keysPath,
     // dead-after 10 s: the bench's own process heartbeats for the million-entry ghost instance, and a
     // loaded machine can delay it past 2 s, when a survivor would sweep the ghost's entries mid-measurement.
     '--cluster', nats, '--cluster-name', clusterName, '--instance-id', id, '--cluster-dead-after', '10s',
-    '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info', ...extra], { stdio: ['ignore', 'pipe', 'inherit'] });
+    '--max-per-ip', '100000', '--max-peers', '100000', '--log-level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
   const proc: Proc = { child, logs: [], url: '', http: '' };
   procs.push(proc);
   createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -382,8 +388,8 @@ async function convergence(
     for (const [i, kind] of kinds.entries()) {
       const name = `conv${i}`;
       const dist = kind === 'beacon' ? settings.beaconDist : settings.baselineDist;
-      const a = await startInstance(settings, urlA, `${name}-a`, procs, [], dist, name);
-      const b = await startInstance(settings, urlB, `${name}-b`, procs, [], dist, name);
+      const a = await startInstance(settings, urlA, `${name}-a`, procs, { dist, clusterName: name });
+      const b = await startInstance(settings, urlB, `${name}-b`, procs, { dist, clusterName: name });
       await Promise.all([waitForLog(a, 'cluster joined', 30_000), waitForLog(b, 'cluster joined', 30_000)]);
       const first = firstId + i * (plan.attaches + 1);
       const { daemon: watcher } = await Daemon.connect(a.url, signer(first + plan.attaches));
@@ -535,14 +541,14 @@ async function directoryAtScale(
     }
     settings.log(`  wrote ${plan.directoryEntries} entries in ${Date.now() - t0} ms`);
     // An instance of another cluster on the same NATS, whose directory is empty: the heap baseline.
-    const control = await startInstance(settings, nats.url(), 'bench-control', procs, [], undefined, 'benchctl');
+    const control = await startInstance(settings, nats.url(), 'bench-control', procs, { clusterName: 'benchctl' });
     await waitForLog(control, 'cluster directory loaded', 60_000);
     // Instance a relays between local pairs before and during the new instance's load.
     const rateWindow = Math.max(500, plan.windowMs);
     const before = await offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const startedAt = Date.now();
     // The newcomer's loop is watched from "listening" to "loaded": its own longest run, and the wall-clock gap.
-    const c = await startInstance(settings, nats.url(), 'bench-c', procs, [], undefined, 'bench', ['-r', LOOP_WATCH_PRELOAD]);
+    const c = await startInstance(settings, nats.url(), 'bench-c', procs, { nodeFlags: ['-r', LOOP_WATCH_PRELOAD] });
     c.child.kill('SIGUSR2');
     const during = offer(senders, localReceivers, plan.rate, rateWindow, payload);
     const loaded = await waitForLog(c, 'cluster directory loaded', 180_000).catch(async (err: Error) => {
