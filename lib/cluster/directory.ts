@@ -99,9 +99,6 @@ export class Directory {
     return this.mirror.size;
   }
 
-  get ownCount(): number {
-    return this.own.size;
-  }
 
   /** The live instance, other than this one, that holds `nodeId`. Hot path. */
   instanceOf(nodeId: NodeId): Instance | undefined {

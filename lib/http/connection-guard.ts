@@ -60,10 +60,6 @@ export class ConnectionGuard {
     };
   }
 
-  /** Connections counted against `key` now (tests, metrics). */
-  connectionsFrom(key: string): number {
-    return this.perIp.get(key) ?? 0;
-  }
 
   /** Guards every connection `server` accepts from now on. */
   attach(server: Server): void {
