@@ -99,7 +99,6 @@ export class Directory {
     return this.mirror.size;
   }
 
-
   /** The live instance, other than this one, that holds `nodeId`. Hot path. */
   instanceOf(nodeId: NodeId): Instance | undefined {
     const slot = this.mirror.find(nodeId);
