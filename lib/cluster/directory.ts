@@ -124,8 +124,7 @@ export class Directory {
   /** A node attached here (auth_ok, or a new UDP endpoint). */
   attached(nodeId: NodeId, kind: AttachKind): void {
     const entry = this.own.get(nodeId);
-    if (entry?.kind === kind && entry.rev !== undefined) return;
-    if (entry?.kind === kind) return; // its write is in flight
+    if (entry?.kind === kind) return; // announced already, or its write is in flight
     this.own.set(nodeId, { kind, rev: undefined, remoteRev: 0 });
     this.announce(nodeId);
   }

@@ -60,7 +60,6 @@ export class ConnectionGuard {
     };
   }
 
-
   /** Guards every connection `server` accepts from now on. */
   attach(server: Server): void {
     server.on('connection', this.onConnection);
