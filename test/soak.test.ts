@@ -30,6 +30,27 @@ describe('soak verdicts', () => {
     assert.equal(judgeGrowth(risingFloor, 20, 3).find((v) => v.resource === 'heapMiB')!.ok, false);
   });
 
+  test('a burst of work in flight is not growth; one timer leaked per handshake is', () => {
+    // The one-minute soak's timers (issue 18): a sample every 2 s, a 30 s warm-up, windows
+    // of five. The registry is silent for 7 s of every 30; handshakes waiting on it pile up
+    // (13 in flight, three timers each). The last window holds such a burst, the first none.
+    const silent = (t: number) => t % 30 >= 23;
+    const bursty = Array.from({ length: 30 }, (_, i) => {
+      const t = (i + 1) * 2;
+      const handshakes = silent(t) ? 13 : i % 3;
+      return sample(t, { handshakes, timers: 3 * handshakes });
+    });
+    const judge = (series: Sample[]) => judgeGrowth(series, 30, 5).find((v) => v.resource === 'timers')!;
+    assert.ok(judge(bursty).ok, JSON.stringify(judge(bursty)));
+    // The same run with one timer per handshake never cleared: the soak completes about
+    // 24 handshakes a second (churn and bad ones), so the quietest sample climbs with them.
+    const leaking = bursty.map((s) => ({ ...s, timers: s.timers + 24 * s.t }));
+    assert.equal(judge(leaking).ok, false);
+    // Even a leak of one timer per ten handshakes shows within the minute.
+    const slowLeak = bursty.map((s) => ({ ...s, timers: s.timers + 2.4 * s.t }));
+    assert.equal(judge(slowLeak).ok, false);
+  });
+
   test('too few samples after the warm-up is an error, not a pass', () => {
     assert.throws(() => judgeGrowth([sample(0), sample(5)], 20, 3), /run longer/);
   });

@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BeaconProcess } from './beacon-process';
 import {
-  IDLE_SLACK, MARGINS, SAMPLE_HEADER, formatTable, judgeGrowth, judgeIdle, parseSample, sampleRow, type Sample,
+  IDLE_SLACK, MARGINS, SAMPLE_HEADER, SUMMARY, formatTable, judgeGrowth, judgeIdle, parseSample, sampleRow, type Sample,
 } from './figures';
 import { SoakLoad } from './load';
 
@@ -107,12 +107,13 @@ async function main(): Promise<void> {
     const idleAfter = await waitForIdle(beacon);
     failures.push(...judgeIdle(idleBefore, idleAfter).map((p) => `after the load, ${p}`));
 
-    console.log('\nGrowth after the warm-up (first third of the samples after it vs the last third; heap: lowest of each):');
+    console.log('\nGrowth after the warm-up (first third of the samples after it vs the last third; RSS: median of each, the rest: lowest of each):');
     const steady = samples.filter((s) => s.t >= args.warmupS).length;
     const verdicts = judgeGrowth(samples, args.warmupS, Math.max(3, Math.floor(steady / 3)));
-    console.log(formatTable([['resource', 'baseline', 'final', 'limit', 'margin', ''],
-      ...verdicts.map((v) => [v.resource, v.baseline.toFixed(1), v.final.toFixed(1), v.limit.toFixed(1),
-        `+${MARGINS[v.resource].relative * 100}% +${MARGINS[v.resource].absolute}`, v.ok ? 'ok' : 'GREW'])]));
+    console.log(formatTable([['resource', 'of each', 'baseline', 'final', 'limit', 'margin', '', 'medians'],
+      ...verdicts.map((v) => [v.resource, SUMMARY[v.resource], v.baseline.toFixed(1), v.final.toFixed(1), v.limit.toFixed(1),
+        `+${MARGINS[v.resource].relative * 100}% +${MARGINS[v.resource].absolute}`, v.ok ? 'ok' : 'GREW',
+        `${v.medians[0].toFixed(1)} -> ${v.medians[1].toFixed(1)}`])]));
     for (const v of verdicts) if (!v.ok) failures.push(`${v.resource} grew from ${v.baseline.toFixed(1)} to ${v.final.toFixed(1)} (limit ${v.limit.toFixed(1)})`);
     console.log(`\nIdle before the load vs after it (slack ${JSON.stringify(IDLE_SLACK)}):`);
     console.log(formatTable([['', 'fds', 'handles', 'timers', 'peers', 'hs', 'rss MiB', 'heap MiB'],
