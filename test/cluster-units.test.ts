@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { BeaconStats } from '../lib/metrics';
 import { encodeRelay } from '../lib/protocol';
 import { Directory, type DirectoryStore } from '../lib/cluster/directory';
-import { Forwarder } from '../lib/cluster/forwarder';
+import { BATCH_BYTES, Forwarder, SLAB_BYTES } from '../lib/cluster/forwarder';
 import { Instances } from '../lib/cluster/instances';
 import { RelayRouter, type ClusterInstance } from '../lib/relay/router';
 import {
@@ -19,6 +19,8 @@ import {
 test('wire: subjects escape the dots of host names; values and heartbeats round-trip; foreign ones are refused', () => {
   const s = subjectsFor('prod');
   assert.equal(s.forward('host.example:8443'), 'prod.fwd.host%2Eexample:8443');
+  assert.equal(s.forwardedBy(s.forward('host.example:8443')), 'host.example:8443', 'a batch\'s reply subject names its sender');
+  for (const bad of ['prod.fwd.', 'other.fwd.a', 'prod.hb.a', 'prod.fwd.has space', '_INBOX.x']) assert.equal(s.forwardedBy(bad), undefined, bad);
   assert.equal(s.heartbeat('a'), 'prod.hb.a');
   assert.equal(s.bucket, 'prod-directory');
   assert.deepEqual(decodePlacement(encodePlacement('wss', 'host:8443')), { kind: 'wss', instanceId: 'host:8443' });
@@ -90,6 +92,27 @@ test('forwarder: relays for one instance in one turn share one message; cut off,
   await new Promise(setImmediate);
   assert.equal(published.length, 2);
   assert.equal(stats.dropped.cluster_unavailable, 1);
+});
+
+test('forwarder: a relay is copied when queued (it may be a borrowed slot); published batches are never written again', async () => {
+  const stats = new BeaconStats();
+  const members = new Instances('self', 1_000, (id) => `fwd.${id}`);
+  const published: Uint8Array[] = [];
+  const forwarder = new Forwarder(stats, () => true, (_subject, data) => { published.push(data); return true; });
+  const b = members.get('b');
+  const slot = encodeRelay(1, 2, Buffer.from('first'));
+  const first = Buffer.from(slot);
+  forwarder.forward(b, slot);
+  slot.set(encodeRelay(3, 4, Buffer.from('later')), 0); // the receive area refilled within the batch's life
+  await new Promise(setImmediate);
+  assert.deepEqual(decodeBatch(published[0]!), [first]);
+  // Many more batches, some large, through several slabs: the first one still reads the same.
+  const big = encodeRelay(5, 6, Buffer.alloc(60_000, 7));
+  for (let i = 0; i < (3 * SLAB_BYTES) / big.length; i++) forwarder.forward(b, big);
+  forwarder.flushAll();
+  assert.ok(published.length > 3 && published.slice(1).every((batch) => batch.length <= BATCH_BYTES + big.length + 4));
+  assert.deepEqual(decodeBatch(published[0]!), [first]);
+  assert.ok(published.slice(1).every((batch) => decodeBatch(batch)!.every((relay) => relay.equals(big))));
 });
 
 test('forwarder: a batch within the coalescing window of the last one waits for the window, gathering the frames of several turns', async () => {

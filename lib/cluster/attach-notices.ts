@@ -116,6 +116,11 @@ export class ProvisionalRoutes {
     return instance.live && !instance.self ? instance : undefined;
   }
 
+  /** The notice standing for `nodeId`, live instance or not. */
+  placementOf(nodeId: NodeId): { readonly instance: Instance; readonly kind: AttachKind } | undefined {
+    return this.routes.get(nodeId);
+  }
+
   /** A notice says the node is on a WebSocket of another live instance (docs/protocol.md §3). */
   isWssElsewhere(nodeId: NodeId): boolean {
     const route = this.routes.get(nodeId);

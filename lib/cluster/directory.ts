@@ -109,10 +109,15 @@ export class Directory {
 
   /** Attached over WebSocket to another live instance (docs/protocol.md §3 across instances). */
   isWssElsewhere(nodeId: NodeId): boolean {
+    return this.wssHolderOf(nodeId) !== undefined;
+  }
+
+  /** The other live instance the mirror says holds `nodeId` over WebSocket (not this one: see isOwn). */
+  wssHolderOf(nodeId: NodeId): Instance | undefined {
     const slot = this.mirror.find(nodeId);
-    if (slot < 0 || this.mirror.kindAt(slot) !== 'wss') return false;
+    if (slot < 0 || this.mirror.kindAt(slot) !== 'wss') return undefined;
     const instance = this.mirror.instanceAt(slot);
-    return instance.live && !instance.self;
+    return instance.live && !instance.self ? instance : undefined;
   }
 
   isOwn(nodeId: NodeId, kind: AttachKind): boolean {

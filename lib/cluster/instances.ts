@@ -14,6 +14,7 @@
  *   so a forwarded frame costs no lookup beyond the directory's.
  */
 import type { ClusterInstance } from '../relay/router';
+import type { OutgoingBatch } from './forwarder';
 
 export class Instance implements ClusterInstance {
   live: boolean;
@@ -21,11 +22,8 @@ export class Instance implements ClusterInstance {
   incarnation = '';
   /** Its entries were removed (by us, as the sweeper) since it died. */
   swept = false;
-  /** Relays waiting for the end of the turn (forwarder); undefined when none. */
-  batch: Buffer[] | undefined;
-  batchBytes = 0;
-  /** When a batch for it last left (performance.now()), for the forwarder's coalescing window. */
-  lastFlushAt = -Infinity;
+  /** The forwarder's batch for it (forwarder.ts); undefined until a relay is forwarded to it. */
+  outgoing: OutgoingBatch | undefined;
 
   constructor(readonly id: string, readonly self: boolean, readonly forwardSubject: string) {
     this.live = self;

@@ -29,7 +29,8 @@ import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
-import type { NodeId } from '../protocol/packets';
+import { relaySender, type NodeId } from '../protocol/packets';
+import type { BorrowedBytes } from '../udp/transport';
 import { ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
 import { Directory } from './directory';
 import { Forwarder } from './forwarder';
@@ -125,7 +126,9 @@ class NatsCluster implements ClusterNode {
       },
       onStoreError: (err, op) => deps.log.debug({ err, op }, 'cluster directory write failed; it is redone on reconnect'),
     });
-    this.forwarder = new Forwarder(deps.stats, () => this.isConnected, (subject, data) => this.publish(subject, data));
+    // A batch's reply subject is our own forward subject: the receiver checks which instance read its relays.
+    const fromHere = { reply: this.subjects.forward(deps.instanceId) };
+    this.forwarder = new Forwarder(deps.stats, () => this.isConnected, (subject, data) => this.publish(subject, data, fromHere));
     this.options = connectOptions(deps);
   }
 
@@ -140,7 +143,7 @@ class NatsCluster implements ClusterNode {
     return this.directory.instanceOf(nodeId);
   }
 
-  forward(instance: Instance, relay: Buffer): void {
+  forward(instance: Instance, relay: BorrowedBytes): void {
     this.forwarder.forward(instance, relay);
   }
 
@@ -472,7 +475,7 @@ class NatsCluster implements ClusterNode {
         },
       });
       armStallTimer();
-      if (!this.publish(this.subjects.snapshot, Buffer.from(this.instanceId), sub.getSubject())) receiver.fail('not connected');
+      if (!this.publish(this.subjects.snapshot, Buffer.from(this.instanceId), { reply: sub.getSubject() })) receiver.fail('not connected');
     });
   }
 
@@ -586,14 +589,41 @@ class NatsCluster implements ClusterNode {
     const { stats } = this.deps;
     const relays = decodeBatch(msg.data);
     if (!relays) return stats.drop('cluster_malformed');
+    // The instance that read these relays names itself in the reply subject; an older version names none.
+    const reply = msg.reply;
+    const from = reply ? this.subjects.forwardedBy(reply) : undefined;
+    if (reply && from === undefined) return stats.drop('cluster_malformed');
     stats.cluster.batchesIn++;
     stats.cluster.framesIn += relays.length;
-    for (let i = 0; i < relays.length; i++) this.deps.deliverLocally(relays[i]!);
+    for (let i = 0; i < relays.length; i++) {
+      const relay = relays[i]!;
+      if (from !== undefined && !this.senderMayComeFrom(relaySender(relay), from)) {
+        stats.drop('cluster_sender_elsewhere');
+        continue;
+      }
+      this.deps.deliverLocally(relay);
+    }
   }
 
-  private publish(subject: string, data: Uint8Array, reply?: string): boolean {
+  /**
+   * Whether instance `from` can have read a relay from `sender`: a node on
+   * a WebSocket sends only through the instance that holds its socket (this
+   * one, a notice newer than the mirror, or the mirror, in that order). A
+   * UDP node, a beacon peer's node or a node nobody holds may come through
+   * any instance.
+   */
+  private senderMayComeFrom(sender: NodeId, from: string): boolean {
+    if (this.directory.isOwn(sender, 'wss')) return false;
+    const noticed = this.provisional.size !== 0 ? this.provisional.placementOf(sender) : undefined;
+    const holder = noticed !== undefined
+      ? (noticed.kind === 'wss' && noticed.instance.live ? noticed.instance : undefined)
+      : this.directory.wssHolderOf(sender);
+    return holder === undefined || holder.id === from;
+  }
+
+  private publish(subject: string, data: Uint8Array, options?: { reply: string }): boolean {
     try {
-      this.nc!.publish(subject, data, reply === undefined ? undefined : { reply });
+      this.nc!.publish(subject, data, options);
       return true;
     } catch {
       return false;

@@ -8,6 +8,7 @@ import type { BeaconConfig } from '../config';
 import type { BeaconStats, ClusterGauges } from '../metrics';
 import type { NodeId } from '../protocol/packets';
 import type { ClusterInstance } from '../relay/router';
+import type { BorrowedBytes } from '../udp/transport';
 import type { AttachKind } from './wire';
 
 export type { AttachKind };
@@ -31,7 +32,8 @@ export interface ClusterDeps {
 export interface ClusterNode extends ClusterGauges {
   readonly instanceId: string;
   instanceOf(nodeId: NodeId): ClusterInstance | undefined;
-  forward(instance: ClusterInstance, relay: Buffer): void;
+  /** Queues a relay for `instance`; it is copied, so a borrowed one may be passed. */
+  forward(instance: ClusterInstance, relay: BorrowedBytes): void;
   /** Attached over WebSocket to another live instance. */
   isWssElsewhere(nodeId: NodeId): boolean;
   attached(nodeId: NodeId, kind: AttachKind): void;

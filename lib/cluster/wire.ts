@@ -13,7 +13,9 @@
  *   `u <instance>` (a UDP endpoint), one short ASCII line.
  * - A forwarded batch is a run of `length u32 | Relay packet`, every
  *   length in bounds and every packet a well-formed Relay; anything else on
- *   these subjects decodes to undefined and is counted by the caller.
+ *   these subjects decodes to undefined and is counted by the caller. Its
+ *   reply subject is the sending instance's own forward subject, so the
+ *   receiver knows which instance read the relays (`forwardedBy`).
  */
 import { MAX_NODE_ID, RELAY_HEADER_BYTES, isRelay, type NodeId } from '../protocol/packets';
 
@@ -24,6 +26,8 @@ const INSTANCE_ID = /^[A-Za-z0-9_.:-]{1,64}$/;
 
 export interface Subjects {
   forward(instanceId: string): string;
+  /** The instance whose forward subject `subject` is (a batch's reply subject names its sender); undefined for anything else. */
+  forwardedBy(subject: string): string | undefined;
   heartbeat(instanceId: string): string;
   heartbeats: string;
   who(instanceId: string): string;
@@ -41,8 +45,14 @@ function token(instanceId: string): string {
 }
 
 export function subjectsFor(clusterName: string): Subjects {
+  const forwardPrefix = `${clusterName}.fwd.`;
   return {
-    forward: (id) => `${clusterName}.fwd.${token(id)}`,
+    forward: (id) => `${forwardPrefix}${token(id)}`,
+    forwardedBy: (subject) => {
+      if (!subject.startsWith(forwardPrefix)) return undefined;
+      const id = subject.slice(forwardPrefix.length).replace(/%2E/g, '.');
+      return INSTANCE_ID.test(id) ? id : undefined;
+    },
     heartbeat: (id) => `${clusterName}.hb.${token(id)}`,
     heartbeats: `${clusterName}.hb.*`,
     who: (id) => `${clusterName}.who.${token(id)}`,
@@ -89,15 +99,18 @@ export function decodeHeartbeat(text: string): { instanceId: string; incarnation
 /** Bytes of one frame's length prefix in a batch. */
 export const FRAME_PREFIX_BYTES = 4;
 
-/** Concatenates relays into one batch; `bytes` is their total length, prefixes excluded. */
+/** Writes one frame of a batch (`length u32 | relay`) into `out` at `at`; returns where the next one goes. */
+export function writeBatchFrame(out: Buffer, at: number, relay: Uint8Array): number {
+  out.writeUInt32BE(relay.length, at);
+  out.set(relay, at + FRAME_PREFIX_BYTES);
+  return at + FRAME_PREFIX_BYTES + relay.length;
+}
+
+/** Concatenates relays into one batch (tests, tools); `bytes` is their total length, prefixes excluded. */
 export function encodeBatch(relays: readonly Buffer[], bytes: number): Buffer {
   const out = Buffer.allocUnsafe(bytes + FRAME_PREFIX_BYTES * relays.length);
   let at = 0;
-  for (const relay of relays) {
-    out.writeUInt32BE(relay.length, at);
-    at += FRAME_PREFIX_BYTES;
-    at += relay.copy(out, at);
-  }
+  for (const relay of relays) at = writeBatchFrame(out, at, relay);
   return out;
 }
 

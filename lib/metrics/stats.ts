@@ -47,6 +47,12 @@ export const DROP_REASONS = [
   'cluster_malformed',
   /** A relay forwarded by another instance for a node no longer attached here (it moved or left meanwhile). */
   'cluster_moved',
+  /**
+   * A relay another instance forwarded whose sender is attached over
+   * WebSocket to a different instance (or to this one): only the instance
+   * holding a node's socket reads its relays.
+   */
+  'cluster_sender_elsewhere',
   /** A UDP packet from a source address over --udp-rate-per-ip. */
   'rate_limited',
 ] as const;

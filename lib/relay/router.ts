@@ -14,12 +14,16 @@
  * - Decisions are a pure function; the router never touches sockets, it
  *   calls the transports through `RelayPorts`.
  * - The RelayDeliver is the Relay rewritten in place: no copy per packet.
+ *   A relay is borrowed (`BorrowedBytes`: a datagram's bytes are a slot of
+ *   the batched receive area): every port sends it or copies it within the
+ *   turn, and none keeps the reference.
  */
 import type { BeaconStats } from '../metrics';
 // From the module itself, not the '../protocol' index: the index's
 // re-exports are getters, a call's worth of cost on every packet.
 import { relayDest, relayToDeliverInPlace, type NodeId } from '../protocol/packets';
 import type { UdpEndpoint } from '../udp/endpoints';
+import type { BorrowedBytes } from '../udp/transport';
 
 export type RelayOrigin = 'wss' | 'udp' | 'beacon' | 'cluster';
 export type Route = 'wss' | 'udp' | 'cluster' | 'beacon' | 'unknown';
@@ -37,14 +41,14 @@ export interface RelayPorts {
    * to share a write with others: relays that came as datagrams, one per
    * callback.
    */
-  writeFrame(nodeId: NodeId, packet: Buffer, atTurnEnd: boolean): boolean;
+  writeFrame(nodeId: NodeId, packet: BorrowedBytes, atTurnEnd: boolean): boolean;
   udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
   beaconFor(nodeId: NodeId): UdpEndpoint | undefined;
-  sendDatagram(packet: Buffer, to: UdpEndpoint): void;
+  sendDatagram(packet: BorrowedBytes, to: UdpEndpoint): void;
   /** The live instance of the cluster the node is attached to; undefined when none (or no cluster). */
   instanceOf(nodeId: NodeId): ClusterInstance | undefined;
-  /** Hands a Relay to the forwarder for `instance` (it counts its own drops). */
-  forwardToInstance(instance: ClusterInstance, relay: Buffer): void;
+  /** Hands a Relay to the forwarder for `instance`, which copies it (it counts its own drops). */
+  forwardToInstance(instance: ClusterInstance, relay: BorrowedBytes): void;
 }
 
 /** Where a Relay to `dest` goes; pure. */
@@ -63,8 +67,8 @@ export function chooseRoute(
 export class RelayRouter {
   constructor(private readonly ports: RelayPorts, private readonly stats: BeaconStats) {}
 
-  /** Routes a well-formed Relay (checked by the transport). Consumes `relay`. */
-  route(relay: Buffer, origin: RelayOrigin): Route {
+  /** Routes a well-formed Relay (checked by the transport). Consumes `relay`: it may be rewritten in place. */
+  route(relay: BorrowedBytes, origin: RelayOrigin): Route {
     const { ports, stats } = this;
     const dest = relayDest(relay);
     const route = chooseRoute(dest, origin, ports);

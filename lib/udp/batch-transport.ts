@@ -7,6 +7,11 @@
  *   the receiver as a slice of the area (no copy), then flushes the sends
  *   the batch queued with one sendmmsg. Truncated datagrams are counted
  *   (`udp_truncated`) and dropped.
+ * - The slices are lent (`BorrowedBytes`), not given: the addon refills
+ *   the area in a later turn (not before the loop's check phase, so
+ *   setImmediate callbacks of this turn still see them). Whatever keeps a
+ *   datagram's bytes longer copies them (the cluster forwarder does, into
+ *   its batch).
  * - Send: a datagram that is a slice of the receive area, sent while its
  *   batch is handled (a relay rewritten in place), goes out from the area
  *   itself; anything else is copied into the send area. Sends from outside

@@ -10,9 +10,12 @@
  * - Sends never throw and never block: a refused send is counted
  *   (`udp_send_error`), and on the batched path a full socket buffer drops
  *   the datagram (`udp_send_full`) where dgram would queue it.
- * - A received datagram's Buffer is valid until the end of the event-loop
- *   turn (batched: it is a slice of the receive area, refilled next turn);
- *   anything that keeps one longer must copy it.
+ * - A received datagram is lent, not given (`BorrowedBytes`): valid until
+ *   the end of the event-loop turn that delivered it. Batched, it is a slot
+ *   of the receive area, which recvmmsg refills in a later turn; whatever
+ *   keeps bytes longer (the cluster forwarder's held batch, a queue, a
+ *   retry) copies them first. test/buffer-lifetime.test.ts holds both
+ *   transports to it.
  */
 import type { AddressInfo } from 'node:net';
 import type { UdpEndpoint } from './endpoints';
@@ -23,8 +26,18 @@ export type UdpIoChoice = (typeof UDP_IO_CHOICES)[number];
 /** What the beacon runs. */
 export type UdpIo = Exclude<UdpIoChoice, 'auto'>;
 
-/** Called once per received datagram, in arrival order. */
-export type DatagramReceiver = (msg: Buffer, address: string, port: number) => void;
+/**
+ * Bytes lent for the rest of the current event-loop turn (STYLE.md: a
+ * slice is borrowed, not owned). Read them, rewrite them in place, hand
+ * them to a send or a write that is done by the end of the turn
+ * (setImmediate callbacks scheduled in this turn still see them; a timer
+ * does not); to keep them longer, copy them. The name is the contract: a
+ * function taking `BorrowedBytes` promises not to keep the reference.
+ */
+export type BorrowedBytes = Buffer;
+
+/** Called once per received datagram, in arrival order; `msg` is lent until the end of the turn. */
+export type DatagramReceiver = (msg: BorrowedBytes, address: string, port: number) => void;
 
 export interface DatagramTransport {
   readonly io: UdpIo;

@@ -8,7 +8,10 @@
  * address bytes in words 4..7, and for IPv6 the address as text: its length
  * in word 8, its bytes from word 9). Then `onBatch(count)` is called once.
  * At most one batch per event-loop turn: the slots stay untouched until the
- * turn's check phase, so slices of them may be kept until then.
+ * turn's check phase, so slices of them are valid until the end of the turn
+ * (setImmediate callbacks queued during it); the next batch may overwrite
+ * them at any later time. Keeping bytes longer (a timer, a queue) means
+ * copying them first.
  *
  * Send: JavaScript writes SEND_WORDS u32 per datagram into `sendRecords`
  * (area 0 = sendArea, 1 = recvArea; offset; length; port; address bytes in
