@@ -45,6 +45,7 @@ export interface RunFlags {
   peerRate: number;
   peerBurst: number;
   udpRatePerIp: number;
+  udpByteRatePerIp: number;
   beaconId: number;
   peer: HostPort[];
   syncInterval: number;
@@ -94,6 +95,8 @@ export function runOptions(): Option[] {
     flag('--peer-burst <size>', 'bytes a peer may send at once above --peer-rate (at least 64KiB)', parseSize, d.peerBurstBytes, formatSize(d.peerBurstBytes)),
     flag('--udp-rate-per-ip <n/s>', 'UDP packets per second from one source address (burst: one second\'s worth); beyond it they are dropped and counted (rate_limited); beacon peers are exempt',
       parsePacketRate, d.udpRatePerIp, `${d.udpRatePerIp}/s`),
+    flag('--udp-byte-rate-per-ip <size/s>', 'UDP bytes per second from one source address (burst: one second\'s worth, at least 64KiB/s); beyond it packets are dropped and counted (byte_rate_limited); beacon peers are exempt',
+      parseByteRate, d.udpByteRatePerIp, `${formatSize(d.udpByteRatePerIp)}/s`),
     flag('--beacon-id <n>', `this beacon's ID in Sync packets (1 to ${MAX_NODE_ID}); required with --peer`,
       (text) => parsePositiveInt(text, MAX_NODE_ID), d.beaconId, d.beaconId === 0 ? 'none' : String(d.beaconId)),
     flag('--peer <host:port>', 'a beacon peer to Sync with (repeatable, or comma-separated)', parsePeers, d.peers,
@@ -144,6 +147,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     peerRateBytesPerSec: flags.peerRate,
     peerBurstBytes: flags.peerBurst,
     udpRatePerIp: flags.udpRatePerIp,
+    udpByteRatePerIp: flags.udpByteRatePerIp,
     beaconId: flags.beaconId,
     peers: [...flags.peer],
     syncIntervalMs: flags.syncInterval,

@@ -43,6 +43,7 @@ test('--help exits 0 and shows every default from DEFAULTS and its BEACON_* vari
     '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', '--udp-io', 'env: BEACON_UDP_IO', 'keygen', 'keys',
     `default: ${DEFAULTS.peerRateBytesPerSec / 2 ** 20}MiB/s`, 'env: BEACON_PEER_RATE', 'env: BEACON_PEER_BURST',
     `default: ${DEFAULTS.udpRatePerIp}/s`, 'env: BEACON_UDP_RATE_PER_IP',
+    `default: ${DEFAULTS.udpByteRatePerIp / 2 ** 20}MiB/s`, 'env: BEACON_UDP_BYTE_RATE_PER_IP',
   ]) {
     assert.ok(help.includes(shown), `--help shows "${shown}"`);
   }
@@ -94,6 +95,27 @@ test('BEACON_UDP_RATE_PER_IP reaches the UDP side: over it, Discovers are droppe
   }
   assert.equal(dropped, 7);
   assert.equal(replies, 3);
+});
+
+test('BEACON_UDP_BYTE_RATE_PER_IP reaches the UDP side: over it, datagrams are dropped as byte_rate_limited', async (t) => {
+  const { proc, listening, httpBase } = await startCli(FAST, { env: { BEACON_UDP_BYTE_RATE_PER_IP: '64KiB/s' } });
+  t.after(() => stopCli(proc));
+  const udpPort = Number(/:(\d+)$/.exec(String(listening.udp))![1]);
+  const client = dgram.createSocket('udp4');
+  t.after(() => client.close());
+  let replies = 0;
+  client.on('message', () => { replies++; });
+  // Discover for node 8888 with 30,000 bytes of padding (ignored): two fit in 64 KiB, two do not.
+  const discover = Buffer.concat([Buffer.from([0x01, 0, 0, 0x22, 0xb8]), Buffer.alloc(29_995)]);
+  for (let i = 0; i < 4; i++) client.send(discover, udpPort, '127.0.0.1');
+  let dropped = 0;
+  const deadline = Date.now() + 5_000;
+  while ((dropped < 2 || replies < 2) && Date.now() < deadline) {
+    const text = await (await fetch(`${httpBase}/metrics`)).text();
+    dropped = Number(/^beacon_dropped_total\{reason="byte_rate_limited"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  }
+  assert.equal(dropped, 2);
+  assert.equal(replies, 2);
 });
 
 test('a flag beats its environment variable (the variable is not even parsed)', async () => {
@@ -150,6 +172,9 @@ const badFlags: [string, string[], Record<string, string>, string[]][] = [
   ['peer burst under one message', ['--peer-burst', '1KiB'], {}, ['--peer-burst', '64KiB']],
   ['bad UDP rate', ['--udp-rate-per-ip', '0'], {}, ['--udp-rate-per-ip']],
   ['bad UDP rate in the environment', [], { BEACON_UDP_RATE_PER_IP: 'lots' }, ['BEACON_UDP_RATE_PER_IP', 'lots']],
+  ['bad UDP byte rate', ['--udp-byte-rate-per-ip', 'fast'], {}, ['--udp-byte-rate-per-ip', 'fast', 'MiB/s']],
+  ['UDP byte rate under one datagram per second', ['--udp-byte-rate-per-ip', '1KiB/s'], {}, ['--udp-byte-rate-per-ip', '64KiB/s']],
+  ['bad UDP byte rate in the environment', [], { BEACON_UDP_BYTE_RATE_PER_IP: 'lots' }, ['BEACON_UDP_BYTE_RATE_PER_IP', 'lots']],
 ];
 for (const [name, args, env, needles] of badFlags) {
   test(`${name} -> exit 2 and one line naming it`, async () => {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import {
-  MAX_SYNC_NODES, PacketType, authChallengeMessage, authReplyMessage, authSignedMessage, canonicalIp,
+  ADDRESS_QUERY_NODE_ID, MAX_SYNC_NODES, PacketType, authChallengeMessage, authReplyMessage, authSignedMessage, canonicalIp,
   decodeBase64Exact, decodePacket, encodeDiscover, encodeDiscoverReply, encodePunchCommand, encodePunchRequest,
   encodeRelay, encodeRelayDeliver, encodeSync, isRelay, parseAuthReply, parseBeaconControl, relayDest,
   relaySender, relayToDeliverInPlace, restartingMessage, type Packet,
@@ -230,7 +230,6 @@ describe('short or malformed packets decode to undefined', () => {
   });
 
   test('zero node IDs', () => {
-    assert.equal(decodePacket(encodeDiscover(0)), undefined, 'Discover node_id 0');
     assert.equal(decodePacket(encodePunchRequest(0, 8888)), undefined, 'PunchRequest requester 0');
     assert.equal(decodePacket(encodePunchRequest(7777, 0)), undefined, 'PunchRequest target 0');
     assert.equal(decodePacket(encodeRelay(0, 8888, Buffer.from('x'))), undefined, 'Relay sender 0');
@@ -238,6 +237,12 @@ describe('short or malformed packets decode to undefined', () => {
     assert.equal(isRelay(encodeRelay(0, 8888, Buffer.from('x'))), false);
     assert.equal(isRelay(encodeRelay(7777, 0, Buffer.from('x'))), false);
     assert.equal(decodePacket(encodeRelayDeliver(0, Buffer.from('x'))), undefined, 'RelayDeliver sender 0');
+  });
+
+  test('a Discover for node 0 is an address query, not malformed', () => {
+    assert.deepEqual(decodePacket(hex('01 00000000')), { type: PacketType.Discover, nodeId: ADDRESS_QUERY_NODE_ID });
+    assert.equal(ADDRESS_QUERY_NODE_ID, 0);
+    assert.equal(decodePacket(hex('01 000000')), undefined, 'still too short at 4 bytes');
   });
 
   test('a Sync never yields node ID 0', () => {

@@ -1,17 +1,23 @@
 /**
- * The UDP side's per-source budget (--udp-rate-per-ip, issue 12): over it,
- * packets are dropped and counted as rate_limited; other sources and beacon
+ * The UDP side's per-source budgets (--udp-rate-per-ip, issue 12;
+ * --udp-byte-rate-per-ip, issue 20): over one, packets are dropped and
+ * counted as rate_limited or byte_rate_limited; other sources and beacon
  * peers are not affected; the budget returns; the table of sources stays
  * bounded. Real beacon and real UDP sockets on 127.0.0.0/8, plus the
- * limiter alone with a given clock.
+ * limiter alone with a given clock. Runs on SUITE_UDP_IO (the -dgram twin
+ * runs it on dgram).
  */
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
 import { test, type TestContext } from 'node:test';
-import { encodeDiscover, encodeSync } from '../lib/protocol';
+import { encodeDiscover, encodeRelay, encodeSync } from '../lib/protocol';
 import { SourceRateLimiter } from '../lib/udp/source-rate-limit';
-import { beaconFor, eventually, udpClientFor, withTimeout, type TestBeacon } from './helpers/harness';
+import { beaconFor as anyIoBeaconFor, eventually, udpClientFor, withTimeout, type TestBeacon } from './helpers/harness';
+import { SUITE_UDP_IO } from './helpers/udp-io';
 import { promValue } from './helpers/wire';
+
+/** Every beacon of this suite runs on SUITE_UDP_IO. */
+const beaconFor: typeof anyIoBeaconFor = (t, ids = [], overrides = {}) => anyIoBeaconFor(t, ids, { udpIo: SUITE_UDP_IO, ...overrides });
 
 /** A UDP socket bound to `address` that counts the datagrams it receives. */
 async function countingSocket(t: TestContext, address: string): Promise<{ socket: dgram.Socket; received: () => number }> {
@@ -31,7 +37,8 @@ function sendDiscovers(tb: TestBeacon, socket: dgram.Socket, count: number): voi
 async function handled(tb: TestBeacon, count: number): Promise<void> {
   await eventually(() => {
     const { stats } = tb.beacon.metrics();
-    return stats.udpPackets.discover + stats.udpPackets.sync + stats.dropped.rate_limited >= count;
+    return stats.udpPackets.discover + stats.udpPackets.relay + stats.udpPackets.sync
+      + stats.dropped.rate_limited + stats.dropped.byte_rate_limited >= count;
   }, 5_000, `${count} datagrams to be handled`);
 }
 
@@ -86,32 +93,73 @@ test('configured beacon peers are not held to the per-source budget', async (t) 
   assert.equal(tb.beacon.metrics().stats.dropped.rate_limited, 0);
 });
 
+test('a source over --udp-byte-rate-per-ip has its packets dropped as byte_rate_limited; small ones from another address pass', async (t) => {
+  const tb = await beaconFor(t, [], { udpByteRatePerIp: 64 * 1024 });
+  const heavy = await countingSocket(t, '127.0.0.1');
+  const other = await countingSocket(t, '127.0.0.2');
+  // Relays of 20,009 bytes to nobody: three fit in one second's 65,536 bytes, the rest do not.
+  const big = encodeRelay(1111, 2222, Buffer.alloc(20_000, 0x42));
+  for (let i = 0; i < 8; i++) heavy.socket.send(big, tb.udpPort, '127.0.0.1');
+  await handled(tb, 8);
+  const { stats } = tb.beacon.metrics();
+  assert.equal(stats.udpPackets.relay, 3, 'three relays within the byte budget');
+  assert.equal(stats.dropped.byte_rate_limited, 5);
+  assert.equal(stats.dropped.rate_limited, 0, 'the packet budget was not the reason');
+  assert.equal(promValue(await tb.beacon.metricsText(), 'beacon_dropped_total', { reason: 'byte_rate_limited' }), 5);
+
+  // Another address has its own byte budget.
+  sendDiscovers(tb, other.socket, 3);
+  await eventually(() => other.received() === 3, 3_000, 'the other source\'s replies');
+});
+
 test('SourceRateLimiter: one second\'s worth at once, then the rate; refilled sources are forgotten', () => {
   const t0 = performance.now();
-  const limiter = new SourceRateLimiter(10);
+  const limiter = new SourceRateLimiter({ packetsPerSec: 10, bytesPerSec: 1e9 });
   let allowed = 0;
-  for (let i = 0; i < 25; i++) if (limiter.allow('192.0.2.1', t0)) allowed++;
+  for (let i = 0; i < 25; i++) if (limiter.allow('192.0.2.1', 100, t0) === 'ok') allowed++;
   assert.equal(allowed, 10, 'the burst is one second of rate');
-  assert.equal(limiter.allow('192.0.2.1', t0 + 50), false, 'half a packet\'s time later: still over');
-  assert.equal(limiter.allow('192.0.2.1', t0 + 101), true, 'one packet\'s time later: one more');
-  assert.equal(limiter.allow('192.0.2.1', t0 + 102), false);
-  assert.equal(limiter.allow('198.51.100.9', t0 + 102), true, 'another address has its own budget');
+  assert.equal(limiter.allow('192.0.2.1', 100, t0 + 50), 'packets', 'half a packet\'s time later: still over');
+  assert.equal(limiter.allow('192.0.2.1', 100, t0 + 101), 'ok', 'one packet\'s time later: one more');
+  assert.equal(limiter.allow('192.0.2.1', 100, t0 + 102), 'packets');
+  assert.equal(limiter.allow('198.51.100.9', 100, t0 + 102), 'ok', 'another address has its own budget');
   // Idle for longer than the bucket takes to fill, then a sweep (30 s later) forgets both.
-  limiter.allow('203.0.113.5', t0 + 31_000);
+  limiter.allow('203.0.113.5', 100, t0 + 31_000);
   assert.equal(limiter.size, 1);
+});
+
+test('SourceRateLimiter: bytes have their own budget; a refused packet charges neither', () => {
+  const t0 = performance.now();
+  const limiter = new SourceRateLimiter({ packetsPerSec: 1_000, bytesPerSec: 10_000 });
+  assert.equal(limiter.allow('192.0.2.1', 6_000, t0), 'ok');
+  assert.equal(limiter.allow('192.0.2.1', 6_000, t0), 'bytes', 'a second 6,000 bytes is over one second\'s 10,000');
+  assert.equal(limiter.allow('192.0.2.1', 4_000, t0), 'ok', 'the refused one charged nothing: 4,000 more fit');
+  assert.equal(limiter.allow('192.0.2.1', 1, t0), 'bytes');
+  assert.equal(limiter.allow('192.0.2.1', 1_000, t0 + 100), 'ok', '100 ms refill 1,000 bytes');
+  // Many small packets: the packet budget is the one that says no.
+  let allowed = 0;
+  let verdict = 'ok';
+  for (let i = 0; i < 2_000 && verdict === 'ok'; i++) {
+    verdict = limiter.allow('198.51.100.9', 1, t0);
+    if (verdict === 'ok') allowed++;
+  }
+  assert.equal(allowed, 1_000);
+  assert.equal(verdict, 'packets');
+  // A datagram larger than one second's worth of bytes never passes, and is not tracked.
+  assert.equal(limiter.allow('203.0.113.5', 10_001, t0), 'bytes');
+  assert.equal(limiter.size, 2);
 });
 
 test('SourceRateLimiter: the table never holds more than its bound, even under many (spoofed) sources', () => {
   const t0 = performance.now();
-  const limiter = new SourceRateLimiter(100, 1_000);
+  const limiter = new SourceRateLimiter({ packetsPerSec: 100, bytesPerSec: 1e9 }, 1_000);
   for (let i = 0; i < 20_000; i++) {
-    limiter.allow(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, t0 + i * 0.01);
+    limiter.allow(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 100, t0 + i * 0.01);
     assert.ok(limiter.size <= 1_000);
   }
   assert.equal(limiter.size, 1_000);
   // A source still tracked keeps its limit.
   const recent = '10.0.78.31'; // i = 19999
   let allowed = 0;
-  for (let i = 0; i < 200; i++) if (limiter.allow(recent, t0 + 200)) allowed++;
+  for (let i = 0; i < 200; i++) if (limiter.allow(recent, 100, t0 + 200) === 'ok') allowed++;
   assert.ok(allowed <= 100, `allowed ${allowed}`);
 });

@@ -123,7 +123,6 @@ test('malformed and unknown-type datagrams are counted, never answered, and the 
   const malformed: Buffer[] = [
     Buffer.alloc(0),                                     // empty
     Buffer.from([PacketType.Discover, 0, 0, 1]),         // short Discover
-    encodeDiscover(0),                                   // zero node ID
     Buffer.from([PacketType.PunchRequest, 0, 0, 0, 1]),  // short PunchRequest
     encodePunchRequest(0, 3333),                         // zero requester
     encodePunchRequest(3333, 0),                         // zero target

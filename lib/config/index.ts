@@ -55,6 +55,8 @@ export interface BeaconConfig {
   peerBurstBytes: number;
   /** UDP packets per second from one source address; beyond it they are dropped. */
   udpRatePerIp: number;
+  /** UDP bytes per second from one source address; beyond it its packets are dropped. */
+  udpByteRatePerIp: number;
   /** This beacon's ID in Sync packets; required when `peers` is non-empty. */
   beaconId: number;
   /** Beacon peers: Sync is sent to and accepted from these addresses only. */
@@ -126,10 +128,17 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   // 4 MiB: a daemon's whole socket send buffer, flushed at once after a
   // stall, passes without a pause.
   peerBurstBytes: 4 * 1024 * 1024,
-  // A UDP source cannot be paused, only dropped. 10,000 packets/s from one
-  // address is 64 daemons behind one NAT (--max-per-ip) at ~150 packets/s
-  // each, or one daemon relaying ~12 MB/s; a beacon core handles 50-80k.
-  udpRatePerIp: 10_000,
+  // A UDP source cannot be paused, only dropped, so the per-address budgets
+  // are abuse bounds set above what honest daemons behind one NAT send
+  // (docs/rate-limits.md). Go daemons bounce FIN|ACK at ~5,000 packets/s
+  // for 10-25 s after every close: 200,000/s is 40 of them at once, more
+  // than one beacon core relays (~50k/s dgram, ~175k/s batched).
+  udpRatePerIp: 200_000,
+  // 128 MiB/s is more than a gigabit uplink: the daemons behind one NAT
+  // meet it only if its whole uplink is relayed through this beacon, and
+  // it stops one address from making the beacon send 64 KB datagrams at
+  // the packet budget (13 GB/s).
+  udpByteRatePerIp: 128 * 1024 * 1024,
   beaconId: 0,
   peers: [],
   syncIntervalMs: 10_000,
@@ -176,7 +185,7 @@ export class ConfigError extends Error {
 export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
     'registryTimeoutMs', 'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
-    'peerRateBytesPerSec', 'peerBurstBytes', 'udpRatePerIp',
+    'peerRateBytesPerSec', 'peerBurstBytes', 'udpRatePerIp', 'udpByteRatePerIp',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'maxUdpEndpointsPerIp', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
     'clusterDeadAfterMs',
@@ -195,6 +204,9 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (config.peerBurstBytes < MAX_MESSAGE_BYTES) {
     throw new ConfigError(`--peer-burst ${config.peerBurstBytes} is smaller than one maximum-size message: use at least 64KiB`);
+  }
+  if (config.udpByteRatePerIp < MAX_MESSAGE_BYTES) {
+    throw new ConfigError(`--udp-byte-rate-per-ip ${config.udpByteRatePerIp} is less than one maximum-size datagram per second: use at least 64KiB/s`);
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');

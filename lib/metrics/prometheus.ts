@@ -10,7 +10,7 @@
  */
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import {
-  AUTH_FAILURE_REASONS, CONNECTION_CLOSE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
+  ADDRESS_QUERY_TRANSPORTS, AUTH_FAILURE_REASONS, CONNECTION_CLOSE_REASONS, DROP_REASONS, REFUSAL_REASONS, RELAY_ROUTES, UDP_PACKET_TYPES,
   type BeaconStats, type ClusterGauges, type LiveGauges,
 } from './stats';
 
@@ -87,7 +87,10 @@ export function createPrometheusRegistry(
   mirroredGauge(r, 'beacon_udp_endpoints', 'Nodes with a known UDP endpoint.', () => gauges.udpEndpoints());
   mirroredCounter(r, 'beacon_udp_endpoints_evicted_total', 'UDP endpoints dropped, least recently refreshed first, to make room in a full table.', [],
     () => [[{}, stats.udpEndpointsEvicted]]);
-  mirroredGauge(r, 'beacon_udp_rate_limit_sources', 'Source addresses with a packet budget (--udp-rate-per-ip); bounded.', () => gauges.udpRateSources());
+  mirroredGauge(r, 'beacon_udp_rate_limit_sources', 'Source addresses with a budget (--udp-rate-per-ip, --udp-byte-rate-per-ip); bounded.',
+    () => gauges.udpRateSources());
+  mirroredCounter(r, 'beacon_address_queries_total', 'Discovers for node 0 (a daemon asking its address before it registers), answered; nothing is recorded for them.',
+    ['transport'], () => byKey('transport', stats.addressQueries, ADDRESS_QUERY_TRANSPORTS));
 
   mirroredCounter(r, 'beacon_relay_total', 'Relays by the route the router chose.', ['route'],
     () => byKey('route', stats.relay, RELAY_ROUTES));

@@ -55,6 +55,8 @@ export const DROP_REASONS = [
   'cluster_sender_elsewhere',
   /** A UDP packet from a source address over --udp-rate-per-ip. */
   'rate_limited',
+  /** A UDP packet from a source address over --udp-byte-rate-per-ip. */
+  'byte_rate_limited',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -101,6 +103,10 @@ export type UdpPacketType = (typeof UDP_PACKET_TYPES)[number];
 export const RELAY_ROUTES = ['wss', 'udp', 'cluster', 'beacon', 'unknown'] as const;
 export type RelayRoute = (typeof RELAY_ROUTES)[number];
 
+/** Where an address query (a Discover for node 0) came from. */
+export const ADDRESS_QUERY_TRANSPORTS = ['udp', 'wss'] as const;
+export type AddressQueryTransport = (typeof ADDRESS_QUERY_TRANSPORTS)[number];
+
 function zeroes<K extends string>(keys: readonly K[]): Record<K, number> {
   return Object.fromEntries(keys.map((k) => [k, 0])) as Record<K, number>;
 }
@@ -127,6 +133,8 @@ export class BeaconStats {
   udpSent = 0;
   /** Entries the full UDP endpoint table dropped (least recently refreshed) to make room. */
   udpEndpointsEvicted = 0;
+  /** Discovers for node 0 answered (a daemon asking its address before it registers); nothing recorded. */
+  addressQueries = zeroes(ADDRESS_QUERY_TRANSPORTS);
   relay = zeroes(RELAY_ROUTES);
   dropped = zeroes(DROP_REASONS);
   syncsSent = 0;

@@ -3,10 +3,12 @@
  *
  * - The same packets travel over UDP (one per datagram) and over the compat
  *   WebSocket (one per binary message).
- * - All integers are big-endian; a node ID is a u32 and 0 is never valid.
+ * - All integers are big-endian; a node ID is a u32 and 0 is never a node.
  * - Packets too short for their type, unknown types and zero node IDs decode
- *   to `undefined`: the caller drops and counts them, it never throws. (A
- *   Sync is the exception: a zero entry in its list is skipped.)
+ *   to `undefined`: the caller drops and counts them, it never throws. Two
+ *   exceptions: a Discover for node 0 is an *address query* (a Go daemon
+ *   that has not registered yet asking "what is my address?") and decodes;
+ *   a zero entry in a Sync's list is skipped.
  * - The Relay hot path has allocation-free readers (`relaySender`,
  *   `relayDest`) and rewrites a Relay into a RelayDeliver in place.
  */
@@ -32,6 +34,12 @@ export type PacketType = (typeof PacketType)[keyof typeof PacketType];
 
 export type NodeId = number;
 export const MAX_NODE_ID = 0xffffffff;
+/**
+ * The node ID of an address query: a Discover for node 0, which a Go daemon
+ * sends from its tunnel port before it has registered, to learn the address
+ * its NAT gives that port. Answered like any Discover; nothing is recorded.
+ */
+export const ADDRESS_QUERY_NODE_ID = 0;
 
 /** Size of the Relay header: type, sender, dest. */
 export const RELAY_HEADER_BYTES = 9;
@@ -48,6 +56,7 @@ export interface Endpoint {
 }
 
 export type Packet =
+  /** `nodeId` is ADDRESS_QUERY_NODE_ID (0) for an address query, else a node ID. */
   | { type: typeof PacketType.Discover; nodeId: NodeId }
   | { type: typeof PacketType.DiscoverReply; endpoint: Endpoint }
   | { type: typeof PacketType.PunchRequest; requester: NodeId; target: NodeId }
@@ -69,8 +78,8 @@ export function decodePacket(buf: Buffer): Packet | undefined {
   switch (buf[0]) {
     case PacketType.Discover: {
       if (buf.length < 5) return undefined;
-      const nodeId = buf.readUInt32BE(1);
-      return nodeId === 0 ? undefined : { type: PacketType.Discover, nodeId };
+      // Node 0 included: an address query (ADDRESS_QUERY_NODE_ID).
+      return { type: PacketType.Discover, nodeId: buf.readUInt32BE(1) };
     }
     case PacketType.DiscoverReply:
     case PacketType.PunchCommand: {

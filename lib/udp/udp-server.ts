@@ -2,6 +2,7 @@
  * The beacon's UDP side (docs/protocol.md §1): one socket, IPv4 or IPv6.
  *
  * - Discover records the source as the node's endpoint and answers with it;
+ *   a Discover for node 0 (an address query) is answered and recorded nowhere;
  *   PunchRequest records the requester and sends each side a PunchCommand
  *   with the other's endpoint; Relay goes to the router; Sync goes to the
  *   beacon peers table, from configured peers only.
@@ -12,9 +13,10 @@
  * - The socket is a DatagramTransport (transport.ts): dgram, or the batched
  *   addon, which calls `receive` for each datagram of a batch and sends the
  *   batch's replies and relays together when `receive` has seen them all.
- * - A source address over --udp-rate-per-ip has its packets dropped and
- *   counted (rate_limited) before anything else is done with them;
- *   configured beacon peers are exempt (source-rate-limit.ts).
+ * - A source address over --udp-rate-per-ip or --udp-byte-rate-per-ip has
+ *   its packets dropped and counted (rate_limited, byte_rate_limited) before
+ *   anything else is done with them; configured beacon peers are exempt
+ *   (source-rate-limit.ts).
  */
 import { isIP, type AddressInfo } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
@@ -23,7 +25,7 @@ import type { BeaconStats } from '../metrics';
 // From the module itself, not the '../protocol' index: the index's
 // re-exports are getters, a call's worth of cost on every packet.
 import {
-  PacketType, decodePacket, encodeDiscoverReply, encodePunchCommand, isRelay, relaySender, type NodeId,
+  ADDRESS_QUERY_NODE_ID, PacketType, decodePacket, encodeDiscoverReply, encodePunchCommand, isRelay, relaySender, type NodeId,
 } from '../protocol/packets';
 import type { BeaconPeers } from '../relay/beacon-peers';
 import type { RelayRouter } from '../relay/router';
@@ -62,7 +64,7 @@ export class UdpServer {
       maxPerSource: config.maxUdpEndpointsPerIp,
       ipv6PrefixBits: config.ipv6PrefixBits,
     });
-    this.sourceLimit = new SourceRateLimiter(config.udpRatePerIp);
+    this.sourceLimit = new SourceRateLimiter({ packetsPerSec: config.udpRatePerIp, bytesPerSec: config.udpByteRatePerIp });
   }
 
   /** 'udp6' sockets report IPv4 sources as IPv4-mapped IPv6. */
@@ -104,8 +106,9 @@ export class UdpServer {
   /** One received datagram, from either transport. */
   private receive(msg: Buffer, address: string, port: number): void {
     const { stats } = this.deps;
-    if (!this.sourceLimit.allow(address) && this.deps.beaconPeers().peerAt(address, port) === undefined) {
-      return stats.drop('rate_limited');
+    const verdict = this.sourceLimit.allow(address, msg.length);
+    if (verdict !== 'ok' && this.deps.beaconPeers().peerAt(address, port) === undefined) {
+      return stats.drop(verdict === 'packets' ? 'rate_limited' : 'byte_rate_limited');
     }
     switch (msg[0]) {
       case PacketType.Relay:
@@ -138,8 +141,13 @@ export class UdpServer {
     const { stats } = this.deps;
     const packet = decodePacket(msg);
     if (packet?.type !== PacketType.Discover) return stats.drop('malformed');
-    if (this.deps.isAttachedOverWss(packet.nodeId)) return stats.drop('wss_node_over_udp');
-    if (this.recordEndpoint(packet.nodeId, address, port)) this.deps.onEndpointRecorded?.(packet.nodeId);
+    if (packet.nodeId === ADDRESS_QUERY_NODE_ID) {
+      // "What is my address?" from a daemon not yet registered: answered, nothing recorded or announced.
+      stats.addressQueries.udp++;
+    } else {
+      if (this.deps.isAttachedOverWss(packet.nodeId)) return stats.drop('wss_node_over_udp');
+      if (this.recordEndpoint(packet.nodeId, address, port)) this.deps.onEndpointRecorded?.(packet.nodeId);
+    }
     const source: UdpEndpoint = { address, port, ip: '' };
     this.send(encodeDiscoverReply({ ip: address, port }), source);
   }

@@ -3,9 +3,10 @@
  *
  * - Relay: its sender must be the peer's own node ID; then the router
  *   decides where it goes.
- * - Discover: its node_id must be the peer's own; answered with the client
- *   address the beacon sees (the forwarded one behind a trusted proxy); no
- *   UDP endpoint is registered.
+ * - Discover: its node_id must be the peer's own, or 0 (an address query,
+ *   which speaks for nobody); answered with the client address the beacon
+ *   sees (the forwarded one behind a trusted proxy); no UDP endpoint is
+ *   registered either way.
  * - PunchRequest: its requester must be the peer's own; never coordinated,
  *   since a peer on WebSocket has no UDP endpoint.
  * - Anything else is dropped and counted: malformed, or a type a daemon
@@ -14,7 +15,9 @@
 import type { BeaconStats } from '../metrics';
 // From the module itself, not the '../protocol' index: the index's
 // re-exports are getters, a call's worth of cost on every packet.
-import { PacketType, decodePacket, encodeDiscoverReply, isRelay, relaySender } from '../protocol/packets';
+import {
+  ADDRESS_QUERY_NODE_ID, PacketType, decodePacket, encodeDiscoverReply, isRelay, relaySender,
+} from '../protocol/packets';
 import type { RelayRouter } from '../relay/router';
 import type { Peer } from './peer';
 
@@ -32,7 +35,9 @@ export function createPeerPacketHandler(
     if (!decoded) return stats.drop('malformed');
     switch (decoded.type) {
       case PacketType.Discover:
-        if (decoded.nodeId !== peer.nodeId) return stats.drop('spoofed_sender');
+        // Node 0 speaks for nobody (an address query), so it is answered like the peer's own ID.
+        if (decoded.nodeId === ADDRESS_QUERY_NODE_ID) stats.addressQueries.wss++;
+        else if (decoded.nodeId !== peer.nodeId) return stats.drop('spoofed_sender');
         return reply(peer, encodeDiscoverReply({ ip: peer.clientIp, port: peer.clientPort }));
       case PacketType.PunchRequest:
         if (decoded.requester !== peer.nodeId) return stats.drop('spoofed_sender');

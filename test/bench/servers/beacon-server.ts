@@ -29,8 +29,9 @@ async function main(): Promise<void> {
     // --baseline-env BEACON_UDP_IO=dgram runs the same build on the other UDP transport.
     ...(process.env.BEACON_UDP_IO ? { udpIo: process.env.BEACON_UDP_IO as BeaconConfig['udpIo'] } : {}),
     // Every load generator sends from 127.0.0.1: one source address for the
-    // whole UDP load. The per-source budget has its own tests (udp-rate.test.ts).
+    // whole UDP load. The per-source budgets have their own tests (udp-rate.test.ts).
     udpRatePerIp: 1e9,
+    udpByteRatePerIp: 1e15,
     ...overrides,
   }));
   // How long the loop went without turning, between loopWatchStart and loopWatchStop (the keys-file scenario).
