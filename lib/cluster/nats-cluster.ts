@@ -16,6 +16,8 @@
  *   this module feeds them NATS events.
  * - Anything on our subjects or bucket that is not ours is counted
  *   (`cluster_malformed`) and dropped; nothing here throws into the beacon.
+ *   A line a stranger can cause (an eviction) goes through the
+ *   rate-limited log; the metrics count every event.
  * - No home-made consensus: the KV revision orders attachments, NATS
  *   carries heartbeats; a process dies when it stops heartbeating.
  */
@@ -29,6 +31,7 @@ import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
+import { RateLimitedLog } from '../log/rate-limited-log';
 import { relaySender, type NodeId } from '../protocol/packets';
 import type { BorrowedBytes } from '../udp/transport';
 import { ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
@@ -92,6 +95,12 @@ class NatsCluster implements ClusterNode {
   /** Attachments other instances announced by notice, ahead of their KV entries. */
   private readonly provisional = new ProvisionalRoutes();
   private readonly incarnation = randomBytes(8).toString('hex');
+  /**
+   * A stranger causes evictions at will (Discovers for one node ID at two
+   * instances, by turns), so this line is rate-limited: with a slow log
+   * reader, one line each would block the event loop (/health included).
+   */
+  private readonly evictionLog: RateLimitedLog;
   private readonly options: NodeConnectionOptions;
   private nc: NatsConnection | undefined;
   private isConnected = false;
@@ -117,11 +126,13 @@ class NatsCluster implements ClusterNode {
     this.instanceId = deps.instanceId;
     this.subjects = subjectsFor(config.clusterName);
     this.attachSubject = this.subjects.attach(deps.instanceId);
+    this.evictionLog = new RateLimitedLog(deps.log, 'node attached to another instance; dropping it here');
     this.members = new Instances(deps.instanceId, config.clusterDeadAfterMs, this.subjects.forward);
     this.directory = new Directory({
       self: this.members.self,
       evict: (nodeId, kind) => {
-        deps.log.info({ nodeId, kind }, 'node attached to another instance; dropping it here');
+        deps.stats.clusterEvictions[kind]++;
+        this.evictionLog.info({ nodeId, kind });
         deps.evict(nodeId, kind);
       },
       onStoreError: (err, op) => deps.log.debug({ err, op }, 'cluster directory write failed; it is redone on reconnect'),
@@ -184,6 +195,7 @@ class NatsCluster implements ClusterNode {
     clearInterval(this.heartbeatTimer);
     clearInterval(this.reconcileTimer);
     this.provisional.clear();
+    this.evictionLog.flush();
     this.forwarder.flushAll();
     if (this.isConnected) await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
     this.epoch++;

@@ -123,4 +123,7 @@ function registerClusterMetrics(r: Registry, stats: BeaconStats, cluster: Cluste
     () => [[{ direction: 'out' }, stats.cluster.framesOut], [{ direction: 'in' }, stats.cluster.framesIn]]);
   mirroredCounter(r, 'beacon_cluster_batches_total', 'NATS messages carrying forwarded relays, by direction.', ['direction'],
     () => [[{ direction: 'out' }, stats.cluster.batchesOut], [{ direction: 'in' }, stats.cluster.batchesIn]]);
+  mirroredCounter(r, 'beacon_cluster_evictions_total',
+    'Attachments dropped here because another instance now holds the node: a WebSocket closed with 4001 (wss), a UDP endpoint forgotten (udp).',
+    ['kind'], () => [[{ kind: 'wss' }, stats.clusterEvictions.wss], [{ kind: 'udp' }, stats.clusterEvictions.udp]]);
 }

@@ -146,6 +146,8 @@ export class BeaconStats {
   keyCacheMisses = 0;
   /** Relays forwarded to other instances / received from them, and the NATS messages that carried them. */
   cluster = { framesOut: 0, framesIn: 0, batchesOut: 0, batchesIn: 0 };
+  /** Attachments dropped here because another instance now holds the node (close 4001, or the UDP endpoint forgotten). */
+  clusterEvictions = { wss: 0, udp: 0 };
 
   drop(reason: DropReason): void {
     this.dropped[reason]++;
