@@ -124,17 +124,17 @@ test('the addon checks what JavaScript hands it: bad sizes, counts and send reco
   const addr = Buffer.alloc(16);
   addr.set([127, 0, 0, 1]);
   // Receive area smaller than batch x slot.
-  assert.throws(() => a.open(4, addr, 0, 0, 0, 4, 1024, small, Buffer.allocUnsafeSlow(4 * 128), small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
+  assert.throws(() => a.open(4, addr, 0, false, 0, 0, 4, 1024, small, Buffer.allocUnsafeSlow(4 * 128), small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
   // Batch and slot bounds.
-  assert.throws(() => a.open(4, addr, 0, 0, 0, 0, 16, small, small, small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
-  assert.throws(() => a.open(4, addr, 0, 0, 0, 1, 70_000, small, small, small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
+  assert.throws(() => a.open(4, addr, 0, false, 0, 0, 0, 16, small, small, small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
+  assert.throws(() => a.open(4, addr, 0, false, 0, 0, 1, 70_000, small, small, small, Buffer.allocUnsafeSlow(32), Buffer.allocUnsafeSlow(12), cb), RangeError);
 
   const recvArea = Buffer.allocUnsafeSlow(4 * 256);
   const records = Buffer.allocUnsafeSlow(4 * a.RECORD_WORDS * 4);
   const sendArea = Buffer.allocUnsafeSlow(256);
   const sends = Buffer.allocUnsafeSlow(2 * a.SEND_WORDS * 4);
   const results = Buffer.allocUnsafeSlow(12);
-  const handle = a.open(4, addr, 0, 0, 0, 4, 256, recvArea, records, sendArea, sends, results, cb);
+  const handle = a.open(4, addr, 0, false, 0, 0, 4, 256, recvArea, records, sendArea, sends, results, cb);
   t.after(() => a.close(handle));
   const client = await udpClientFor(t);
   const s = new Uint32Array(sends.buffer, sends.byteOffset, 2 * a.SEND_WORDS);

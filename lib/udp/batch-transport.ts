@@ -24,13 +24,12 @@
  */
 import { lookup } from 'node:dns/promises';
 import { isIP, type AddressInfo } from 'node:net';
-import ipaddr from 'ipaddr.js';
 import type { BeaconStats } from '../metrics';
 import type { UdpEndpoint } from './endpoints';
 import {
   UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, type DatagramReceiver, type DatagramTransport,
 } from './transport';
-import type { Handle, UdpBatchAddon } from './udp-batch-addon';
+import { addressBytes, type Handle, type UdpBatchAddon } from './udp-batch-addon';
 
 /** Datagrams per recvmmsg, and so per call into JavaScript (the C relay of issue 13 used 64). */
 export const BATCH = 64;
@@ -97,13 +96,13 @@ export class BatchTransport implements DatagramTransport {
     this.resultsBuffer = results;
   }
 
-  async bind(host: string, port: number): Promise<AddressInfo> {
+  async bind(host: string, port: number, reusePort = false): Promise<AddressInfo> {
     const version = this.family === 'udp6' ? 6 : 4;
     const address = isIP(host) !== 0 ? host : (await lookup(host, { family: version })).address;
     const bytes = addressBytes(address, version);
     if (!bytes) throw Object.assign(new Error(`${address} is not an IPv${version} address`), { code: 'EADDRNOTAVAIL' });
     this.handle = this.addon.open(
-      version, bytes, port, UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, this.batch, this.slot,
+      version, bytes, port, reusePort, UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, this.batch, this.slot,
       this.recvArea, this.records, this.sendArea, this.sends, this.resultsBuffer, this.onBatch,
     );
     return { address, family: version === 6 ? 'IPv6' : 'IPv4', port: this.addon.localPort(this.handle) };
@@ -240,22 +239,4 @@ function dotted(bytes: Buffer, at: number): string {
 function cacheSet<K, V>(cache: Map<K, V>, key: K, value: V): void {
   if (cache.size >= ADDRESS_CACHE_MAX) cache.clear();
   cache.set(key, value);
-}
-
-/** 16 bytes: an IPv4 address in the first 4 (family 4), or an IPv6 one (IPv4 is mapped on family 6). */
-function addressBytes(address: string, family: 4 | 6): Buffer | undefined {
-  if (!ipaddr.isValid(address)) return undefined;
-  let ip = ipaddr.parse(address);
-  if (family === 4) {
-    if (ip.kind() === 'ipv6') {
-      const v6 = ip as ipaddr.IPv6;
-      if (!v6.isIPv4MappedAddress()) return undefined;
-      ip = v6.toIPv4Address();
-    }
-  } else if (ip.kind() === 'ipv4') {
-    ip = (ip as ipaddr.IPv4).toIPv4MappedAddress();
-  }
-  const out = Buffer.alloc(16);
-  out.set(ip.toByteArray());
-  return out;
 }

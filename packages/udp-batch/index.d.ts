@@ -1,6 +1,8 @@
 /**
  * udp-batch: one UDP socket read with recvmmsg and written with sendmmsg
- * (Linux). Everything crosses in shared Buffers, so one call carries a batch.
+ * (Linux), and a listening TCP socket with SO_REUSEPORT for Node versions
+ * without `reusePort`. Everything crosses in shared Buffers, so one call
+ * carries a batch.
  *
  * Receive: on readiness the addon fills up to `batch` slots of `recvArea`
  * (slot i at i * slot) and writes one record per datagram into `records`
@@ -23,9 +25,13 @@ export type Handle = { readonly __udpBatchHandle: unique symbol };
 export const RECORD_WORDS: number;
 export const SEND_WORDS: number;
 
-/** Creates, binds and starts polling a socket; throws an Error whose `message` starts with the syscall and errno name (e.g. "bind EADDRINUSE"). */
+/**
+ * Creates, binds and starts polling a socket (with SO_REUSEPORT if
+ * `reusePort`); throws an Error whose `code` is the errno name and whose
+ * `message` starts with the syscall (e.g. "bind EADDRINUSE").
+ */
 export function open(
-  family: 4 | 6, address16: Buffer, port: number, recvBufferBytes: number, sendBufferBytes: number,
+  family: 4 | 6, address16: Buffer, port: number, reusePort: boolean, recvBufferBytes: number, sendBufferBytes: number,
   batch: number, slot: number, recvArea: Buffer, records: Buffer, sendArea: Buffer, sendRecords: Buffer,
   results: Buffer, onBatch: (count: number) => void,
 ): Handle;
@@ -37,3 +43,12 @@ export function flush(handle: Handle, count: number): number;
 
 /** Stops polling and closes the socket; no onBatch after it. Idempotent. */
 export function close(handle: Handle): void;
+
+/**
+ * Opens a listening TCP socket (non-blocking, close-on-exec, SO_REUSEADDR,
+ * dual-stack on IPv6, SO_REUSEPORT if `reusePort`) bound to the address
+ * (16 bytes, as for open) and port, and returns its file descriptor for
+ * Node's `server.listen({ fd })`, which then owns it. Throws an Error whose
+ * `code` is the errno name (EADDRINUSE, EACCES, EADDRNOTAVAIL, ...).
+ */
+export function listenTcp(family: 4 | 6, address16: Buffer, port: number, backlog: number, reusePort: boolean): number;

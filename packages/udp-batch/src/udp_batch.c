@@ -18,6 +18,11 @@
  * - close() stops polling before the fd is closed, drops every reference to
  *   JavaScript, and frees memory in the handles' close callbacks: no
  *   callback reaches JavaScript after close.
+ * - With reusePort, the socket is bound with SO_REUSEPORT, so processes of
+ *   one user share its address and the kernel spreads flows over them.
+ * - listenTcp opens a listening TCP socket (SO_REUSEADDR as Node's own, and
+ *   SO_REUSEPORT when asked) and returns its descriptor for Node's
+ *   server.listen({ fd }): Node before 22.12 has no reusePort of its own.
  */
 #define NAPI_VERSION 8
 #define _GNU_SOURCE
@@ -36,6 +41,7 @@
 #define MAX_BATCH 1024
 #define MAX_SLOT 65536
 #define MAX_SENDS 1024
+#define MAX_BACKLOG 65535
 
 /* One received datagram's record: 32 u32 (128 bytes). */
 #define REC_WORDS 32
@@ -232,22 +238,27 @@ static void stop(batch_socket *s) {
   uv_close((uv_handle_t *)&s->check, on_handle_closed);
 }
 
-/* Fills a sockaddr from a send record; the address length, or 0. */
-static socklen_t dest_of(const batch_socket *s, const uint32_t *rec, struct sockaddr_storage *ss) {
+/* A socket address from family (4|6), 16 address bytes and a port; its length. */
+static socklen_t sockaddr_of(int af, const uint8_t *addr, uint32_t port, struct sockaddr_storage *ss) {
   memset(ss, 0, sizeof *ss);
-  if (rec[S_PORT] > 65535) return 0;
-  if (s->family == AF_INET) {
+  if (af == AF_INET) {
     struct sockaddr_in *a = (struct sockaddr_in *)ss;
     a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)rec[S_PORT]);
-    memcpy(&a->sin_addr, rec + S_ADDR, 4);
+    a->sin_port = htons((uint16_t)port);
+    memcpy(&a->sin_addr, addr, 4);
     return sizeof *a;
   }
   struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
   a->sin6_family = AF_INET6;
-  a->sin6_port = htons((uint16_t)rec[S_PORT]);
-  memcpy(&a->sin6_addr, rec + S_ADDR, 16);
+  a->sin6_port = htons((uint16_t)port);
+  memcpy(&a->sin6_addr, addr, 16);
   return sizeof *a;
+}
+
+/* Fills a sockaddr from a send record; the address length, or 0. */
+static socklen_t dest_of(const batch_socket *s, const uint32_t *rec, struct sockaddr_storage *ss) {
+  if (rec[S_PORT] > 65535) return 0;
+  return sockaddr_of(s->family, (const uint8_t *)(rec + S_ADDR), rec[S_PORT], ss);
 }
 
 /* The socket behind a handle argument, or NULL after throwing. */
@@ -260,40 +271,58 @@ static batch_socket *socket_arg(napi_env env, napi_value v) {
   return (batch_socket *)data;
 }
 
+/* SO_REUSEPORT on fd, or an errno (e.g. ENOPROTOOPT on a kernel without it). */
+static int set_reuse_port(int fd) {
+  int one = 1;
+  return setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) == 0 ? 0 : errno;
+}
+
+/* A boolean argument, or -1 after throwing. */
+static int bool_arg(napi_env env, napi_value v, const char *what) {
+  bool b;
+  if (napi_get_value_bool(env, v, &b) != napi_ok) {
+    napi_throw_type_error(env, "EUDPBATCH", what);
+    return -1;
+  }
+  return b ? 1 : 0;
+}
+
 /*
- * open(family, addr16, port, recvBufBytes, sendBufBytes, batch, slot,
+ * open(family, addr16, port, reusePort, recvBufBytes, sendBufBytes, batch, slot,
  *      recvArea, records, sendArea, sendRecords, results, onBatch) -> handle
  */
 static napi_value js_open(napi_env env, napi_callback_info info) {
-  size_t argc = 13;
-  napi_value argv[13];
+  size_t argc = 14;
+  napi_value argv[14];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc != 13) {
-    napi_throw_type_error(env, "EUDPBATCH", "open: 13 arguments expected");
+  if (argc != 14) {
+    napi_throw_type_error(env, "EUDPBATCH", "open: 14 arguments expected");
     return NULL;
   }
   uint32_t family, port, rcvbuf, sndbuf, batch, slot;
-  if (!u32_arg(env, argv[0], &family) || !u32_arg(env, argv[2], &port) || !u32_arg(env, argv[3], &rcvbuf) ||
-      !u32_arg(env, argv[4], &sndbuf) || !u32_arg(env, argv[5], &batch) || !u32_arg(env, argv[6], &slot) ||
+  if (!u32_arg(env, argv[0], &family) || !u32_arg(env, argv[2], &port) || !u32_arg(env, argv[4], &rcvbuf) ||
+      !u32_arg(env, argv[5], &sndbuf) || !u32_arg(env, argv[6], &batch) || !u32_arg(env, argv[7], &slot) ||
       (family != 4 && family != 6) || port > 65535 || batch < 1 || batch > MAX_BATCH || slot < 1 || slot > MAX_SLOT) {
     napi_throw_range_error(env, "EUDPBATCH", "open: bad family, port, batch or slot size");
     return NULL;
   }
+  int reuse_port = bool_arg(env, argv[3], "open: reusePort must be a boolean");
+  if (reuse_port < 0) return NULL;
   size_t addr_len, recv_len, recs_len, send_len, sends_len, results_len;
   uint8_t *addr = buffer_arg(env, argv[1], &addr_len);
   if (!addr) return NULL;
-  uint8_t *recv_area = buffer_arg(env, argv[7], &recv_len);
+  uint8_t *recv_area = buffer_arg(env, argv[8], &recv_len);
   if (!recv_area) return NULL;
-  uint32_t *recs = buffer_arg(env, argv[8], &recs_len);
+  uint32_t *recs = buffer_arg(env, argv[9], &recs_len);
   if (!recs) return NULL;
-  uint8_t *send_area = buffer_arg(env, argv[9], &send_len);
+  uint8_t *send_area = buffer_arg(env, argv[10], &send_len);
   if (!send_area) return NULL;
-  uint32_t *sends = buffer_arg(env, argv[10], &sends_len);
+  uint32_t *sends = buffer_arg(env, argv[11], &sends_len);
   if (!sends) return NULL;
-  uint32_t *results = buffer_arg(env, argv[11], &results_len);
+  uint32_t *results = buffer_arg(env, argv[12], &results_len);
   if (!results) return NULL;
   napi_valuetype cb_type;
-  CHECK(napi_typeof(env, argv[12], &cb_type));
+  CHECK(napi_typeof(env, argv[13], &cb_type));
   size_t send_cap = sends_len / (SEND_WORDS * 4);
   if (addr_len != 16 || recv_len < (size_t)batch * slot || recs_len < (size_t)batch * REC_WORDS * 4 ||
       send_cap < 1 || send_cap > MAX_SENDS || results_len < 3 * 4 || cb_type != napi_function ||
@@ -310,22 +339,15 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   if (af == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
   if (r > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &r, sizeof r);
   if (w > 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &w, sizeof w);
-  struct sockaddr_storage ss;
-  memset(&ss, 0, sizeof ss);
-  socklen_t ss_len;
-  if (af == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    memcpy(&a->sin_addr, addr, 4);
-    ss_len = sizeof *a;
-  } else {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons((uint16_t)port);
-    memcpy(&a->sin6_addr, addr, 16);
-    ss_len = sizeof *a;
+  if (reuse_port) {
+    int err = set_reuse_port(fd);
+    if (err != 0) {
+      close(fd);
+      return throw_errno(env, "setsockopt SO_REUSEPORT", err);
+    }
   }
+  struct sockaddr_storage ss;
+  socklen_t ss_len = sockaddr_of(af, addr, port, &ss);
   if (bind(fd, (struct sockaddr *)&ss, ss_len) != 0) {
     int err = errno;
     close(fd);
@@ -373,9 +395,9 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   uv_unref((uv_handle_t *)&s->check);
   /* The areas stay alive while the socket is open: one array holding them all. */
   CHECK(napi_create_array_with_length(env, 6, &holder));
-  for (uint32_t i = 0; i < 6; i++) CHECK(napi_set_element(env, holder, i, argv[7 + i]));
+  for (uint32_t i = 0; i < 6; i++) CHECK(napi_set_element(env, holder, i, argv[8 + i]));
   CHECK(napi_create_reference(env, holder, 1, &s->keep_alive));
-  CHECK(napi_create_reference(env, argv[12], 1, &s->on_batch));
+  CHECK(napi_create_reference(env, argv[13], 1, &s->on_batch));
   CHECK(napi_create_string_utf8(env, "udp-batch", NAPI_AUTO_LENGTH, &name));
   CHECK(napi_async_init(env, NULL, name, &s->async));
   CHECK(napi_create_external(env, s, NULL, NULL, &handle));
@@ -461,6 +483,69 @@ static napi_value js_flush(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * listenTcp(family, addr16, port, backlog, reusePort) -> fd: a listening TCP
+ * socket, non-blocking and close-on-exec, for Node's server.listen({ fd }),
+ * which takes it over (and closes it with the server). Throws an Error whose
+ * `code` is the errno name (EADDRINUSE, EACCES, EADDRNOTAVAIL, ...).
+ */
+static napi_value js_listen_tcp(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], out;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc != 5) {
+    napi_throw_type_error(env, "EUDPBATCH", "listenTcp: 5 arguments expected");
+    return NULL;
+  }
+  uint32_t family, port, backlog;
+  if (!u32_arg(env, argv[0], &family) || !u32_arg(env, argv[2], &port) || !u32_arg(env, argv[3], &backlog) ||
+      (family != 4 && family != 6) || port > 65535 || backlog < 1 || backlog > MAX_BACKLOG) {
+    napi_throw_range_error(env, "EUDPBATCH", "listenTcp: bad family, port or backlog");
+    return NULL;
+  }
+  int reuse_port = bool_arg(env, argv[4], "listenTcp: reusePort must be a boolean");
+  if (reuse_port < 0) return NULL;
+  size_t addr_len;
+  uint8_t *addr = buffer_arg(env, argv[1], &addr_len);
+  if (!addr) return NULL;
+  if (addr_len != 16) {
+    napi_throw_range_error(env, "EUDPBATCH", "listenTcp: the address must be 16 bytes");
+    return NULL;
+  }
+
+  int af = family == 4 ? AF_INET : AF_INET6;
+  int fd = socket(af, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "socket", errno);
+  /* As Node's own listeners: SO_REUSEADDR (a restart binds while old connections sit in TIME_WAIT), dual-stack on IPv6. */
+  int one = 1, zero = 0, err = 0;
+  const char *call = NULL;
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
+    err = errno;
+    call = "setsockopt SO_REUSEADDR";
+  } else if (af == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero) != 0) {
+    err = errno;
+    call = "setsockopt IPV6_V6ONLY";
+  } else if (reuse_port && (err = set_reuse_port(fd)) != 0) {
+    call = "setsockopt SO_REUSEPORT";
+  } else {
+    struct sockaddr_storage ss;
+    socklen_t ss_len = sockaddr_of(af, addr, port, &ss);
+    if (bind(fd, (struct sockaddr *)&ss, ss_len) != 0) {
+      err = errno;
+      call = "bind";
+    } else if (listen(fd, (int)backlog) != 0) {
+      err = errno;
+      call = "listen";
+    }
+  }
+  if (call != NULL) {
+    close(fd);
+    return throw_errno(env, call, err);
+  }
+  CHECK(napi_create_int32(env, fd, &out));
+  return out;
+}
+
 /* close(handle): idempotent */
 static napi_value js_close(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -478,6 +563,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"localPort", NULL, js_local_port, NULL, NULL, NULL, napi_enumerable, NULL},
     {"flush", NULL, js_flush, NULL, NULL, NULL, napi_enumerable, NULL},
     {"close", NULL, js_close, NULL, NULL, NULL, napi_enumerable, NULL},
+    {"listenTcp", NULL, js_listen_tcp, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_value v;
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
