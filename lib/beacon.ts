@@ -264,6 +264,15 @@ export class Beacon extends EventEmitter {
     return this.compat.peers.size;
   }
 
+  /**
+   * @internal Slots looked at to find `nodeId` in the tables strangers fill
+   * (the UDP endpoint table; the cluster directory's mirror, with --cluster):
+   * tests bound it for node IDs chosen to collide.
+   */
+  tableProbes(nodeId: NodeId): { udpEndpoints: number; clusterDirectory: number | undefined } {
+    return { udpEndpoints: this.udp.endpoints.probes(nodeId), clusterDirectory: this.cluster?.directoryProbes(nodeId) };
+  }
+
   metrics(): MetricsSnapshot {
     return snapshot(this.stats, this.gauges);
   }

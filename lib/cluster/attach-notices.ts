@@ -24,6 +24,7 @@
  * - Notices do not decide evictions (4001): only KV revisions do.
  */
 import type { NodeId } from '../protocol/packets';
+import { NodeMap } from '../tables/node-map';
 import type { Instance } from './instances';
 import { decodePlacement, decodeNodeKey, encodePlacement, type AttachKind } from './wire';
 
@@ -71,8 +72,12 @@ interface Provisional {
 }
 
 export class ProvisionalRoutes {
-  /** In order of arrival (a renewed route moves to the end), so expiry and the cap take from the front. */
-  private readonly routes = new Map<NodeId, Provisional>();
+  /**
+   * In order of arrival (a renewed route moves to the end), so expiry and
+   * the cap take from the front. A NodeMap, not a Map: a stranger's
+   * Discover at any instance becomes a notice here, so the IDs are chosen.
+   */
+  private readonly routes = new NodeMap<Provisional>();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -93,7 +98,7 @@ export class ProvisionalRoutes {
   noted(nodeId: NodeId, instance: Instance, kind: AttachKind, mirrored: Instance | undefined): void {
     this.routes.delete(nodeId);
     if (instance.self || instance === mirrored) return;
-    if (this.routes.size >= this.cap) this.routes.delete(this.routes.keys().next().value!);
+    if (this.routes.size >= this.cap) this.routes.delete(this.routes.oldest()!);
     this.routes.set(nodeId, { instance, kind, at: this.clock() });
     this.expireLater();
   }
@@ -108,7 +113,7 @@ export class ProvisionalRoutes {
     this.routes.delete(nodeId);
   }
 
-  /** The live instance, other than this one, a notice names for `nodeId`. Hot path: one Map lookup. */
+  /** The live instance, other than this one, a notice names for `nodeId`. Hot path: one lookup. */
   instanceOf(nodeId: NodeId): Instance | undefined {
     const route = this.routes.get(nodeId);
     if (route === undefined) return undefined;

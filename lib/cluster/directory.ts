@@ -18,6 +18,7 @@
  */
 import type { NodeId } from '../protocol/packets';
 import type { Instance } from './instances';
+import { NodeMap } from '../tables/node-map';
 import { PlacementTable } from './placement-table';
 import { encodePlacement, type AttachKind } from './wire';
 
@@ -87,7 +88,8 @@ export class Directory {
    */
   private next: PlacementTable<Instance> | undefined;
   private readonly window = new Window(STORE_WINDOW);
-  private readonly own = new Map<NodeId, OwnEntry>();
+  /** Keyed by IDs strangers choose (UDP claims), so a NodeMap (see lib/tables). */
+  private readonly own = new NodeMap<OwnEntry>();
   /** Set while connected and the bucket is open. */
   store: DirectoryStore | undefined;
 
@@ -118,6 +120,11 @@ export class Directory {
     if (slot < 0 || this.mirror.kindAt(slot) !== 'wss') return undefined;
     const instance = this.mirror.instanceAt(slot);
     return instance.live && !instance.self ? instance : undefined;
+  }
+
+  /** @internal Slots the mirror looks at to find `nodeId` (tests bound it for IDs chosen to collide). */
+  probes(nodeId: NodeId): number {
+    return this.mirror.probes(nodeId);
   }
 
   isOwn(nodeId: NodeId, kind: AttachKind): boolean {

@@ -176,6 +176,10 @@ class NatsCluster implements ClusterNode {
     this.directory.detached(nodeId, kind);
   }
 
+  directoryProbes(nodeId: NodeId): number {
+    return this.directory.probes(nodeId);
+  }
+
   connected(): number {
     return this.isConnected ? 1 : 0;
   }

@@ -21,8 +21,14 @@
  *
  * About 30 bytes per entry at the largest load (15 bytes a slot, at least
  * half the slots free), twice that while a rebuild runs.
+ *
+ * A slot is the top bits of keyedHash(node), secret per process: strangers
+ * choose node IDs (a UDP Discover at any instance lands here), and under a
+ * fixed hash thousands chosen to share a probe run made every lookup near
+ * them walk it (issue 19: 5 % of a core became 95 %).
  */
 import type { NodeId } from '../protocol/packets';
+import { keyedHash } from '../tables/keyed-hash';
 import type { AttachKind } from './wire';
 
 const EMPTY = 0;
@@ -61,15 +67,24 @@ class Slots {
   }
 
   find(nodeId: NodeId): number {
-    for (let slot = hash(nodeId) >>> this.shift; ; slot = (slot + 1) & this.mask) {
+    for (let slot = keyedHash(nodeId) >>> this.shift; ; slot = (slot + 1) & this.mask) {
       const state = this.states[slot]!;
       if (state === EMPTY) return -1;
       if (state !== TOMBSTONE && this.keys[slot] === nodeId) return slot;
     }
   }
 
+  /** Slots looked at to find `nodeId`, or to find it absent. */
+  probes(nodeId: NodeId): number {
+    let count = 1;
+    for (let slot = keyedHash(nodeId) >>> this.shift; ; slot = (slot + 1) & this.mask, count++) {
+      const state = this.states[slot]!;
+      if (state === EMPTY || (state !== TOMBSTONE && this.keys[slot] === nodeId)) return count;
+    }
+  }
+
   freeSlotFor(nodeId: NodeId): number {
-    let slot = hash(nodeId) >>> this.shift;
+    let slot = keyedHash(nodeId) >>> this.shift;
     while (this.states[slot] !== EMPTY && this.states[slot] !== TOMBSTONE) slot = (slot + 1) & this.mask;
     return slot;
   }
@@ -128,6 +143,17 @@ export class PlacementTable<I extends { readonly id: string }> {
     // Not moved yet: move it now, so slots returned are always current ones.
     const oldSlot = this.old.find(nodeId);
     return oldSlot < 0 ? -1 : this.moveOne(oldSlot);
+  }
+
+  /**
+   * @internal Slots `find` looks at for `nodeId` (the old slots too, while
+   * a rebuild runs and it is not moved yet): the cost of a lookup, which
+   * tests bound for IDs chosen to collide.
+   */
+  probes(nodeId: NodeId): number {
+    const inCurrent = this.slots.probes(nodeId);
+    if (this.old === undefined || this.slots.find(nodeId) >= 0) return inCurrent;
+    return inCurrent + this.old.probes(nodeId);
   }
 
   instanceAt(slot: number): I {
@@ -237,9 +263,4 @@ export class PlacementTable<I extends { readonly id: string }> {
     old.states[oldSlot] = TOMBSTONE; // keeps the old probe chains whole
     return slot;
   }
-}
-
-/** Spreads node IDs over the slots (Fibonacci hashing: the top bits are used); IDs are often sequential. */
-function hash(nodeId: NodeId): number {
-  return Math.imul(nodeId, 0x9e3779b1) >>> 0;
 }

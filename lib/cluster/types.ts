@@ -37,6 +37,8 @@ export interface ClusterNode extends ClusterGauges {
   /** Attached over WebSocket to another live instance. */
   isWssElsewhere(nodeId: NodeId): boolean;
   attached(nodeId: NodeId, kind: AttachKind): void;
+  /** @internal Slots the directory's mirror looks at to find `nodeId`. */
+  directoryProbes(nodeId: NodeId): number;
   detached(nodeId: NodeId, kind: AttachKind): void;
   close(): Promise<void>;
 }

@@ -13,11 +13,15 @@
  *   pushed out is back with its next Discover.
  * - Entries are kept in refresh order (a refresh moves one to the end), so
  *   eviction and expiry look only at the oldest.
+ * - Node IDs are chosen by whoever sends the Discover, so the table is a
+ *   NodeMap (keyed hash, secret per process), not a Map: IDs chosen to
+ *   collide under V8's integer hash cost no more than any others.
  * - `address` is kept as the socket reported it (what `send` needs);
  *   `ip` is its canonical form (what DiscoverReply and PunchCommand carry).
  */
 import { perIpKey } from '../http/client-address';
 import { canonicalIp, type NodeId } from '../protocol';
+import { NodeMap } from '../tables/node-map';
 
 export interface UdpEndpoint {
   /** As reported by the socket, e.g. `::ffff:1.2.3.4` on a dual-stack socket. */
@@ -48,7 +52,7 @@ export function udpEndpoint(address: string, port: number): UdpEndpoint {
 }
 
 export class EndpointTable {
-  private readonly byNode = new Map<NodeId, Entry>();
+  private readonly byNode = new NodeMap<Entry>();
   private readonly perSource = new Map<string, number>();
 
   constructor(private readonly limits: EndpointLimits) {}
@@ -81,7 +85,7 @@ export class EndpointTable {
     if (existing) this.delete(nodeId);
     let result: RecordResult = 'recorded';
     if (this.byNode.size >= this.limits.maxEntries) {
-      this.delete(this.byNode.keys().next().value!);
+      this.delete(this.byNode.oldest()!);
       result = 'evicted_oldest';
     }
     this.byNode.set(nodeId, { address, port, ip, refreshedAt: now, source });
@@ -101,7 +105,7 @@ export class EndpointTable {
   /** Forgets entries older than the TTL; returns how many. */
   expire(now = Date.now()): number {
     let removed = 0;
-    for (const [nodeId, entry] of this.byNode) {
+    for (const [nodeId, entry] of this.byNode.entries()) {
       if (now - entry.refreshedAt < this.limits.ttlMs) break; // the rest are younger
       this.delete(nodeId);
       removed++;
@@ -112,5 +116,10 @@ export class EndpointTable {
   /** Node IDs, least recently refreshed first. */
   nodeIds(): IterableIterator<NodeId> {
     return this.byNode.keys();
+  }
+
+  /** @internal Slots looked at to find `nodeId` (tests bound it for IDs chosen to collide). */
+  probes(nodeId: NodeId): number {
+    return this.byNode.probes(nodeId);
   }
 }
