@@ -6,7 +6,7 @@
  *   beacon-client connect URL... --identity FILE --node-id N [--to DEST] [--ca FILE]
  *   beacon-client send URL... --identity FILE --node-id N --to DEST --data TEXT [--wait DURATION] [--ca FILE]
  * Several URLs: failover between them, in order (lib/client/compat-client.ts).
- *   beacon-client discover HOST:PORT --node-id N [--listen] [--to DEST]
+ *   beacon-client discover HOST:PORT [--node-id N [--listen] [--to DEST]]
  *
  * Every error, commander's own included, is one line starting
  * `beacon-client:`; required options say so in --help.
@@ -41,6 +41,7 @@ const EXAMPLES = {
   connect: 'beacon-client connect ws://127.0.0.1:8443/v1/compat --identity identities/bob.json --node-id 8888 --to 7777',
   send: 'beacon-client send ws://127.0.0.1:8443/v1/compat --identity identities/alice.json --node-id 7777 --to 8888 --data hi --wait 30s',
   discover: "beacon-client discover 127.0.0.1:9001 --node-id 7777   (UDP: the beacon's --udp address, port 9001 by default)",
+  query: 'beacon-client discover 127.0.0.1:9001                  (no --node-id: only ask for the address; the beacon records nothing)',
 };
 const DURATIONS = `Durations need a unit: ${DURATION_FORMS}.`;
 
@@ -102,12 +103,13 @@ async function main(argv: string[]): Promise<number> {
   program.command('discover')
     .description('send Discover over UDP and print the endpoint the beacon sees (IP:PORT); with --listen, stay attached over UDP')
     .argument('<host:port>', "the beacon's UDP address (its --udp, e.g. 127.0.0.1:9001)", udpAddress)
-    .requiredOption('--node-id <n>', `node ID to discover as${REQUIRED}`, nodeId)
-    .option('--listen', 'stay attached over UDP and print each relayed packet as "from <sender>: <payload>"')
-    .option('--to <dest>', 'relay each line read from stdin to this node over UDP (implies --listen)', nodeId)
+    .option('--node-id <n>', 'node ID to discover as; without it, a Discover for node 0: the beacon answers with the address it sees '
+      + 'and records nothing (what a Go daemon asks before it registers)', nodeId)
+    .option('--listen', 'stay attached over UDP and print each relayed packet as "from <sender>: <payload>" (needs --node-id)')
+    .option('--to <dest>', 'relay each line read from stdin to this node over UDP (implies --listen; needs --node-id)', nodeId)
     .addOption(new Option('--timeout <duration>', 'give up waiting for the DiscoverReply after this').default(3_000, '3s').argParser(duration))
-    .addHelpText('after', helpFooter(EXAMPLES.discover))
-    .action((at: { host: string; port: number }, opts: { nodeId: number; timeout: number; listen?: boolean; to?: number }) => {
+    .addHelpText('after', helpFooter(EXAMPLES.discover, EXAMPLES.query))
+    .action((at: { host: string; port: number }, opts: { nodeId?: number; timeout: number; listen?: boolean; to?: number }) => {
       const stop = new AbortController();
       process.once('SIGINT', () => stop.abort());
       process.once('SIGTERM', () => stop.abort());

@@ -5,7 +5,7 @@ import { writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { CompatClient, PacketType } from '../lib/client';
+import { CompatClient, PacketType, UdpNode } from '../lib/client';
 import { formatIdentity } from '../lib/identity';
 import { nextEvent } from './helpers/client-events';
 import { CliProcess, killSpawnedCli, runCli } from './helpers/client-cli';
@@ -110,6 +110,36 @@ test('discover --listen --to attaches over UDP: relays cross between the UDP sid
   assert.deepEqual(p.type === PacketType.RelayDeliver && [p.sender, p.payload.toString()], [7777, 'from the udp side']);
   assert.equal((await udpSide.stop()).code, 0);
   await ws.close();
+});
+
+test('discover without --node-id only asks (Discover for node 0): prints the endpoint, the beacon records nothing', async () => {
+  const before = tb.beacon.metrics();
+  const result = await runCli(['discover', `127.0.0.1:${tb.udpPort}`]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.match(result.stdout, /^127\.0\.0\.1:\d+\n$/);
+  const after = tb.beacon.metrics();
+  assert.equal(after.stats.addressQueries.udp, before.stats.addressQueries.udp + 1);
+  assert.equal(after.udpEndpoints, before.udpEndpoints, 'no endpoint recorded');
+});
+
+test('UdpNode as node 0 asks for its address, sends no keepalive and refuses to relay', async () => {
+  const node = await UdpNode.open({ host: '127.0.0.1', port: tb.udpPort, nodeId: 0, keepaliveMs: 10 });
+  cleanups.push(() => node.close());
+  const before = tb.beacon.metrics().stats.addressQueries.udp;
+  assert.deepEqual(await node.discover(3_000, 60_000), { ip: '127.0.0.1', port: node.localPort }); // no resend
+  assert.throws(() => node.relay(8888, 'x'), { name: 'RangeError', message: /node 0 only asks for its address/ });
+  // No keepalive went out although one was asked for every 10 ms: one query, the one discover() sent.
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.equal(tb.beacon.metrics().stats.addressQueries.udp, before + 1);
+  node.close();
+});
+
+test('discover --listen or --to without --node-id -> exit 2 and one line', async () => {
+  for (const extra of [['--listen'], ['--to', '9999']]) {
+    const result = await runCli(['discover', `127.0.0.1:${tb.udpPort}`, ...extra]);
+    assert.equal(result.code, 2, JSON.stringify(result));
+    assert.match(oneLine(result.stderr), new RegExp(`^beacon-client: ${extra[0]} needs --node-id`));
+  }
 });
 
 test('discover at a UDP port where nothing listens fails with a clear line', async () => {

@@ -9,6 +9,8 @@
  *   a reply the output says delivery is not confirmed.
  * - `discover`: one Discover over UDP, the observed endpoint on stdout;
  *   with `listen` (or `to`) it then stays attached over UDP like `connect`.
+ *   Without a node ID it is an address query (Discover for node 0): the
+ *   beacon answers and records nothing.
  * - The first connection failure of `connect` and `send` ends the command
  *   with the error's one-line message (wrong scheme, TLS, 503, 429, auth,
  *   timeout...); once `connect` has been connected it rides out losses.
@@ -21,7 +23,7 @@
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { IdentityFileError, loadIdentity } from '../identity';
-import { PacketType, type NodeId } from '../protocol';
+import { ADDRESS_QUERY_NODE_ID, PacketType, type NodeId } from '../protocol';
 import { CompatClient } from './compat-client';
 import { parseBeaconUrl } from './connect-errors';
 import { ClientError } from './errors';
@@ -67,7 +69,8 @@ export interface SendCommand extends ClientFlags {
 export interface DiscoverCommand {
   host: string;
   port: number;
-  nodeId: NodeId;
+  /** Undefined: an address query (node 0), which registers nothing; `listen` and `to` need a node ID. */
+  nodeId?: NodeId;
   timeoutMs?: number;
   /** Stay attached over UDP and print RelayDeliver packets. */
   listen?: boolean;
@@ -180,7 +183,11 @@ export async function runSend(cmd: SendCommand, io: CliIo): Promise<number> {
  */
 export async function runDiscover(cmd: DiscoverCommand, io: CliIo): Promise<number> {
   const listen = cmd.listen === true || cmd.to !== undefined;
-  const node = await UdpNode.open({ host: cmd.host, port: cmd.port, nodeId: cmd.nodeId, keepaliveMs: listen ? undefined : 0 });
+  if (listen && cmd.nodeId === undefined) {
+    throw new CliUsageError(`${cmd.to !== undefined ? '--to' : '--listen'} needs --node-id: relays are addressed to a node ID (without one, discover only asks for the address)`);
+  }
+  const nodeId = cmd.nodeId ?? ADDRESS_QUERY_NODE_ID;
+  const node = await UdpNode.open({ host: cmd.host, port: cmd.port, nodeId, keepaliveMs: listen ? undefined : 0 });
   try {
     const endpoint = await node.discover(cmd.timeoutMs);
     io.stdout.write(`${formatEndpoint(endpoint)}\n`);

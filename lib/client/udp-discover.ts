@@ -10,6 +10,9 @@
  *   node's UDP address, so Relays to the node come to this socket; a
  *   Discover every `keepaliveMs` keeps that record (and any NAT mapping on
  *   the way) fresh while the node lives.
+ * - Node ID 0 (ADDRESS_QUERY_NODE_ID) only asks: "what is my address?", as a
+ *   Go daemon does before it registers. The beacon answers and records
+ *   nothing, so such a node sends no keepalive and cannot relay.
  * - UDP is best effort: Discover is sent again every `retryEveryMs` until
  *   a reply or the timeout; a Relay is sent once, never queued.
  * - UDP has no authentication: the beacon takes the sender on trust,
@@ -20,7 +23,7 @@ import dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
 import {
-  PacketType, decodePacket, encodeDiscover, encodeRelay, isValidNodeId,
+  ADDRESS_QUERY_NODE_ID, PacketType, decodePacket, encodeDiscover, encodeRelay, isValidNodeId,
   type Endpoint, type NodeId, type Packet,
 } from '../protocol';
 import { ClientError, ConnectError } from './errors';
@@ -28,8 +31,9 @@ import { ClientError, ConnectError } from './errors';
 export interface UdpNodeOptions {
   host: string;
   port: number;
+  /** The node to discover as; ADDRESS_QUERY_NODE_ID (0) only asks for the address and registers nothing. */
   nodeId: NodeId;
-  /** A Discover this often keeps the beacon's record and NAT mappings fresh. Default 25 s; 0 for none. */
+  /** A Discover this often keeps the beacon's record and NAT mappings fresh. Default 25 s; 0 for none (always none for node 0). */
   keepaliveMs?: number;
 }
 
@@ -68,7 +72,9 @@ export class UdpNode extends EventEmitter<{ packet: [packet: Packet, raw: Buffer
   /** Resolves the beacon's host, binds a socket and connects it to the beacon. */
   static async open(options: UdpNodeOptions): Promise<UdpNode> {
     const { host, port, nodeId } = options;
-    if (!isValidNodeId(nodeId)) throw new TypeError(`nodeId must be a node ID (1 to 4294967295), got ${String(nodeId)}`);
+    if (nodeId !== ADDRESS_QUERY_NODE_ID && !isValidNodeId(nodeId)) {
+      throw new TypeError(`nodeId must be a node ID (1 to 4294967295), or 0 to only ask for the address, got ${String(nodeId)}`);
+    }
     const where = host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
     let address: string;
     let family: number;
@@ -91,7 +97,7 @@ export class UdpNode extends EventEmitter<{ packet: [packet: Packet, raw: Buffer
       socket.close();
       throw new ConnectError(`UDP to ${where} failed: ${err.code ?? ''} ${err.message}`.trim(), 'ENETWORK', { cause: err.code });
     });
-    const keepaliveMs = options.keepaliveMs ?? 25_000;
+    const keepaliveMs = nodeId === ADDRESS_QUERY_NODE_ID ? 0 : options.keepaliveMs ?? 25_000;
     if (keepaliveMs > 0) {
       node.keepalive = setInterval(() => node.sendRaw(encodeDiscover(nodeId)), keepaliveMs);
       node.keepalive.unref();
@@ -132,6 +138,7 @@ export class UdpNode extends EventEmitter<{ packet: [packet: Packet, raw: Buffer
   /** Sends one Relay from this node to `dest`; best effort, never queued. */
   relay(dest: NodeId, payload: Uint8Array | string): void {
     if (!isValidNodeId(dest)) throw new RangeError(`dest must be a node ID (1 to 4294967295), got ${String(dest)}`);
+    if (this.nodeId === ADDRESS_QUERY_NODE_ID) throw new RangeError('node 0 only asks for its address and cannot relay: open the UdpNode with its node ID');
     if (this.failure) throw this.failure;
     if (this.closed) throw new ClientError('the UDP node was closed', 'ECLIENTCLOSED');
     this.sendRaw(encodeRelay(this.nodeId, dest, typeof payload === 'string' ? Buffer.from(payload, 'utf8') : payload));
