@@ -9,7 +9,7 @@
 
 /** Every reason a packet or frame is dropped; each is a metric label. */
 export const DROP_REASONS = [
-  /** Too short for its type, unknown type, or a zero node ID. */
+  /** Too short for its type, unknown type, or a zero node ID (other than a Discover's: an address query). */
   'malformed',
   /** A type the sender may not send (e.g. RelayDeliver to the beacon). */
   'unexpected_type',
