@@ -77,7 +77,6 @@ export class Instance {
   waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 10_000): Promise<LogLine> {
     let wake: (() => void) | undefined;
     let exited = false;
-    void this.exited.then(() => { exited = true; });
     const found = new Promise<LogLine>((resolve, reject) => {
       wake = () => {
         const line = this.logs.find(predicate);
@@ -86,6 +85,11 @@ export class Instance {
       };
       this.waiters.add(wake);
       wake();
+    });
+    // The waiters are woken at exit before this runs: look once more, knowing it exited.
+    void this.exited.then(() => {
+      exited = true;
+      wake?.();
     });
     return withTimeout(found, ms, `${this.name}: ${what}`).finally(() => { if (wake) this.waiters.delete(wake); });
   }
