@@ -15,7 +15,7 @@ import { DURATION_FORMS } from '../lib/config';
 import { VERSION } from '../lib/version';
 import { exitWithFailure } from './errors';
 import { keygenCommand, keysCommand } from './keys';
-import { runOptions, type RunFlags } from './options';
+import { readBooleanVariables, runOptions, type RunFlags } from './options';
 
 /** Units and variables, once for all flags, so --help answers "90 what?". */
 const RUN_HELP_FOOTER = `
@@ -34,6 +34,7 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ outputError: () => undefined });
   for (const option of runOptions()) program.addOption(option);
+  readBooleanVariables(program);
   program.addHelpText('after', RUN_HELP_FOOTER);
   // Loaded only to run: `beacon keys ...` and `--help` need none of the beacon's modules.
   program.action(async () => (await import('./run')).runBeacon(program.opts<RunFlags>()));

@@ -4,12 +4,13 @@
  * - Defaults come from DEFAULTS in lib/config (the one source of truth) and
  *   are formatted back into the operator's units for --help.
  * - Every flag is also read from BEACON_<FLAG_IN_UPPER_SNAKE> (BEACON_PEERS
- *   for --peer, comma-separated); a flag on the command line wins.
+ *   for --peer, comma-separated); a flag on the command line wins. A
+ *   boolean flag's variable says 1/true/yes or 0/false/no.
  * - Values are parsed at the boundary with lib/config's parsers; a bad one
  *   is a usage error that names the flag (or the variable) and the form.
  * - Cross-field checks (--peer needs --beacon-id) are validateConfig's job.
  */
-import { InvalidArgumentError, Option } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
   CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
@@ -18,6 +19,7 @@ import {
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
 import { UDP_IO_CHOICES, type UdpIoChoice } from '../lib/udp/transport';
+import { UsageError } from './errors';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
@@ -31,6 +33,8 @@ export const DEFAULT_KEYS_FILE = 'keys.json';
 export interface RunFlags {
   bind: HostPort;
   udp: HostPort;
+  reusePort?: boolean;
+  opsBind?: HostPort;
   keys?: string;
   registry?: HostPort;
   registryTimeout: number;
@@ -75,6 +79,11 @@ export function runOptions(): Option[] {
     flag('--bind <host:port>', 'HTTP/WebSocket listener: /v1/compat, /health, /metrics (plain HTTP; TLS terminates at the reverse proxy)',
       (text) => parseHostPort(text), d.bind, formatHostPort(d.bind)),
     flag('--udp <host:port>', 'UDP socket for Discover, PunchRequest, Relay and Sync', (text) => parseHostPort(text, '0.0.0.0:9001'), d.udp, formatHostPort(d.udp)),
+    new Option('--reuse-port', 'cluster mode: open --bind and --udp with SO_REUSEPORT, so the processes of one machine share them '
+      + '(the kernel spreads new connections and UDP flows over the live ones); needs the udp-batch addon; '
+      + `the variable takes ${BOOLEAN_FORMS}`).env(envName('--reuse-port')),
+    flag('--ops-bind <host:port>', '/health and /metrics of this process alone, on an address of its own (one per process, e.g. 127.0.0.1:9101); none by default',
+      (text) => parseHostPort(text, '127.0.0.1:9101')),
     flag('--keys <file>', `JSON keys file {"<node id>": "<base64 public key>"}, reloaded on change and on SIGHUP; without it, ./${DEFAULT_KEYS_FILE}, picked up whenever it appears`,
       (text) => text),
     flag('--registry <host:port>', 'Pilot registry to look up keys not in the keys file; none by default', (text) => parseHostPort(text)),
@@ -121,7 +130,7 @@ export function runOptions(): Option[] {
     flag('--cluster-tls-ca <file>', 'CA certificate (PEM) for TLS to NATS', (text) => text),
     flag('--cluster-name <name>', 'prefix of every NATS subject and bucket of this cluster, so several clusters share one NATS',
       (text) => matching(text, CLUSTER_NAME_PATTERN, '1 to 32 letters, digits, "-" or "_"'), d.clusterName, d.clusterName),
-    flag('--instance-id <id>', 'this process\'s ID in the cluster, unique among live processes; default: the host name and the --bind port',
+    flag('--instance-id <id>', 'this process\'s ID in the cluster, unique among live processes; default: the host name and the --ops-bind port, or without --ops-bind the --bind port',
       (text) => matching(text, INSTANCE_ID_PATTERN, '1 to 64 letters, digits, ".", ":", "-" or "_"')),
     flag('--cluster-dead-after <duration>', 'an instance silent this long is dead for the others: routes to it stop, its entries are removed',
       parseDuration, d.clusterDeadAfterMs, formatDuration(d.clusterDeadAfterMs)),
@@ -133,6 +142,8 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
   return {
     bind: flags.bind,
     udp: flags.udp,
+    reusePort: flags.reusePort === true,
+    opsBind: flags.opsBind,
     keysFile,
     registry: flags.registry,
     registryTimeoutMs: flags.registryTimeout,
@@ -169,6 +180,28 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     instanceId: flags.instanceId,
     clusterDeadAfterMs: flags.clusterDeadAfter,
   };
+}
+
+/** What a boolean flag's variable may say. */
+const BOOLEAN_FORMS = '1, true or yes (on) and 0, false or no (off)';
+const BOOLEAN_VALUES: Readonly<Record<string, boolean>> = { 1: true, true: true, yes: true, 0: false, false: false, no: false };
+
+/**
+ * Commander turns a boolean flag on whenever its variable is set, whatever
+ * it says (BEACON_REUSE_PORT=false would turn it on): read the value for it,
+ * refusing anything else. Called once on the program after runOptions().
+ */
+export function readBooleanVariables(program: Command): void {
+  for (const option of program.options) {
+    if (!option.isBoolean() || option.negate || !option.envVar) continue;
+    const variable = option.envVar;
+    program.on(`optionEnv:${option.name()}`, () => {
+      const text = (process.env[variable] ?? '').trim().toLowerCase();
+      const value = BOOLEAN_VALUES[text];
+      if (value === undefined) throw new UsageError(`${variable}=${process.env[variable]}: use ${BOOLEAN_FORMS}`);
+      program.setOptionValueWithSource(option.attributeName(), value, 'env');
+    });
+  }
 }
 
 function matching(text: string, pattern: RegExp, form: string): string {

@@ -6,10 +6,13 @@
  *   (lib/wss), the UDP side (lib/udp), the relay router and beacon peers
  *   (lib/relay), metrics (lib/metrics) and the ops routes (lib/http).
  * - Data flows one way: socket -> decode -> route -> encode -> socket.
- * - `startBeacon` resolves once both sockets listen; the bound addresses
- *   are on the Beacon, so tests can bind port 0.
- * - `close()` drains: /health turns 503, upgrades are refused, every socket
- *   is closed with 1001, then the cluster, UDP and the listener close.
+ * - `startBeacon` resolves once the sockets listen (the ops address, if
+ *   any, first); the bound addresses are on the Beacon, so tests can bind
+ *   port 0. With --reuse-port, --bind and --udp are shared with the other
+ *   processes of the machine (lib/reuse-port.ts, lib/http/listener.ts).
+ * - `close()` drains: /health turns 503, upgrades are refused (a shared
+ *   listener stops accepting), every socket is closed with 1001, then the
+ *   cluster, UDP and the listener close, and the ops listener last.
  * - Cluster mode (lib/cluster) is wired here only when --cluster is set; its
  *   NATS code is imported then and never otherwise, so the single-process
  *   beacon loads none of it.
@@ -17,7 +20,6 @@
 import { StartError } from './start-error';
 import { EventEmitter } from 'node:events';
 import { lookup } from 'node:dns/promises';
-import { hostname } from 'node:os';
 import type { AddressInfo } from 'node:net';
 import proxyAddr from '@fastify/proxy-addr';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
@@ -25,14 +27,18 @@ import type { Registry } from 'prom-client';
 import { KeysFile, createKeyDirectory, type KeyDirectory } from './auth';
 import { formatHostPort, validateConfig, type BeaconConfig, type HostPort } from './config';
 import { ConnectionGuard } from './http/connection-guard';
-import { registerOpsRoutes } from './http/ops-routes';
+import { listenHttp } from './http/listener';
+import { registerOpsRoutes, type OpsState } from './http/ops-routes';
+import { listenOps } from './http/ops-server';
 import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
 import { restartingMessage, type NodeId } from './protocol';
 import { BeaconPeers, SYNC_ROUTE_LIFETIME_INTERVALS } from './relay/beacon-peers';
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
 import { UdpServer } from './udp/udp-server';
-import { chooseUdpIo, type UdpIoDecision } from './udp/udp-batch-addon';
+import { chooseUdpIo, loadUdpBatchAddon, type UdpBatchAddon, type UdpIoDecision } from './udp/udp-batch-addon';
+import { reusePortProblem } from './reuse-port';
+import { chooseInstanceId } from './cluster/instance-id';
 import { CompatServer } from './wss/compat-server';
 import { VERSION } from './version';
 import type { ClusterNode } from './cluster/types';
@@ -59,6 +65,8 @@ export class Beacon extends EventEmitter {
   readonly stats = new BeaconStats();
   httpAddress!: AddressInfo;
   udpAddress!: AddressInfo;
+  /** The --ops-bind listener's address; undefined without --ops-bind. */
+  opsAddress: AddressInfo | undefined;
   readonly log: FastifyBaseLogger;
   private readonly app: FastifyInstance;
   private readonly compat: CompatServer;
@@ -68,6 +76,9 @@ export class Beacon extends EventEmitter {
   private readonly registry: Registry;
   private readonly keys: KeyDirectory;
   private readonly gauges: LiveGauges;
+  private readonly opsState: OpsState;
+  /** The --ops-bind listener, once it listens. */
+  private ops: FastifyInstance | undefined;
   private beaconPeers = new BeaconPeers([]);
   private syncTimer: NodeJS.Timeout | undefined;
   private closing: Promise<void> | undefined;
@@ -134,6 +145,10 @@ export class Beacon extends EventEmitter {
     };
     this.registry = createPrometheusRegistry(stats, gauges, VERSION, clusterGauges);
     this.gauges = gauges;
+    this.opsState = {
+      draining: () => this.compat.isDraining,
+      peers: () => this.compat.peers.size,
+    };
   }
 
   private httpOptions() {
@@ -157,11 +172,15 @@ export class Beacon extends EventEmitter {
       throw new StartError(`--udp-io batched: the udp-batch addon is not available (${this.udpIo.addonError}); `
         + 'on Linux, install g++, make and python3 and run `npm ci` again (or `npm rebuild @beacon/udp-batch`), or use --udp-io dgram', 'EUDPIO');
     }
+    let reuse: { addon: UdpBatchAddon } | undefined;
+    if (config.reusePort) {
+      const { addon, error } = loadUdpBatchAddon();
+      const problem = reusePortProblem(error, this.udpIo.io);
+      if (problem !== undefined || !addon) throw new StartError(problem ?? '--reuse-port: the udp-batch addon did not load', 'EREUSEPORT');
+      reuse = { addon };
+    }
     await this.compat.register(this.app);
-    registerOpsRoutes(this.app, this.registry, {
-      draining: () => this.compat.isDraining,
-      peers: () => this.compat.peers.size,
-    });
+    registerOpsRoutes(this.app, this.registry, this.opsState);
     const trusted = proxyAddr.compile(config.trustProxy);
     new ConnectionGuard({
       headersDeadlineMs: config.authTimeoutMs,
@@ -170,10 +189,19 @@ export class Beacon extends EventEmitter {
       isTrustedProxy: (ip) => trusted(ip, 0),
       stats: this.stats,
     }).attach(this.app.server);
+    // The ops address first: a process that cannot have it must not take a share of a shared --bind meanwhile.
+    if (config.opsBind) {
+      try {
+        this.ops = await listenOps(config.opsBind, this.registry, this.opsState, this.log);
+      } catch (err) {
+        throw listenError(err, config.opsBind, '--ops-bind');
+      }
+      this.opsAddress = this.ops.server.address() as AddressInfo;
+    }
     try {
-      await this.app.listen({ host: config.bind.host, port: config.bind.port });
+      await listenHttp(this.app, config.bind, reuse);
     } catch (err) {
-      throw listenError(err, config.bind, '--bind');
+      throw listenError(err, config.bind, '--bind', config.reusePort);
     }
     const server = this.app.server;
     server.headersTimeout = Math.min(config.authTimeoutMs, 60_000);
@@ -184,7 +212,7 @@ export class Beacon extends EventEmitter {
     try {
       this.udpAddress = await this.udp.start();
     } catch (err) {
-      throw listenError(err, config.udp, '--udp');
+      throw listenError(err, config.udp, '--udp', config.reusePort);
     }
     this.beaconPeers = new BeaconPeers(await Promise.all(config.peers.map((p) => this.resolvePeer(p))));
     if (config.clusterServers.length > 0) {
@@ -213,6 +241,8 @@ export class Beacon extends EventEmitter {
     this.log.info({
       bind: formatHostPort({ host: this.httpAddress.address, port: this.httpAddress.port }),
       udp: formatHostPort({ host: this.udpAddress.address, port: this.udpAddress.port }),
+      opsBind: this.opsAddress ? formatHostPort({ host: this.opsAddress.address, port: this.opsAddress.port }) : undefined,
+      reusePort: config.reusePort,
       beaconPeers: config.peers.length,
       instanceId: this.cluster?.instanceId,
       udpIo: this.udpIo.io,
@@ -225,9 +255,11 @@ export class Beacon extends EventEmitter {
   /** Loads the NATS side only now, so a beacon without --cluster never loads it. */
   private async joinCluster(): Promise<void> {
     const { startCluster } = await import('./cluster/nats-cluster');
+    const instanceId = chooseInstanceId(this.config, this.httpAddress.port, this.opsAddress?.port);
     this.cluster = await startCluster({
       config: this.config,
-      instanceId: this.config.instanceId ?? defaultInstanceId(this.httpAddress.port),
+      instanceId: instanceId.id,
+      instanceIdFix: instanceId.fix,
       stats: this.stats,
       log: this.log,
       deliverLocally: (relay) => this.router.route(relay, 'cluster'),
@@ -249,6 +281,7 @@ export class Beacon extends EventEmitter {
     this.keysFile?.close();
     this.keys.close();
     await this.app.close();
+    await this.ops?.close();
   }
 
   /** Sends one binary packet to the peer attached over WebSocket as `dest`. */
@@ -300,6 +333,9 @@ export class Beacon extends EventEmitter {
   private async shutdown(): Promise<void> {
     this.log.info({ peers: this.compat.peers.size }, 'shutting down');
     clearInterval(this.syncTimer);
+    // A shared listener stops accepting at once: the kernel gives new daemons to
+    // the other processes on the port rather than to us, to be refused.
+    if (this.config.reusePort) this.app.server.close();
     // Tell daemons when to come back, so a restart is not a reconnect storm
     // (Go daemons ignore unknown text messages, so this is safe for them).
     const notice = restartingMessage({ reconnect_in_ms: this.config.restartDelayMs, try_for_ms: this.config.restartWindowMs });
@@ -309,6 +345,8 @@ export class Beacon extends EventEmitter {
     this.keysFile?.close();
     this.keys.close();
     await this.app.close();
+    // Last: /health there says 503 through the whole drain.
+    await this.ops?.close();
     this.emit('closed');
   }
 
@@ -337,16 +375,20 @@ export class Beacon extends EventEmitter {
   }
 }
 
-/** The host name and the bound --bind port, in the characters an instance ID may hold. */
-function defaultInstanceId(port: number): string {
-  return `${hostname().replace(/[^A-Za-z0-9_.-]/g, '-').slice(0, 56) || 'beacon'}:${port}`;
-}
-
-function listenError(err: unknown, at: HostPort, flag: string): StartError {
+/** `shared`: the socket was opened with --reuse-port (--bind and --udp). */
+function listenError(err: unknown, at: HostPort, flag: string, shared?: boolean): StartError {
   const code = (err as NodeJS.ErrnoException).code ?? 'ELISTEN';
   const where = formatHostPort(at);
   switch (code) {
     case 'EADDRINUSE':
+      if (shared) {
+        return new StartError(`${flag} ${where}: address already in use by a process without --reuse-port (or of another user); `
+          + `start every beacon sharing it with --reuse-port, as one user, or choose another ${flag}`, code);
+      }
+      if (shared === false) {
+        return new StartError(`${flag} ${where}: address already in use; stop the other process or choose another ${flag} `
+          + '(beacons that share one address must all run with --reuse-port)', code);
+      }
       return new StartError(`${flag} ${where}: address already in use; stop the other process or choose another ${flag}`, code);
     case 'EACCES':
       return new StartError(`${flag} ${where}: permission denied; use a port above 1023 or grant CAP_NET_BIND_SERVICE`, code);

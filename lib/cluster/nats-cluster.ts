@@ -284,7 +284,7 @@ class NatsCluster implements ClusterNode {
       throw err;
     }
     throw new StartError(`--instance-id ${this.instanceId}: another live process in cluster "${this.deps.config.clusterName}" `
-      + 'already uses this ID; give each process its own --instance-id (default: host name and --bind port)', 'EINSTANCEID');
+      + `already uses this ID; ${this.deps.instanceIdFix}`, 'EINSTANCEID');
   }
 
   private subscribe(nc: NatsConnection): void {

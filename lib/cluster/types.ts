@@ -15,8 +15,10 @@ export type { AttachKind };
 
 export interface ClusterDeps {
   config: BeaconConfig;
-  /** This process's ID in the cluster (--instance-id, or host:port). */
+  /** This process's ID in the cluster (instance-id.ts). */
   instanceId: string;
+  /** How to give a second process another ID, for the line that refuses it. */
+  instanceIdFix: string;
   stats: BeaconStats;
   log: FastifyBaseLogger;
   /** Delivers a relay another instance forwarded, locally only. */

@@ -18,6 +18,14 @@ export interface BeaconConfig {
   bind: HostPort;
   /** UDP socket for Discover, PunchRequest, Relay and Sync. */
   udp: HostPort;
+  /**
+   * Open `bind` and `udp` with SO_REUSEPORT, so the cluster's processes on
+   * one machine share both addresses (the kernel spreads connections and
+   * flows over them). Cluster mode only; needs the udp-batch addon.
+   */
+  reusePort: boolean;
+  /** /health and /metrics of this process alone, on a listener of its own; undefined: none. */
+  opsBind?: HostPort;
   /** JSON keys file (docs/protocol.md §4); undefined when none. */
   keysFile?: string;
   /**
@@ -89,7 +97,7 @@ export interface BeaconConfig {
   clusterTlsCaFile?: string;
   /** Prefix of every subject and bucket, so several clusters share one NATS. */
   clusterName: string;
-  /** Unique per process; undefined: the host name and the bound --bind port. */
+  /** Unique per process; undefined: the host name and the bound --ops-bind port, else the bound --bind port. */
   instanceId?: string;
   /** An instance silent this long is dead to the others (its routes go, a survivor removes its entries). */
   clusterDeadAfterMs: number;
@@ -98,6 +106,8 @@ export interface BeaconConfig {
 export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   bind: { host: '127.0.0.1', port: 8443 },
   udp: { host: '127.0.0.1', port: 9001 },
+  reusePort: false,
+  opsBind: undefined,
   keysFile: undefined,
   registry: undefined,
   // Well under --auth-timeout, so a slow registry shows as
@@ -216,6 +226,10 @@ export function validateConfig(config: BeaconConfig): void {
 
 function validateClusterConfig(config: BeaconConfig): void {
   if (config.clusterServers.length === 0) {
+    if (config.reusePort) {
+      throw new ConfigError('--reuse-port is set but --cluster is not: processes sharing a port must share one directory of nodes; '
+        + 'add --cluster nats://HOST:4222, or remove --reuse-port');
+    }
     const stray = config.clusterCredsFile !== undefined ? '--cluster-creds'
       : config.clusterTlsCaFile !== undefined ? '--cluster-tls-ca'
       : config.instanceId !== undefined ? '--instance-id' : undefined;

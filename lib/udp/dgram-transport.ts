@@ -39,8 +39,11 @@ export class DgramTransport implements DatagramTransport {
     private readonly log: FastifyBaseLogger,
   ) {}
 
-  async bind(host: string, port: number): Promise<AddressInfo> {
-    const socket = dgram.createSocket({ type: this.family, lookup: lookupLiteral });
+  async bind(host: string, port: number, reusePort = false): Promise<AddressInfo> {
+    // `reusePort` is Node 22.12's (older ones ignore it: lib/reuse-port.ts refuses them first); @types/node 20 lacks it.
+    const options: dgram.SocketOptions & { reusePort?: boolean } = { type: this.family, lookup: lookupLiteral };
+    if (reusePort) options.reusePort = true;
+    const socket = dgram.createSocket(options);
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
       socket.bind(port, host, () => {

@@ -41,8 +41,13 @@ export type DatagramReceiver = (msg: BorrowedBytes, address: string, port: numbe
 
 export interface DatagramTransport {
   readonly io: UdpIo;
-  /** Binds and starts receiving; rejects with the socket error (its `code`, e.g. EADDRINUSE). */
-  bind(host: string, port: number): Promise<AddressInfo>;
+  /**
+   * Binds and starts receiving; rejects with the socket error (its `code`,
+   * e.g. EADDRINUSE). With `reusePort` the socket gets SO_REUSEPORT, so
+   * processes sharing the address each get a share of the flows (the
+   * caller checks first that this Node can: lib/reuse-port.ts).
+   */
+  bind(host: string, port: number, reusePort?: boolean): Promise<AddressInfo>;
   /** Sends one datagram (batched: queued, out by the end of the turn). */
   send(packet: Buffer, to: UdpEndpoint): void;
   /** Stops receiving and closes the socket; no datagram is delivered after it. */

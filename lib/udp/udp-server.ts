@@ -78,7 +78,7 @@ export class UdpServer {
     const transport: DatagramTransport = io === 'batched'
       ? new BatchTransport(addon!, this.family, receive, stats)
       : new DgramTransport(this.family, receive, stats, log);
-    const address = await transport.bind(config.udp.host, config.udp.port);
+    const address = await transport.bind(config.udp.host, config.udp.port, config.reusePort);
     this.transport = transport;
     const sweepMs = Math.max(1000, Math.floor(config.udpEndpointTtlMs / 4));
     this.expiry = setInterval(() => this.endpoints.expire(), sweepMs);
