@@ -94,8 +94,21 @@ test('a stranger spraying Relay(M->D) and Relay(V->D, FORGED) at another instanc
       }
       await new Promise((resolve) => setImmediate(resolve));
     }
-    // b has read every datagram (each V->D is counted as it is dropped), and what it forwarded has arrived.
-    await b.waitForMetric('beacon_dropped_total', { reason: 'wss_node_over_udp' }, (n) => n - droppedBefore >= PAIRS * 0.9, 20_000);
+    // b reads the stranger's datagrams in order, so once a relay sent after the spray reaches D, b has
+    // read (and dropped or forwarded) every datagram of it that the kernel did not drop. On a loaded
+    // machine the kernel drops a share of a spray this fast: how many arrive is not the beacon's doing.
+    const end = encodeRelay(M, D.nodeId, Buffer.from('END'));
+    const isEnd = (msg: Buffer) => decodePacket(msg)?.type === PacketType.RelayDeliver && msg.subarray(-3).toString() === 'END';
+    for (let arrived = false, deadline = Date.now() + 20_000; !arrived;) {
+      stranger.send(end, b.udpPort);
+      // Read what D has had so far; send again only after 200 ms without anything.
+      let got = await pd.next(200).catch(() => undefined);
+      while (got && !(arrived = isEnd(got))) got = await pd.next(200).catch(() => undefined);
+      if (!arrived && Date.now() > deadline) throw new Error('the relay sent after the spray never reached D');
+    }
+    const dropped = (await b.metric('beacon_dropped_total', { reason: 'wss_node_over_udp' }))! - droppedBefore;
+    assert.ok(dropped > PAIRS / 4, `b read and dropped ${dropped} of the ${PAIRS} relays "from V"`);
+    // What b forwarded has arrived.
     const framesOut = (await b.metric('beacon_cluster_frames_total', { direction: 'out' }))!;
     await a.waitForMetric('beacon_cluster_frames_total', { direction: 'in' }, (n) => n >= framesOut, 10_000);
     while (await pd.next(300).catch(() => undefined)); // until D has had everything
