@@ -74,10 +74,12 @@ test('a beacon without --reuse-port on a port held with SO_REUSEPORT is refused 
     `--bind 127.0.0.1:${plain}: address already in use by a process without --reuse-port`, 'start every beacon sharing it with --reuse-port');
 });
 
-test('--ops-bind in use, or malformed: exit 2, one line naming --ops-bind', async (t) => {
+test('--ops-bind in use, malformed or --bind\'s own: exit 2, one line naming --ops-bind', async (t) => {
   const taken = await holdTcp(t, false);
   assertUsageError(await runCli([...FAST, '--ops-bind', `127.0.0.1:${taken}`]), `--ops-bind 127.0.0.1:${taken}: address already in use`);
   assertUsageError(await runCli([...FAST, '--ops-bind', 'nowhere']), '--ops-bind');
+  assertUsageError(await runCli(['--bind', '127.0.0.1:8443', '--udp', '127.0.0.1:0', '--ops-bind', '127.0.0.1:8443']),
+    "--ops-bind 127.0.0.1:8443 is --bind's address", 'an address of their own');
   assertUsageError(await runCli(FAST, { env: { BEACON_OPS_BIND: '127.0.0.1:99999' } }), 'BEACON_OPS_BIND');
 });
 

@@ -9,7 +9,7 @@
  */
 import { MAX_MESSAGE_BYTES, MAX_NODE_ID } from '../protocol';
 import { UDP_IO_CHOICES, type UdpIoChoice } from '../udp/transport';
-import { type HostPort } from './units';
+import { formatHostPort, type HostPort } from './units';
 
 export * from './units';
 
@@ -220,6 +220,9 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (config.peers.length > 0 && (config.beaconId < 1 || config.beaconId > MAX_NODE_ID)) {
     throw new ConfigError('beacon peers are configured but no beacon ID: set --beacon-id N (1 to 4294967295, unique among your beacons)');
+  }
+  if (config.opsBind && config.opsBind.port !== 0 && config.opsBind.port === config.bind.port && config.opsBind.host === config.bind.host) {
+    throw new ConfigError(`--ops-bind ${formatHostPort(config.opsBind)} is --bind's address: give /health and /metrics an address of their own, e.g. 127.0.0.1:9101`);
   }
   validateClusterConfig(config);
 }
