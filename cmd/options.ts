@@ -14,7 +14,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
   CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
-  parsePacketRate, parsePositiveInt, parseSize,
+  parseFrameRate, parsePacketRate, parsePositiveInt, parseSize,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
@@ -48,6 +48,7 @@ export interface RunFlags {
   sendBuffer: number;
   peerRate: number;
   peerBurst: number;
+  peerFrameRate: number;
   udpRatePerIp: number;
   udpByteRatePerIp: number;
   beaconId: number;
@@ -102,6 +103,8 @@ export function runOptions(): Option[] {
     flag('--peer-rate <size/s>', 'bytes per second one peer may send; beyond it the beacon stops reading its socket until the budget refills (TCP slows the sender; nothing is dropped)',
       parseByteRate, d.peerRateBytesPerSec, `${formatSize(d.peerRateBytesPerSec)}/s`),
     flag('--peer-burst <size>', 'bytes a peer may send at once above --peer-rate (at least 64KiB)', parseSize, d.peerBurstBytes, formatSize(d.peerBurstBytes)),
+    flag('--peer-frame-rate <n/s>', 'frames per second a peer sending tiny frames may send: each frame counts as at least --peer-rate / this many bytes against its budget',
+      parseFrameRate, d.peerFrameRate, `${d.peerFrameRate}/s`),
     flag('--udp-rate-per-ip <n/s>', 'UDP packets per second from one source address (burst: one second\'s worth); beyond it they are dropped and counted (rate_limited); beacon peers are exempt',
       parsePacketRate, d.udpRatePerIp, `${d.udpRatePerIp}/s`),
     flag('--udp-byte-rate-per-ip <size/s>', 'UDP bytes per second from one source address (burst: one second\'s worth, at least 64KiB/s); beyond it packets are dropped and counted (byte_rate_limited); beacon peers are exempt',
@@ -157,6 +160,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     sendBufferBytes: flags.sendBuffer,
     peerRateBytesPerSec: flags.peerRate,
     peerBurstBytes: flags.peerBurst,
+    peerFrameRate: flags.peerFrameRate,
     udpRatePerIp: flags.udpRatePerIp,
     udpByteRatePerIp: flags.udpByteRatePerIp,
     beaconId: flags.beaconId,

@@ -147,3 +147,38 @@ test('perIpKey: IPv4 as is, IPv6 by prefix', () => {
   assert.equal(perIpKey('2001:db8:1:2:aaaa::1', 48), '2001:db8:1::/48');
   assert.equal(perIpKey('2001:db8::1', 128), '2001:db8::1');
 });
+
+test('one IPv6 /56 cannot take every handshake slot: a /56 holds an eighth of them, a /48 a quarter; the rest get 429, counted', async (t) => {
+  // 64 handshake slots: 8 for one /56, 16 for one /48; --max-per-ip per /64 is no bound here.
+  const tb = await beaconFor(t, [alice], { maxHandshakes: 64, maxPerIp: 64 });
+  const open: WebSocket[] = [];
+  t.after(() => { for (const ws of open) ws.terminate(); });
+  /** Silent upgrades through the trusted proxy from `addresses`, until one is refused with 429; how many were admitted. */
+  const admitted = async (addresses: (i: number) => string): Promise<number> => {
+    for (let i = 0; i < 64; i++) {
+      const ws = new WebSocket(tb.url, [COMPAT_SUBPROTOCOL], { headers: { 'x-forwarded-for': addresses(i) } });
+      ws.on('error', () => {});
+      const answer = await withTimeout(new Promise<number>((resolve) => {
+        ws.once('open', () => resolve(101));
+        ws.once('unexpected-response', (_req, res: IncomingMessage) => { res.resume(); resolve(res.statusCode ?? 0); });
+      }), 3_000, 'the answer to an upgrade');
+      if (answer === 429) return i;
+      assert.equal(answer, 101);
+      open.push(ws);
+    }
+    throw new Error('64 upgrades admitted');
+  };
+  // Sixteen /64s of one /56, four sockets each: eight admitted in all.
+  assert.equal(await admitted((i) => `2001:db8:0:${(0x100 + (i % 16)).toString(16)}::${Math.floor(i / 16) + 1}`), 8);
+  assert.equal(tb.beacon.metrics().stats.refused.max_handshakes_per_prefix, 1);
+  // Other /56s of the same /48 bring it to its quarter.
+  assert.equal(await admitted((i) => `2001:db8:0:${(0x200 + 0x100 * (i % 8)).toString(16)}::1`), 8);
+  // A daemon elsewhere still gets in; another /48 has its own quarter.
+  (await connectPeer(tb.url, alice)).close();
+  assert.equal(await admitted((i) => `2001:db8:7:${i.toString(16)}00::1`), 16);
+  assert.equal(tb.beacon.metrics().stats.refused.max_handshakes_per_prefix, 3);
+  // The shares come back as the handshakes end.
+  for (const ws of open.splice(0)) ws.terminate();
+  await eventually(() => tb.beacon.metrics().handshakes === 0, 3_000, 'the handshakes to end');
+  open.push((await openCompat(tb.url, { headers: { 'x-forwarded-for': '2001:db8:0:101::9' } })).ws);
+});

@@ -42,6 +42,7 @@ test('--help exits 0 and shows every default from DEFAULTS and its BEACON_* vari
     `default: ${DEFAULTS.maxPeers}`, 'env: BEACON_PEERS', 'env: BEACON_LOG_LEVEL', 'default: loopback',
     '--key-cache-negative-ttl', '--max-udp-endpoints', '--restart-window', '--udp-io', 'env: BEACON_UDP_IO', 'keygen', 'keys',
     `default: ${DEFAULTS.peerRateBytesPerSec / 2 ** 20}MiB/s`, 'env: BEACON_PEER_RATE', 'env: BEACON_PEER_BURST',
+    `default: ${DEFAULTS.peerFrameRate}/s`, 'env: BEACON_PEER_FRAME_RATE',
     `default: ${DEFAULTS.udpRatePerIp}/s`, 'env: BEACON_UDP_RATE_PER_IP',
     `default: ${DEFAULTS.udpByteRatePerIp / 2 ** 20}MiB/s`, 'env: BEACON_UDP_BYTE_RATE_PER_IP',
   ]) {
@@ -171,6 +172,9 @@ const badFlags: [string, string[], Record<string, string>, string[]][] = [
   ['zero peer rate', ['--peer-rate', '0/s'], {}, ['--peer-rate']],
   ['peer burst under one message', ['--peer-burst', '1KiB'], {}, ['--peer-burst', '64KiB']],
   ['bad UDP rate', ['--udp-rate-per-ip', '0'], {}, ['--udp-rate-per-ip']],
+  ['bad peer frame rate', ['--peer-frame-rate', 'fast'], {}, ['--peer-frame-rate', 'fast', 'frames per second']],
+  ['zero peer frame rate', ['--peer-frame-rate', '0/s'], {}, ['--peer-frame-rate']],
+  ['bad peer frame rate in the environment', [], { BEACON_PEER_FRAME_RATE: 'lots' }, ['BEACON_PEER_FRAME_RATE', 'lots']],
   ['bad UDP rate in the environment', [], { BEACON_UDP_RATE_PER_IP: 'lots' }, ['BEACON_UDP_RATE_PER_IP', 'lots']],
   ['bad UDP byte rate', ['--udp-byte-rate-per-ip', 'fast'], {}, ['--udp-byte-rate-per-ip', 'fast', 'MiB/s']],
   ['UDP byte rate under one datagram per second', ['--udp-byte-rate-per-ip', '1KiB/s'], {}, ['--udp-byte-rate-per-ip', '64KiB/s']],

@@ -1,5 +1,5 @@
 /**
- * Lines a stranger can cause (refused upgrades, failed handshakes) are
+ * Lines a stranger (or one key, reconnecting in a loop) can cause are
  * rate-limited: with a synchronous logger and a slow log reader, a flood of
  * them would stall the event loop (measured: test/bench/log-flood.ts).
  */
@@ -13,7 +13,7 @@ import WebSocket from 'ws';
 import { STRANGER_LOG_LIMIT, RateLimitedLog } from '../lib/log/rate-limited-log';
 import { COMPAT_SUBPROTOCOL } from '../lib/protocol';
 import { makeIdentity } from './helpers/identity';
-import { beaconFor, eventually, openCompat, withTimeout } from './helpers/harness';
+import { beaconFor, connectPeer, eventually, openCompat, withTimeout } from './helpers/harness';
 
 /** A real pino logger writing JSON lines into `lines`. */
 function capturingLogger(): { log: pino.Logger; lines: Array<Record<string, unknown>> } {
@@ -56,4 +56,26 @@ test('a flood of refused upgrades writes at most the burst of log lines; the met
   }
   assert.equal(tb.beacon.metrics().stats.refused.max_handshakes, flood);
   assert.equal(lines.filter((l) => l.msg === 'upgrade refused').length, STRANGER_LOG_LIMIT.burst);
+});
+
+test('one key reconnecting in a loop writes at most the burst of peer connected / replaced / disconnected lines; the metrics count them all', async (t) => {
+  const { log, lines } = capturingLogger();
+  const alice = makeIdentity(7777);
+  const tb = await beaconFor(t, [alice], {}, { logger: log });
+  const loops = STRANGER_LOG_LIMIT.burst + 20;
+  let previous: WebSocket | undefined;
+  for (let i = 0; i < loops; i++) {
+    const ws = await connectPeer(tb.url, alice); // replaces the previous one
+    previous?.terminate();
+    previous = ws;
+  }
+  previous!.close();
+  await eventually(() => tb.beacon.peerCount() === 0, 3_000, 'the last one to leave');
+  const { stats } = tb.beacon.metrics();
+  assert.equal(stats.authOk, loops);
+  assert.equal(stats.replacedPeers, loops - 1);
+  const count = (msg: string) => lines.filter((l) => l.msg === msg).length;
+  assert.equal(count('peer connected'), STRANGER_LOG_LIMIT.burst);
+  assert.equal(count('peer replaced by a newer connection'), STRANGER_LOG_LIMIT.burst);
+  assert.ok(count('peer disconnected') <= STRANGER_LOG_LIMIT.burst);
 });

@@ -101,20 +101,30 @@ test('a peer that reads more than its share of a turn yields to the others, and 
   assert.equal(stats.peerReadPauses, 0, 'within the default budget: never paused');
 });
 
-test('a paused peer is still closed cleanly: its close reply is read at once', async (t) => {
-  const tb = await beaconFor(t, ALL, { peerRateBytesPerSec: 64 * 1024, peerBurstBytes: 64 * 1024, shutdownGraceMs: 3_000 });
+test('a paused peer being closed stays paced: it gets its 1001 at once, is read only within its budget, and the grace ends it', async (t) => {
+  const rate = 64 * 1024;
+  const graceMs = 1_000;
+  const tb = await beaconFor(t, ALL, { peerRateBytesPerSec: rate, peerBurstBytes: 64 * 1024, shutdownGraceMs: graceMs });
   const [a, b] = await Promise.all([alice, bob].map((id) => connectPeer(tb.url, id)));
   t.after(() => { a!.terminate(); b!.terminate(); });
-  sendFlood(a!, alice.nodeId, bob.nodeId, 400); // ~7 s at 64 KiB/s
+  sendFlood(a!, alice.nodeId, bob.nodeId, 2_000); // 2.4 MB: ~37 s at 64 KiB/s
   await eventually(() => tb.beacon.metrics().peersPaused === 1, 5_000, 'alice to be paused');
+  const relayedBefore = tb.beacon.metrics().stats.relay.wss;
   const started = performance.now();
   const aliceClosed = closed(a!, 5_000);
   await tb.close();
-  // Without the release, the close handshake would wait for the pause and
-  // then the grace; the clean 1001 shows the reply was read.
+  // The close frame is written at once, so alice learns why; her reply
+  // waits behind the flood she sent, which is read no faster than before.
   assert.equal((await aliceClosed).code, 1001);
-  assert.ok(performance.now() - started < 2_500, 'closed without waiting out the pause');
-  assert.equal(tb.beacon.metrics().peersPaused, 0);
+  assert.ok(performance.now() - started < graceMs + 1_000, 'the shutdown waited no longer than its grace');
+  const { stats } = tb.beacon.metrics();
+  assert.equal(stats.relay.wss, relayedBefore, 'nothing she sent after the close began was relayed');
+  // Read while closing: at most the budget over the grace, a burst and two reads.
+  const readAtMost = (rate * (graceMs / 1000) + 64 * 1024 + 2 * 64 * 1024) / (PAYLOAD + 9 + 8);
+  t.diagnostic(`${stats.dropped.sender_closing} frames read while closing (bound ${readAtMost.toFixed(0)})`);
+  assert.ok(stats.dropped.sender_closing <= readAtMost, `${stats.dropped.sender_closing} frames read from a closing peer (at most ${readAtMost.toFixed(0)})`);
+  // The pause ends with the socket.
+  await eventually(() => tb.beacon.metrics().peersPaused === 0, 3_000, 'the pause to end');
 });
 
 test('a peer paused for longer than --idle-timeout is busy, not idle', async (t) => {

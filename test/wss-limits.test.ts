@@ -84,15 +84,14 @@ test('X-Forwarded-For from an untrusted address is ignored by the per-IP cap', a
   a.ws.close();
 });
 
-test('a message over 64 KiB before auth disconnects with 1009 and is counted', async (t) => {
+test('a message over 64 KiB before auth is refused at the handshake budget (4 KiB), with 1008, and counted', async (t) => {
   const tb = await startTestBeacon([alice]);
   t.after(() => tb.close());
   const { ws } = await openCompat(tb.url);
   const done = closed(ws);
   ws.send('x'.repeat(MAX_MESSAGE_BYTES + 1));
-  assert.equal((await done).code, CloseCode.MessageTooBig);
-  await eventually(() => tb.beacon.metrics().stats.dropped.oversized === 1);
-  assert.equal(tb.beacon.metrics().stats.authFailed.closed, 1);
+  assert.equal((await done).code, CloseCode.PolicyViolation);
+  await eventually(() => tb.beacon.metrics().stats.authFailed.handshake_budget === 1);
 });
 
 test('after auth, 64 KiB exactly is accepted and one byte more disconnects with 1009', async (t) => {

@@ -61,6 +61,11 @@ export interface BeaconConfig {
   peerRateBytesPerSec: number;
   /** Bytes a peer may send at once above its rate (the token bucket's size). */
   peerBurstBytes: number;
+  /**
+   * Frames per second a peer sending tiny frames may send: each frame is
+   * charged at least peerRateBytesPerSec / peerFrameRate bytes of its budget.
+   */
+  peerFrameRate: number;
   /** UDP packets per second from one source address; beyond it they are dropped. */
   udpRatePerIp: number;
   /** UDP bytes per second from one source address; beyond it its packets are dropped. */
@@ -138,6 +143,13 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   // 4 MiB: a daemon's whole socket send buffer, flushed at once after a
   // stall, passes without a pause.
   peerBurstBytes: 4 * 1024 * 1024,
+  // Each frame costs the beacon about as much as 1.3 KB of payload does, so
+  // counting bytes alone let 15-byte frames run at a whole core (issue 19).
+  // 50,000 frames/s is a tenth of the small frames one core relays (~550k/s),
+  // as the byte rate is a tenth of its bytes; a daemon sending 1200-byte
+  // frames at its whole byte budget sends ~28,000 a second. By default a
+  // frame costs at least 32 MiB / 50,000 = 671 bytes.
+  peerFrameRate: 50_000,
   // A UDP source cannot be paused, only dropped, so the per-address budgets
   // are abuse bounds set above what honest daemons behind one NAT send
   // (docs/rate-limits.md). Go daemons bounce FIN|ACK at ~5,000 packets/s
@@ -195,7 +207,7 @@ export class ConfigError extends Error {
 export function validateConfig(config: BeaconConfig): void {
   const positive: (keyof BeaconConfig)[] = [
     'registryTimeoutMs', 'authTimeoutMs', 'idleTimeoutMs', 'maxPeers', 'maxHandshakes', 'maxPerIp', 'sendBufferBytes',
-    'peerRateBytesPerSec', 'peerBurstBytes', 'udpRatePerIp', 'udpByteRatePerIp',
+    'peerRateBytesPerSec', 'peerBurstBytes', 'peerFrameRate', 'udpRatePerIp', 'udpByteRatePerIp',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'maxUdpEndpointsPerIp', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
     'clusterDeadAfterMs',

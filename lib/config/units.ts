@@ -55,6 +55,15 @@ export function parsePacketRate(text: string): number {
   return n;
 }
 
+/** `50000` or `50000/s`: whole frames per second. */
+export function parseFrameRate(text: string): number {
+  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
+  if (!match) throw new Error(`"${text}" is not a frame rate: use frames per second, e.g. 50000/s`);
+  const n = Number(match[1]);
+  if (n < 1 || !Number.isSafeInteger(n)) throw new Error(`"${text}" is out of range: use 1/s or more`);
+  return n;
+}
+
 /** A positive integer, at most `max`. */
 export function parsePositiveInt(text: string, max = Number.MAX_SAFE_INTEGER): number {
   if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number`);

@@ -1,6 +1,7 @@
 /**
  * Log lines a stranger can cause at will (refused upgrades, failed
- * handshakes), rate-limited.
+ * handshakes), or one key reconnecting in a loop (peer connected,
+ * replaced, disconnected), rate-limited.
  *
  * - The beacon's logger writes stdout synchronously (so the last lines
  *   before an exit are never lost). A flood of such lines with a slow log

@@ -27,6 +27,8 @@ export const DROP_REASONS = [
   'send_buffer_full',
   /** The destination peer's socket was already closing. */
   'peer_closing',
+  /** A frame from a peer whose socket is closing (replaced, revoked, idle, shutting down): it speaks for nobody now. */
+  'sender_closing',
   /** An inbound WebSocket message over 64 KiB (the peer is disconnected). */
   'oversized',
   /** A message before the handshake finished. */
@@ -73,6 +75,8 @@ export const AUTH_FAILURE_REASONS = [
   'registry_unavailable',
   /** The keys file changed the node's key (or removed it) while the signature was being checked. */
   'key_revoked',
+  /** More bytes or frames before auth_ok than a handshake needs (HANDSHAKE_MAX_BYTES, HANDSHAKE_MAX_FRAMES). */
+  'handshake_budget',
   'closed',
 ] as const;
 export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
@@ -80,6 +84,8 @@ export type AuthFailureReason = (typeof AUTH_FAILURE_REASONS)[number];
 /** Why an upgrade was refused before any WebSocket work. */
 export const REFUSAL_REASONS = [
   'max_peers', 'max_handshakes', 'max_per_ip', 'shutting_down',
+  /** An IPv6 /48 or /56 holds its share of the handshake slots already (HTTP 429). */
+  'max_handshakes_per_prefix',
   /** A trusted proxy forwarded a client address that is not an IP. */
   'bad_forwarded_address',
   /** An upgrade to a path other than /v1/compat (HTTP 404). */

@@ -12,8 +12,11 @@
  *   buffer more; an oversized message closes the socket with 1009.
  * - After the handshake, peers live in a PeerMap (last writer wins); their
  *   binary messages go to `onPacket`, text messages are ignored.
- * - Reading is paced per peer (read-pacer.ts): over --peer-rate/--peer-burst
- *   its socket is paused, never dropped; each gets a fair share of a turn.
+ * - Reading is paced per node (read-pacer.ts): over --peer-rate/--peer-burst
+ *   (each frame costing at least --peer-rate / --peer-frame-rate) its socket
+ *   is paused, never dropped; each gets a fair share of a turn. A socket
+ *   that is closing stays paced, and what it still sends is dropped
+ *   (`sender_closing`): a replaced, revoked or idle peer relays nothing more.
  * - Idle: any inbound data, ping or pong is activity; one sweep pings quiet
  *   peers and disconnects those silent past --idle-timeout.
  * - This module never decides where a packet goes: that is the router's.
@@ -33,7 +36,7 @@ import {
   AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
   type NodeId,
 } from '../protocol';
-import { perIpKey } from '../http/client-address';
+import { ipv6Networks, perIpKey } from '../http/client-address';
 import { RateLimitedLog } from '../log/rate-limited-log';
 import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';
@@ -69,13 +72,11 @@ function peerOf(ws: WebSocket): Peer {
  * Frames accepted for a peer earlier in this turn are written when the turn
  * ends (Peer batches them); one the beacon closes now gets them first, so
  * they precede the close frame as they did when each frame was its own write.
- * A peer paused for its read budget is read again, so its close reply is seen.
+ * Its reading stays paced: a peer over its budget has its close reply read
+ * when the budget allows, or is ended by the close grace.
  */
 function prepareClose(ws: WebSocket): void {
-  const peer = (ws as Partial<PeerSocket>)[PEER];
-  if (!peer) return;
-  peer.flush();
-  peer.pacer?.release();
+  (ws as Partial<PeerSocket>)[PEER]?.flush();
 }
 
 /** The TCP socket of a paced peer carries its pacer, for the shared read handler. */
@@ -90,8 +91,11 @@ function chargeRead(this: Socket, chunk: Buffer): void {
   (this as PacedSocket)[PACER].onRead(chunk.length);
 }
 
-function touchPeer(this: WebSocket): void {
-  peerOf(this).active = true;
+/** A ping or pong from a peer: activity, and a frame its budget pays for. */
+function touchPeer(this: WebSocket, data: Buffer): void {
+  const peer = peerOf(this);
+  peer.active = true;
+  peer.pacer?.onFrame(data.length);
 }
 
 /** The HTTP status of each refusal: 503 means the beacon is full, the others are about the client. */
@@ -100,6 +104,7 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
   max_handshakes: 503,
   shutting_down: 503,
   max_per_ip: 429,
+  max_handshakes_per_prefix: 429,
   bad_forwarded_address: 400,
   not_compat_path: 404,
   invalid_upgrade: 400,
@@ -116,10 +121,16 @@ export class CompatServer {
   private readonly verifier = new SignatureVerifier();
   private readonly pacing: ReadPacing;
   private draining = false;
-  /** Lines any stranger can cause, rate-limited (see RateLimitedLog). */
+  /** Lines any stranger (or one key, reconnecting in a loop) can cause, rate-limited (see RateLimitedLog). */
   private readonly refusedLog: RateLimitedLog;
   private readonly authFailedLog: RateLimitedLog;
   private readonly atCapacityLog: RateLimitedLog;
+  private readonly connectedLog: RateLimitedLog;
+  private readonly disconnectedLog: RateLimitedLog;
+  private readonly replacedLog: RateLimitedLog;
+  private readonly replacedElsewhereLog: RateLimitedLog;
+  private readonly revokedLog: RateLimitedLog;
+  private readonly idleLog: RateLimitedLog;
   private idleSweep: NodeJS.Timeout | undefined;
 
   /** Shared by all peers; `this` is the peer's socket. */
@@ -137,21 +148,31 @@ export class CompatServer {
     this.refusedLog = new RateLimitedLog(deps.log, 'upgrade refused');
     this.authFailedLog = new RateLimitedLog(deps.log, 'auth failed');
     this.atCapacityLog = new RateLimitedLog(deps.log, 'peer refused: beacon at capacity');
-    this.pacing = new ReadPacing(
-      { rateBytesPerSec: deps.config.peerRateBytesPerSec, burstBytes: deps.config.peerBurstBytes }, deps.stats);
-    const { stats, log, onPacket } = deps;
+    this.connectedLog = new RateLimitedLog(deps.log, 'peer connected');
+    this.disconnectedLog = new RateLimitedLog(deps.log, 'peer disconnected');
+    this.replacedLog = new RateLimitedLog(deps.log, 'peer replaced by a newer connection');
+    this.replacedElsewhereLog = new RateLimitedLog(deps.log, 'peer replaced by a newer connection on another instance');
+    this.revokedLog = new RateLimitedLog(deps.log, 'peer disconnected: key revoked');
+    this.idleLog = new RateLimitedLog(deps.log, 'peer disconnected: idle timeout');
+    this.pacing = new ReadPacing({
+      rateBytesPerSec: deps.config.peerRateBytesPerSec, burstBytes: deps.config.peerBurstBytes, frameRate: deps.config.peerFrameRate,
+    }, deps.stats);
+    const { stats, onPacket } = deps;
     const server = this;
     this.onPeerMessage = function onPeerMessage(data, isBinary) {
       const peer = peerOf(this);
       peer.active = true;
+      peer.pacer?.onFrame((data as Buffer).length);
       if (!isBinary) return; // reserved for control messages; ignored
       stats.framesIn++;
+      // Detached (replaced, revoked, idle) or shutting down: it speaks for nobody now.
+      if (this.readyState !== 1) return stats.drop('sender_closing');
       onPacket(peer, data as Buffer);
     };
     this.onPeerClose = function onPeerClose(code) {
       const peer = peerOf(this);
       peer.pacer?.release();
-      if (server.peers.detach(peer)) log.info({ nodeId: peer.nodeId, code }, 'peer disconnected');
+      if (server.peers.detach(peer)) server.disconnectedLog.info({ nodeId: peer.nodeId, code });
       server.deps.onPeerClosed?.(peer, code);
     };
     this.onWsError = function onWsError(error) {
@@ -224,7 +245,7 @@ export class CompatServer {
       revoked++;
       this.deps.stats.revokedPeers++;
       this.peers.detach(peer);
-      this.deps.log.info({ nodeId: peer.nodeId }, 'peer disconnected: key revoked');
+      this.revokedLog.info({ nodeId: peer.nodeId });
       closeWithGrace(peer.ws, CloseCode.PolicyViolation, CloseReason.keyRevoked);
     }
     return revoked;
@@ -240,7 +261,7 @@ export class CompatServer {
     peer.replaced = true;
     this.deps.stats.replacedPeers++;
     this.peers.detach(peer);
-    this.deps.log.info({ nodeId }, 'peer replaced by a newer connection on another instance');
+    this.replacedElsewhereLog.info({ nodeId });
     closeWithGrace(peer.ws, CloseCode.Replaced, CloseReason.replaced);
   }
 
@@ -280,14 +301,13 @@ export class CompatServer {
   private admit(req: FastifyRequest, reply: FastifyReply, done: () => void): void {
     if (!req.ws) return done();
     const ip = canonicalIp(req.ip);
-    const ipKey = perIpKey(ip, this.deps.config.ipv6PrefixBits);
-    const refusal = this.draining ? 'shutting_down'
-      // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
-      : isIP(ip) === 0 ? 'bad_forwarded_address'
-      : this.admission.check(ipKey, this.peers.size);
+    // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
+    if (this.draining || isIP(ip) === 0) return this.refuse(reply, ip, this.draining ? 'shutting_down' : 'bad_forwarded_address');
+    const client = { ipKey: perIpKey(ip, this.deps.config.ipv6PrefixBits), networks: ipv6Networks(ip) };
+    const refusal = this.admission.check(client, this.peers.size);
     if (refusal) return this.refuse(reply, ip, refusal);
     const socket = req.raw.socket;
-    this.tickets.set(socket, this.admission.admit(ipKey));
+    this.tickets.set(socket, this.admission.admit(client));
     socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
     done();
   }
@@ -353,13 +373,15 @@ export class CompatServer {
   }
 
   private attach(peer: Peer): void {
-    const { stats, log } = this.deps;
+    const { stats } = this.deps;
     const { ws } = peer;
     const previous = this.peers.attach(peer);
     if (previous) {
+      // One budget per node: the old socket, still closing, and this one share it.
+      if (peer.pacer && previous.pacer) peer.pacer.shareBudgetOf(previous.pacer);
       previous.replaced = true;
       stats.replacedPeers++;
-      log.info({ nodeId: peer.nodeId }, 'peer replaced by a newer connection');
+      this.replacedLog.info({ nodeId: peer.nodeId });
       closeWithGrace(previous.ws, CloseCode.Replaced, CloseReason.replaced);
     }
     stats.authOk++;
@@ -376,11 +398,12 @@ export class CompatServer {
       (peer.tcp as PacedSocket)[PACER] = peer.pacer;
       peer.tcp.on('data', chargeRead);
     }
-    log.info({ nodeId: peer.nodeId, ip: peer.clientIp }, 'peer connected');
+    this.connectedLog.info({ nodeId: peer.nodeId, ip: peer.clientIp });
   }
 
   private sweepIdle(idleMs: number, intervalMs: number): void {
     const now = Date.now();
+    this.pacing.forgetRefilled();
     for (const peer of this.peers.values()) {
       // A peer paused for its budget has sent more than we read: busy, not idle.
       if (peer.active || peer.pacer?.isPaused) {
@@ -392,7 +415,7 @@ export class CompatServer {
       if (quietFor >= idleMs) {
         this.deps.stats.idleDisconnects++;
         this.peers.detach(peer);
-        this.deps.log.info({ nodeId: peer.nodeId }, 'peer disconnected: idle timeout');
+        this.idleLog.info({ nodeId: peer.nodeId });
         closeWithGrace(peer.ws, CloseCode.GoingAway, CloseReason.idleTimeout);
       } else if (quietFor >= intervalMs) {
         peer.ws.ping();

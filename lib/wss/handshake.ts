@@ -8,14 +8,29 @@
  *   bad signature, or no answer before the deadline.
  * - Messages that arrive while the key is being looked up are dropped and
  *   counted; nothing is buffered before authentication.
+ * - A budget (issue 19): the answer is one text frame of about 200 bytes,
+ *   so a socket that sends more than HANDSHAKE_MAX_BYTES bytes or
+ *   HANDSHAKE_MAX_FRAMES frames (pings and pongs included) before auth_ok
+ *   fails with `handshake_budget`, and is no longer read. The budget holds
+ *   from the upgrade until auth_ok or the socket's close, so a socket that
+ *   failed otherwise is not read without limit while it closes either.
  * - Decides only; closing the socket and attaching the peer are the
  *   caller's.
  */
+import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
 import { newNonce, type SignatureVerifier } from '../auth/challenge';
 import type { KeyDirectory, RegisteredKey } from '../auth/keys';
 import type { AuthFailureReason, BeaconStats } from '../metrics';
 import { authChallengeMessage, parseAuthReply, type NodeId } from '../protocol';
+
+/**
+ * What a socket may send before auth_ok: the auth_reply (about 200 bytes),
+ * a close, and a few pings and pongs, with room to spare; a stream of
+ * anything is not a handshake.
+ */
+export const HANDSHAKE_MAX_BYTES = 4096;
+export const HANDSHAKE_MAX_FRAMES = 16;
 
 export type HandshakeResult =
   | { ok: true; nodeId: NodeId; key: RegisteredKey }
@@ -36,6 +51,7 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
   const nonce = newNonce();
   const deadline = Date.now() + deps.authTimeoutMs;
   let state: 'awaiting_reply' | 'verifying' | 'finished' = 'awaiting_reply';
+  const budget = new HandshakeBudget(ws, () => finish({ ok: false, reason: 'handshake_budget' }));
 
   const finish = (result: HandshakeResult) => {
     if (state === 'finished') return;
@@ -43,6 +59,8 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
     clearTimeout(timer);
     ws.off('message', onMessage);
     ws.off('close', onClose);
+    // Authenticated: the peer's own pacing takes over. Failed: the budget holds until the socket closes.
+    if (result.ok) budget.end();
     done(result);
   };
   const timer = setTimeout(() => finish({ ok: false, reason: 'timeout' }), deps.authTimeoutMs);
@@ -77,4 +95,73 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
   ws.on('message', onMessage);
   ws.on('close', onClose);
   ws.send(authChallengeMessage(nonce));
+}
+
+/**
+ * The budget of each socket in the handshake, by its TCP socket and its
+ * WebSocket, for the shared handlers. A WeakMap rather than a property, so
+ * a peer keeps nothing of it after auth_ok (memory per peer).
+ */
+const budgets = new WeakMap<object, HandshakeBudget>();
+
+/**
+ * Counts what one socket sends before auth_ok: bytes as they are read
+ * (after ws has parsed them), frames as ws reports them. The handlers are
+ * shared by all sockets.
+ */
+class HandshakeBudget {
+  private bytes = 0;
+  private frames = 0;
+  private exceeded = false;
+  private readonly tcp: Socket | undefined;
+
+  constructor(private readonly ws: WebSocket, private readonly onExceeded: () => void) {
+    // ws keeps the TCP socket private; without it only frames are counted.
+    this.tcp = (ws as unknown as { _socket?: Socket })._socket;
+    if (this.tcp) {
+      budgets.set(this.tcp, this);
+      this.tcp.on('data', chargeHandshakeBytes);
+    }
+    budgets.set(ws, this);
+    ws.on('message', chargeHandshakeFrame);
+    ws.on('ping', chargeHandshakeFrame);
+    ws.on('pong', chargeHandshakeFrame);
+  }
+
+  chargeBytes(count: number): void {
+    this.bytes += count;
+    if (this.bytes > HANDSHAKE_MAX_BYTES) this.exceed();
+  }
+
+  chargeFrame(): void {
+    if (++this.frames > HANDSHAKE_MAX_FRAMES) this.exceed();
+  }
+
+  /** auth_ok: stop counting. */
+  end(): void {
+    if (this.tcp) {
+      this.tcp.off('data', chargeHandshakeBytes);
+      budgets.delete(this.tcp);
+    }
+    this.ws.off('message', chargeHandshakeFrame);
+    this.ws.off('ping', chargeHandshakeFrame);
+    this.ws.off('pong', chargeHandshakeFrame);
+    budgets.delete(this.ws);
+  }
+
+  /** Over budget: the socket is not read again (the close grace ends it), and the handshake fails if it still runs. */
+  private exceed(): void {
+    if (this.exceeded) return;
+    this.exceeded = true;
+    this.ws.pause();
+    this.onExceeded();
+  }
+}
+
+function chargeHandshakeBytes(this: Socket, chunk: Buffer): void {
+  budgets.get(this)?.chargeBytes(chunk.length);
+}
+
+function chargeHandshakeFrame(this: WebSocket): void {
+  budgets.get(this)?.chargeFrame();
 }

@@ -17,8 +17,8 @@
  *   Everything else (text, ping, close) still goes through ws; a batch is
  *   written only while the socket is open, and the beacon flushes it before
  *   closing a peer, so frames accepted before the close go out before it.
- * - Its reading is paced (ReadPacer): a budget in bytes per second and a
- *   fair share of each turn of the event loop.
+ * - Its reading is paced (ReadPacer): its node's budget in bytes per second
+ *   and a fair share of each turn of the event loop.
  */
 import type { Socket } from 'node:net';
 import type WebSocket from 'ws';
@@ -55,7 +55,7 @@ export class Peer {
   ) {
     // ws keeps the TCP socket private; the batch is written to it directly.
     this.tcp = (ws as unknown as { _socket?: Socket })._socket;
-    this.pacer = this.tcp ? new ReadPacer(ws, pacing) : undefined;
+    this.pacer = this.tcp ? new ReadPacer(ws, pacing, nodeId) : undefined;
   }
 
   /**

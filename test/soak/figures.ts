@@ -88,6 +88,7 @@ const COUNTERS: Record<string, [string, Record<string, string>?]> = {
   bufFull: ['beacon_dropped_total', { reason: 'send_buffer_full' }],
   malformed: ['beacon_dropped_total', { reason: 'malformed' }],
   oversized: ['beacon_dropped_total', { reason: 'oversized' }],
+  hsBudget: ['beacon_wss_auth_total', { result: 'fail', reason: 'handshake_budget' }],
   reloadOk: ['beacon_keys_reloads_total', { result: 'ok' }],
   reloadFail: ['beacon_keys_reloads_total', { result: 'fail' }],
   regFound: ['beacon_registry_lookups_total', { result: 'found' }],
