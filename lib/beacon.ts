@@ -113,9 +113,9 @@ export class Beacon extends EventEmitter {
           // endpoint recorded for the node before (by anyone) must not
           // outlive it and take its traffic once it leaves.
           this.udp.endpoints.delete(peer.nodeId);
-          this.cluster?.attached(peer.nodeId, 'wss');
+          this.cluster?.attached(peer.nodeId);
         },
-        detached: (peer) => this.cluster?.detached(peer.nodeId, 'wss'),
+        detached: (peer) => this.cluster?.detached(peer.nodeId),
       },
     });
     this.udpIo = chooseUdpIo(config.udpIo);
@@ -124,9 +124,14 @@ export class Beacon extends EventEmitter {
       beaconPeers: () => this.beaconPeers,
       // docs/protocol.md §3 across instances: UDP cannot speak for a node on a WebSocket anywhere in the cluster.
       isAttachedOverWss: (id) => this.compat.peers.has(id) || (this.cluster?.isWssElsewhere(id) ?? false),
-      onEndpointRecorded: (id) => this.cluster?.attached(id, 'udp'),
+      // Cluster mode: a new UDP claim only once the instance can check it, within its source's budget (lib/cluster).
+      admitNewEndpoint: config.clusterServers.length === 0 ? undefined
+        : (_id, address) => (this.cluster ? this.cluster.admitUdpClaim(address) : 'cluster_not_ready'),
+      onEndpointRecorded: (id, endpoint, isNew) => this.cluster?.udpEndpointRecorded(id, endpoint, isNew),
       io: this.udpIo.io, addon: this.udpIo.addon,
     });
+    // Until the cluster's nodes are known, a UDP relay's sender cannot be checked (ClusterDeps.onViewComplete).
+    if (config.clusterServers.length > 0) this.udp.sendersCheckable = false;
     const gauges: LiveGauges = {
       peers: () => this.compat.peers.size,
       peersPaused: () => this.compat.peersPaused,
@@ -264,9 +269,12 @@ export class Beacon extends EventEmitter {
       log: this.log,
       deliverLocally: (relay) => this.router.route(relay, 'cluster'),
       evict: (nodeId, kind) => (kind === 'wss' ? this.compat.evict(nodeId) : this.udp.endpoints.delete(nodeId)),
-      hasUdpEndpoint: (nodeId) => this.udp.endpoints.get(nodeId) !== undefined,
+      udpEndpointOf: (nodeId) => this.udp.endpoints.get(nodeId),
+      onViewComplete: () => { this.udp.sendersCheckable = true; },
       onFatal: (err) => this.emit('fatal', err),
     });
+    // Daemons that authenticated while the cluster was starting are announced now.
+    for (const nodeId of this.compat.peers.nodeIds()) this.cluster.attached(nodeId);
   }
 
   /**

@@ -2,8 +2,9 @@
  * Cluster mode and the address query (issue 20): a Discover for node 0, over
  * UDP or WebSocket, at either of two instances joined through a real
  * nats-server, is answered, and nothing is written or announced for it: a
- * NATS client listening to every subject sees no directory write and no
- * attach notice naming node 0, and no instance has an entry for it.
+ * NATS client listening to every subject sees no directory write, no
+ * attach notice and no UDP claim naming node 0, and no instance has an
+ * entry for it.
  * Discovers for real nodes sent after the queries are the control: once
  * their writes are seen, a write for 0 would have been too (NATS keeps one
  * publisher's messages in order).
@@ -11,6 +12,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { decodeClaims } from '../lib/cluster/udp-claims';
 import { encodeDiscover, encodeDiscoverReply } from '../lib/protocol';
 import { allSee, joinedInstance, writeKeys, type Instance } from './helpers/cluster';
 import { UdpClient, eventually } from './helpers/harness';
@@ -24,18 +26,24 @@ let nats: NatsServer;
 let a: Instance;
 let b: Instance;
 let listener: NatsConnection;
-/** Every NATS message since the start: subject, and payload as text. */
-const seen: { subject: string; text: string }[] = [];
+/** Every NATS message since the start: subject, payload as text, and the node IDs of a UDP claims message. */
+const seen: { subject: string; text: string; claimed: number[] }[] = [];
 
-/** A directory write for `nodeId` (`$KV.<bucket>.<id>`) or an attach notice (`<id> <placement>`). */
-function names(nodeId: number): (m: { subject: string; text: string }) => boolean {
-  return (m) => (m.subject.startsWith('$KV.') && m.subject.endsWith(`.${nodeId}`)) || m.text.startsWith(`${nodeId} `);
+/** A directory write for `nodeId` (`$KV.<bucket>.<id>`), an attach notice (`<id> <placement>`) or a UDP claim (udp-claims.ts). */
+function names(nodeId: number): (m: { subject: string; text: string; claimed: number[] }) => boolean {
+  return (m) => (m.subject.startsWith('$KV.') && m.subject.endsWith(`.${nodeId}`)) || m.text.startsWith(`${nodeId} `)
+    || m.claimed.includes(nodeId);
 }
 
 before(async () => {
   nats = await NatsServer.start();
   listener = await connect({ servers: `127.0.0.1:${nats.port}` });
-  listener.subscribe('>', { callback: (_err, msg) => { seen.push({ subject: msg.subject, text: msg.string() }); } });
+  listener.subscribe('>', {
+    callback: (_err, msg) => {
+      const claimed = msg.subject.startsWith('beacon.udp.') ? (decodeClaims(msg.data) ?? []).map((r) => r.nodeId) : [];
+      seen.push({ subject: msg.subject, text: msg.string(), claimed });
+    },
+  });
   await listener.flush();
   const keys = writeKeys([alice]);
   [a, b] = await Promise.all([joinedInstance('a', { nats: nats.url(), keys }), joinedInstance('b', { nats: nats.url(), keys })]);

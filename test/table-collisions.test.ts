@@ -14,8 +14,11 @@ import { idsCollidingUnderFibonacci, idsCollidingUnderV8 } from './helpers/colli
 import { beaconFor, UdpClient, type TestBeacon } from './helpers/harness';
 import { NatsServer } from './helpers/nats';
 
-/** Sources of the planted Discovers: a few addresses, as an attacker has. */
-const SOURCES = ['127.0.0.1', '127.0.0.2', '127.0.0.3', '127.0.0.4'];
+/**
+ * Sources of the planted Discovers: a few addresses, as an attacker has
+ * (16: in cluster mode each address makes at most 100 new claims a second).
+ */
+const SOURCES = Array.from({ length: 16 }, (_, i) => `127.0.0.${i + 1}`);
 
 async function openSources(): Promise<UdpClient[]> {
   return Promise.all(SOURCES.map(async (address) => {
@@ -80,6 +83,7 @@ after(async () => { await nats?.close(); });
 async function instance(t: Parameters<typeof beaconFor>[0], id: string): Promise<TestBeacon> {
   return beaconFor(t, [], {
     clusterServers: [nats.url()], instanceId: id, clusterName: 'collide', maxUdpEndpointsPerIp: 10_000,
+    clusterDeadAfterMs: 1_000, // UDP claims are taken a dead-after after joining
   });
 }
 
@@ -92,11 +96,12 @@ test('the cluster directory mirror: 3,000 IDs chosen to fill one probe run cost 
   const a = await instance(t, 'a');
   const b = await instance(t, 'b');
   await waitFor(async () => (await gauge(a, 'beacon_cluster_instances')) === 2 && (await gauge(b, 'beacon_cluster_instances')) === 2, 10_000);
-  // Planted at b; each becomes a directory entry that a mirrors.
+  // Planted at b; each becomes a UDP claim that a holds (lib/cluster/udp-claims.ts, a table like the mirror).
   await plant(b.udpPort, ids, async () => (await gauge(a, 'beacon_cluster_directory_entries')) >= ids.length);
-  // Under the old hash they all shared one run of slots: ~1,500 probes a lookup.
+  // Under the old hash they all shared one run of slots: ~1,500 probes a lookup. A lookup now misses
+  // the mirror (1 probe) before it finds the claim (~1.5, ~3 while the claims table is being rebuilt).
   const present = meanProbes(ids, (id) => a.beacon.tableProbes(id).clusterDirectory!);
-  assert.ok(present <= 3, `${present.toFixed(1)} probes per lookup of a planted ID`);
+  assert.ok(present <= 5, `${present.toFixed(1)} probes per lookup of a planted ID`);
   const absent = meanProbes(ids, (id) => a.beacon.tableProbes(id + 1).clusterDirectory!);
   assert.ok(absent <= 12, `${absent.toFixed(1)} probes per lookup of an absent ID`);
 });

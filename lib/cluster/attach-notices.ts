@@ -2,10 +2,12 @@
  * Attach notices: other instances learn of a new attachment at once, not
  * when the KV entry comes round through JetStream.
  *
- * - When a node attaches here (auth_ok, or a new UDP endpoint), the
- *   instance writes its directory entry as before and, in the same turn,
- *   publishes a notice on `<name>.att.<instance>` over core NATS:
- *   `<node> <w|u> <instance>`, one short ASCII line. At most once, like
+ * - When a node attaches here over WebSocket (auth_ok), the instance
+ *   writes its directory entry as before and, in the same turn, publishes
+ *   a notice on `<name>.att.<instance>` over core NATS: `<node> w
+ *   <instance>`, one short ASCII line. (Instances of an older version also
+ *   sent `u` notices for UDP endpoints; those are ignored: UDP claims have
+ *   their own subject, udp-claims.ts, and never shadow a WebSocket.) At most once, like
  *   heartbeats: a lost notice costs only the head start.
  * - The other instances keep a notice as a provisional route in a small
  *   table (ProvisionalRoutes): capped at MAX_PROVISIONAL entries (the

@@ -15,6 +15,12 @@
  *   while cut off, an earlier life of this instance ID) is deleted when the
  *   watch shows it; an entry of ours deleted by someone else (a survivor
  *   that took us for dead) is written again.
+ * - Trust only goes up: the directory holds WebSocket attachments (UDP
+ *   claims are soft state, udp-claims.ts). A `u` entry (written by an
+ *   instance of an older version) never replaces a live instance's
+ *   WebSocket entry in the mirror, and never evicts ours: ours is written
+ *   again, so the bucket says the truth. A WebSocket entry elsewhere makes
+ *   this instance give up its UDP claim for the node (`wssAttachedElsewhere`).
  */
 import type { NodeId } from '../protocol/packets';
 import type { Instance } from './instances';
@@ -36,12 +42,16 @@ interface OwnEntry {
   rev: number | undefined;
   /** Highest revision another instance wrote for this node while ours was in flight. */
   remoteRev: number;
+  /** Highest revision of a `u` entry written over ours while ours was in flight: ours is written again when it lands. */
+  udpOverRev: number;
 }
 
 export interface DirectoryDeps {
   self: Instance;
   /** Another instance now holds `nodeId`: drop our attachment of `kind` (4001 / forget the endpoint). */
   evict(nodeId: NodeId, kind: AttachKind): void;
+  /** The mirror now says another live instance holds `nodeId` over WebSocket (a UDP claim here gives way). */
+  wssAttachedElsewhere?(nodeId: NodeId): void;
   /** A KV operation failed (cut off, timeout); reconnecting re-announces everything. */
   onStoreError(err: unknown, op: string): void;
   /** Smallest mirror table (tests use small ones to meet rebuilds). */
@@ -137,7 +147,7 @@ export class Directory {
   attached(nodeId: NodeId, kind: AttachKind): void {
     const entry = this.own.get(nodeId);
     if (entry?.kind === kind) return; // announced already, or its write is in flight
-    this.own.set(nodeId, { kind, rev: undefined, remoteRev: 0 });
+    this.own.set(nodeId, { kind, rev: undefined, remoteRev: 0, udpOverRev: 0 });
     this.announce(nodeId);
   }
 
@@ -154,20 +164,9 @@ export class Directory {
     if (entry.rev !== undefined) this.remove(nodeId, entry.rev);
   }
 
-  /** Our nodes of `kind`, for reconciling (UDP endpoints expire without telling). */
-  ownNodes(kind: AttachKind): NodeId[] {
-    const ids: NodeId[] = [];
-    for (const [nodeId, entry] of this.own) if (entry.kind === kind) ids.push(nodeId);
-    return ids;
-  }
-
   /** After (re)connecting: write every attachment of ours again. */
   announceAll(): void {
-    for (const [nodeId, entry] of this.own) {
-      entry.rev = undefined;
-      entry.remoteRev = 0;
-      this.announce(nodeId);
-    }
+    for (const [nodeId, entry] of this.own) this.announceAgain(nodeId, entry);
   }
 
   /** On shutdown: delete every entry of ours that has landed; resolves when the deletes did. */
@@ -209,8 +208,18 @@ export class Directory {
     const target = this.next ?? this.mirror;
     const slot = target.find(nodeId);
     if (slot >= 0 && target.revAt(slot) >= rev) return;
-    target.set(nodeId, instance, kind, rev);
     const entry = this.own.get(nodeId);
+    if (kind === 'udp' && !instance.self) {
+      // A UDP claim never takes a node from a WebSocket: not ours (written again), not another live instance's.
+      if (entry?.kind === 'wss') {
+        if (entry.rev === undefined) entry.udpOverRev = Math.max(entry.udpOverRev, rev);
+        else this.announceAgain(nodeId, entry);
+        return;
+      }
+      if (slot >= 0 && target.kindAt(slot) === 'wss' && target.instanceAt(slot).live && target.instanceAt(slot) !== instance) return;
+    }
+    target.set(nodeId, instance, kind, rev);
+    if (kind === 'wss' && !instance.self) this.deps.wssAttachedElsewhere?.(nodeId);
     if (instance.self) {
       // Ours, but not held: left over from a lost delete or an earlier life of this ID.
       if (!entry) this.remove(nodeId, rev);
@@ -227,11 +236,7 @@ export class Directory {
     if (slot >= 0 && target.revAt(slot) < rev) target.delete(nodeId);
     const entry = this.own.get(nodeId);
     // Someone removed an entry of ours we still hold (took us for dead): write it again.
-    if (entry?.rev !== undefined && rev > entry.rev) {
-      entry.rev = undefined;
-      entry.remoteRev = 0;
-      this.announce(nodeId);
-    }
+    if (entry?.rev !== undefined && rev > entry.rev) this.announceAgain(nodeId, entry);
   }
 
   /** Entries a dead instance held, for the survivor that removes them. */
@@ -272,7 +277,16 @@ export class Directory {
       }
       entry.rev = rev;
       if (entry.remoteRev > rev) this.evict(nodeId, entry.kind);
+      else if (entry.udpOverRev > rev) this.announceAgain(nodeId, entry);
     }, (err: unknown) => this.deps.onStoreError(err, 'put'));
+  }
+
+  /** Writes our entry for `nodeId` again (after a reconnect, or when someone removed or overwrote it). */
+  private announceAgain(nodeId: NodeId, entry: OwnEntry): void {
+    entry.rev = undefined;
+    entry.remoteRev = 0;
+    entry.udpOverRev = 0;
+    this.announce(nodeId);
   }
 }
 

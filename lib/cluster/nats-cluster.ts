@@ -12,8 +12,16 @@
  *   every attachment of ours. On a reconnect the watch resumes where it
  *   stopped, so the cluster converges without a restart or a reload.
  * - Liveness (instances.ts), directory (directory.ts), attach notices
- *   (attach-notices.ts) and forwarding (forwarder.ts) are plain classes;
- *   this module feeds them NATS events.
+ *   (attach-notices.ts), UDP claims (udp-claims.ts) and forwarding
+ *   (forwarder.ts) are plain classes; this module feeds them NATS events.
+ * - UDP claims are checked before they are taken: a new one only while
+ *   this instance's view is complete (connected, its directory current,
+ *   every live instance heard for a dead-after since it (re)synced), and
+ *   within each source's budget (CLAIMS_PER_SOURCE_PER_SEC); a refused
+ *   Discover is still answered, and counted (`cluster_not_ready`,
+ *   `cluster_claim_rate`). Until the view is complete for the first time,
+ *   UDP relays are dropped too (`cluster_not_ready`): their sender cannot be
+ *   checked against the WebSocket nodes of the other instances yet.
  * - Anything on our subjects or bucket that is not ours is counted
  *   (`cluster_malformed`) and dropped; nothing here throws into the beacon.
  *   A line a stranger can cause (an eviction) goes through the
@@ -33,11 +41,17 @@ import { StartError } from '../beacon';
 import { redactUrl } from '../config';
 import { RateLimitedLog } from '../log/rate-limited-log';
 import { relaySender, type NodeId } from '../protocol/packets';
+import type { DropReason } from '../metrics';
+import { canonicalIp } from '../protocol';
+import { perIpKey } from '../http/client-address';
+import type { UdpEndpoint } from '../udp/endpoints';
+import { SourceRateLimiter } from '../udp/source-rate-limit';
 import type { BorrowedBytes } from '../udp/transport';
 import { ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
 import { Directory } from './directory';
 import { Forwarder } from './forwarder';
 import { Instances, type Instance } from './instances';
+import { CLAIMS_REFRESH_MS, CLAIMS_ROTATE_MS, UdpClaims, decodeClaims } from './udp-claims';
 import {
   SnapshotReceiver, SnapshotWriter, chunkEntriesFor, forEachSnapshotEntry, refusedChunk, type ReceiveOutcome,
 } from './snapshot';
@@ -52,8 +66,16 @@ const CONNECT_TIMEOUT_MS = 2_000;
 const RETRY_MS = 1_000;
 /** How long "is this instance ID taken?" waits for an answer. */
 const WHO_TIMEOUT_MS = 500;
-/** UDP endpoints expire silently; our directory entries for them are reconciled this often. */
+/** UDP endpoints expire silently; our claims for them are reconciled this often. */
 const UDP_RECONCILE_MS = 5_000;
+/**
+ * New UDP claims one source address (IPv6: its --per-ip-ipv6-prefix) may
+ * make per second, a second's worth at once: each is a message to every
+ * instance. A NAT with --max-udp-endpoints-per-ip (1,000) daemons whose
+ * mapping changes claims them all again within a Discover interval
+ * (~25 s), about 40 a second; a stranger with made-up node IDs gets no more.
+ */
+export const CLAIMS_PER_SOURCE_PER_SEC = 100;
 /** A directory write not acknowledged by then has failed (it is redone on reconnect). */
 const KV_TIMEOUT_MS = 5_000;
 /** JetStream API calls (bucket, watch set-up) may take this long. */
@@ -91,6 +113,10 @@ class NatsCluster implements ClusterNode {
   private readonly attachSubject: string;
   private readonly members: Instances;
   private readonly directory: Directory;
+  private readonly claims: UdpClaims;
+  /** New UDP claims per source address (CLAIMS_PER_SOURCE_PER_SEC). */
+  private readonly claimBudget = new SourceRateLimiter({ packetsPerSec: CLAIMS_PER_SOURCE_PER_SEC, bytesPerSec: Infinity });
+  private readonly claimsSubject: string;
   private readonly forwarder: Forwarder;
   /** Attachments other instances announced by notice, ahead of their KV entries. */
   private readonly provisional = new ProvisionalRoutes();
@@ -117,6 +143,16 @@ class NatsCluster implements ClusterNode {
   private epoch = 0;
   /** When the current connection's sync began: before dead-after has passed we have not heard everyone yet. */
   private syncedAt = 0;
+  /** The mirror has caught up with the bucket since the last (re)connect. */
+  private directoryCurrent = false;
+  /** Connected, directory current, every live instance heard: new UDP claims can be checked (see updateView). */
+  private viewComplete = false;
+  /** Heartbeats go out this often (a fifth of dead-after). */
+  private readonly heartbeatMs: number;
+  /** When the last tick ran: a tick much later than due means this process stalled. */
+  private lastTickAt = 0;
+  private claimsRefreshTimer: NodeJS.Timeout | undefined;
+  private claimsRotateTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private reconcileTimer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -124,18 +160,25 @@ class NatsCluster implements ClusterNode {
   constructor(private readonly deps: ClusterDeps) {
     const { config } = deps;
     this.instanceId = deps.instanceId;
+    this.heartbeatMs = Math.max(50, Math.floor(config.clusterDeadAfterMs / 5));
     this.subjects = subjectsFor(config.clusterName);
     this.attachSubject = this.subjects.attach(deps.instanceId);
     this.evictionLog = new RateLimitedLog(deps.log, 'node attached to another instance; dropping it here');
     this.members = new Instances(deps.instanceId, config.clusterDeadAfterMs, this.subjects.forward);
     this.directory = new Directory({
       self: this.members.self,
-      evict: (nodeId, kind) => {
-        deps.stats.clusterEvictions[kind]++;
-        this.evictionLog.info({ nodeId, kind });
-        deps.evict(nodeId, kind);
-      },
+      evict: (nodeId, kind) => this.evict(nodeId, kind),
+      wssAttachedElsewhere: (nodeId) => this.claims.yieldTo(nodeId),
       onStoreError: (err, op) => deps.log.debug({ err, op }, 'cluster directory write failed; it is redone on reconnect'),
+    });
+    this.claimsSubject = this.subjects.claims(deps.instanceId);
+    this.claims = new UdpClaims({
+      self: this.members.self,
+      stats: deps.stats,
+      publish: (message) => this.isConnected && this.publish(this.claimsSubject, message),
+      endpointOf: (nodeId) => deps.udpEndpointOf(nodeId),
+      isWssHere: (nodeId) => this.directory.isOwn(nodeId, 'wss'),
+      evict: (nodeId) => this.evict(nodeId, 'udp'),
     });
     // A batch's reply subject is our own forward subject: the receiver checks which instance read its relays.
     const fromHere = { reply: this.subjects.forward(deps.instanceId) };
@@ -151,7 +194,8 @@ class NatsCluster implements ClusterNode {
       const noticed = this.provisional.instanceOf(nodeId);
       if (noticed !== undefined) return noticed;
     }
-    return this.directory.instanceOf(nodeId);
+    // WebSocket placements first: a UDP claim never takes a node from a WebSocket.
+    return this.directory.instanceOf(nodeId) ?? this.claims.instanceOf(nodeId);
   }
 
   forward(instance: Instance, relay: BorrowedBytes): void {
@@ -162,22 +206,34 @@ class NatsCluster implements ClusterNode {
     return this.directory.isWssElsewhere(nodeId) || this.provisional.isWssElsewhere(nodeId);
   }
 
-  attached(nodeId: NodeId, kind: AttachKind): void {
-    const isNew = !this.directory.isOwn(nodeId, kind);
-    this.directory.attached(nodeId, kind);
+  attached(nodeId: NodeId): void {
+    const isNew = !this.directory.isOwn(nodeId, 'wss');
+    this.directory.attached(nodeId, 'wss');
     this.provisional.forget(nodeId);
-    // In the same turn as the KV write (and, for a WebSocket, auth_ok): the others route here at once.
+    this.claims.withdraw(nodeId); // the WebSocket took its place here (the endpoint is gone)
+    // In the same turn as the KV write and the daemon's auth_ok: the others route here at once.
     if (isNew && this.isConnected) {
-      this.publish(this.attachSubject, Buffer.from(encodeAttachNotice(nodeId, kind, this.instanceId)));
+      this.publish(this.attachSubject, Buffer.from(encodeAttachNotice(nodeId, 'wss', this.instanceId)));
     }
   }
 
-  detached(nodeId: NodeId, kind: AttachKind): void {
-    this.directory.detached(nodeId, kind);
+  detached(nodeId: NodeId): void {
+    this.directory.detached(nodeId, 'wss');
+  }
+
+  admitUdpClaim(address: string): DropReason | undefined {
+    if (!this.viewComplete) return 'cluster_not_ready';
+    if (this.claimBudget.allow(perIpKey(canonicalIp(address), this.deps.config.ipv6PrefixBits), 0) !== 'ok') return 'cluster_claim_rate';
+    return undefined;
+  }
+
+  udpEndpointRecorded(nodeId: NodeId, endpoint: UdpEndpoint, isNew: boolean): void {
+    this.claims.claim(nodeId, endpoint, isNew);
   }
 
   directoryProbes(nodeId: NodeId): number {
-    return this.directory.probes(nodeId);
+    // As instanceOf looks: the mirror, then the UDP claims.
+    return this.directory.probes(nodeId) + (this.directory.instanceOf(nodeId) !== undefined ? 0 : this.claims.probes(nodeId));
   }
 
   connected(): number {
@@ -189,7 +245,7 @@ class NatsCluster implements ClusterNode {
   }
 
   directoryEntries(): number {
-    return this.directory.size;
+    return this.directory.size + this.claims.size;
   }
 
   async close(): Promise<void> {
@@ -198,7 +254,10 @@ class NatsCluster implements ClusterNode {
     clearTimeout(this.retryTimer);
     clearInterval(this.heartbeatTimer);
     clearInterval(this.reconcileTimer);
+    clearInterval(this.claimsRefreshTimer);
+    clearInterval(this.claimsRotateTimer);
     this.provisional.clear();
+    this.claims.clear();
     this.evictionLog.flush();
     this.forwarder.flushAll();
     if (this.isConnected) await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
@@ -217,6 +276,10 @@ class NatsCluster implements ClusterNode {
     const { log, config } = this.deps;
     this.reconcileTimer = setInterval(() => this.reconcileUdp(), UDP_RECONCILE_MS);
     this.reconcileTimer.unref();
+    this.claimsRefreshTimer = setInterval(() => { if (this.viewComplete) this.claims.reannounceAll(); }, CLAIMS_REFRESH_MS);
+    this.claimsRefreshTimer.unref();
+    this.claimsRotateTimer = setInterval(() => this.claims.rotate(), CLAIMS_ROTATE_MS);
+    this.claimsRotateTimer.unref();
     const servers = config.clusterServers.map(redactUrl);
     try {
       await this.connectAndJoin(true);
@@ -268,7 +331,7 @@ class NatsCluster implements ClusterNode {
     this.nc = nc;
     this.subscribe(nc);
     void this.followStatus(nc);
-    this.heartbeatTimer = setInterval(() => this.tick(), Math.max(50, Math.floor(this.deps.config.clusterDeadAfterMs / 5)));
+    this.heartbeatTimer = setInterval(() => this.tick(), this.heartbeatMs);
     this.heartbeatTimer.unref();
     // Loading a large directory takes seconds: the beacon serves its own peers meanwhile.
     void this.sync(nc, 'joined');
@@ -306,6 +369,9 @@ class NatsCluster implements ClusterNode {
       nc.subscribe(this.subjects.attaches, {
         callback: (_err: Error | null, msg: Msg) => this.onAttachNotice(msg),
       }),
+      nc.subscribe(this.subjects.allClaims, {
+        callback: (_err: Error | null, msg: Msg) => this.onClaims(msg),
+      }),
     ];
     this.deps.log.debug({ subjects: subscriptions.map((sub) => sub.getSubject()) }, 'cluster: subscribed');
   }
@@ -320,6 +386,7 @@ class NatsCluster implements ClusterNode {
         if (epoch !== this.epoch) return;
         this.isConnected = true;
         this.syncedAt = Date.now();
+        this.lastTickAt = 0;
         this.members.graceAll(this.syncedAt);
         this.heartbeat();
         this.directory.store = storeOf(kv);
@@ -346,6 +413,8 @@ class NatsCluster implements ClusterNode {
           this.isConnected = false;
           this.epoch++;
           this.directory.store = undefined;
+          this.directoryCurrent = false;
+          this.updateView();
           this.provisional.clear(); // notices sent meanwhile are missed
           this.watchStop?.();
           log.warn({}, 'cluster: lost NATS; relaying locally, dropping relays for other instances until it is back');
@@ -379,7 +448,11 @@ class NatsCluster implements ClusterNode {
     if (epoch !== this.epoch) return;
     const streamId = `${stream.config.name} ${stream.created}`;
     if (this.mirrorReady && this.loadedStream === streamId && stream.state.last_seq >= this.appliedRevision) {
-      await this.watchFrom(kv, epoch, this.appliedRevision + 1, undefined);
+      // Current again once the watch has replayed what changed while we were away.
+      const caughtUpAt = stream.state.last_seq;
+      const upToDate = caughtUpAt <= this.appliedRevision;
+      if (upToDate) this.directoryCaughtUp();
+      await this.watchFrom(kv, epoch, this.appliedRevision + 1, upToDate ? undefined : () => this.directoryCaughtUp(), caughtUpAt);
       return;
     }
     this.mirrorReady = false;
@@ -409,6 +482,30 @@ class NatsCluster implements ClusterNode {
     this.directory.finishLoad();
     this.mirrorReady = true;
     this.deps.log.info({ entries: this.directory.size, ms: Date.now() - startedAt, via }, 'cluster directory loaded');
+    this.directoryCaughtUp();
+  }
+
+  private directoryCaughtUp(): void {
+    this.directoryCurrent = true;
+    this.updateView();
+  }
+
+  /**
+   * Whether this instance knows enough to check a UDP claim: connected, its
+   * mirror caught up with the bucket, and a whole dead-after spent listening
+   * since it (re)synced, so every live instance (and so every WebSocket
+   * node) is known. A claim taken before could name a node that is on a
+   * WebSocket elsewhere.
+   */
+  private updateView(): void {
+    const complete = this.isConnected && this.directoryCurrent && Date.now() - this.syncedAt >= this.deps.config.clusterDeadAfterMs;
+    if (complete === this.viewComplete) return;
+    this.viewComplete = complete;
+    if (!complete) return;
+    this.deps.log.info({ directoryEntries: this.directory.size, instances: this.members.liveCount },
+      'cluster: directory current and every live instance heard; taking UDP claims');
+    this.deps.onViewComplete();
+    this.claims.reannounceAll();
   }
 
   /**
@@ -560,6 +657,8 @@ class NatsCluster implements ClusterNode {
     // naming it here would let any name grow the instance table. Another process with our ID is reported by its heartbeats.
     const instance = this.members.find(notice.instanceId);
     if (!instance || instance.self) return;
+    // UDP notices come from instances of an older version: UDP claims have their own subject, and never shadow a WebSocket.
+    if (notice.kind === 'udp') return;
     this.provisional.noted(notice.nodeId, instance, notice.kind, this.directory.instanceOf(notice.nodeId));
   }
 
@@ -567,7 +666,21 @@ class NatsCluster implements ClusterNode {
 
   private tick(): void {
     if (!this.isConnected) return;
+    const now = Date.now();
+    const gap = this.lastTickAt === 0 ? 0 : now - this.lastTickAt;
+    this.lastTickAt = now;
     this.heartbeat();
+    const deadAfter = this.deps.config.clusterDeadAfterMs;
+    if (gap > deadAfter / 2) {
+      // This process did not run (a long pause, SIGSTOP): it heard nobody meanwhile, so it takes nobody for dead now.
+      this.members.graceAll(now);
+      if (gap > deadAfter) {
+        // The others may have taken it for dead: it listens a whole dead-after again before it takes a UDP claim or sweeps.
+        this.deps.log.warn({ stalledMs: gap }, 'cluster: this instance stalled; listening again before taking UDP claims');
+        this.syncedAt = now;
+      }
+    }
+    this.updateView();
     const { log } = this.deps;
     for (const instance of this.members.expire(Date.now())) {
       log.warn({ instance: instance.id, deadAfterMs: this.deps.config.clusterDeadAfterMs }, 'cluster: instance silent; routes to it dropped');
@@ -595,8 +708,17 @@ class NatsCluster implements ClusterNode {
       }
       return;
     }
-    const { cameAlive } = this.members.heartbeat(beat.instanceId, beat.incarnation, Date.now());
-    if (cameAlive) this.deps.log.info({ instance: beat.instanceId }, 'cluster: instance live');
+    const known = this.members.find(beat.instanceId);
+    const restarted = known !== undefined && known.incarnation !== '' && known.incarnation !== beat.incarnation;
+    const { instance, cameAlive } = this.members.heartbeat(beat.instanceId, beat.incarnation, Date.now());
+    // A restarted process holds none of its former claims.
+    if (restarted) this.claims.forgetInstance(instance);
+    if (cameAlive) {
+      this.deps.log.info({ instance: beat.instanceId }, 'cluster: instance live');
+      this.reconcileUdp(); // its WebSocket nodes count again
+      // It learns our UDP claims now rather than at the next refresh.
+      if (this.viewComplete) this.claims.reannounceAll();
+    }
   }
 
   // ---- forwarding ------------------------------------------------------------
@@ -648,10 +770,32 @@ class NatsCluster implements ClusterNode {
 
   // ---- UDP endpoints ---------------------------------------------------------
 
+  /**
+   * Our UDP claims against the endpoint table (endpoints expire silently)
+   * and against the WebSocket placements: a node we claim that is on a
+   * WebSocket at a live instance (one that came back to life, say) is given up.
+   */
   private reconcileUdp(): void {
-    for (const nodeId of this.directory.ownNodes('udp')) {
-      if (!this.deps.hasUdpEndpoint(nodeId)) this.directory.detached(nodeId, 'udp');
+    for (const nodeId of this.claims.ownNodes()) {
+      if (this.deps.udpEndpointOf(nodeId) === undefined) this.claims.withdraw(nodeId);
+      else if (this.isWssElsewhere(nodeId)) this.claims.yieldTo(nodeId);
     }
+  }
+
+  /** A UDP claim from another instance (udp-claims.ts). */
+  private onClaims(msg: Msg): void {
+    const instanceId = this.subjects.claimedBy(msg.subject);
+    const records = instanceId === undefined ? undefined : decodeClaims(msg.data);
+    if (instanceId === undefined || records === undefined) return this.deps.stats.drop('cluster_malformed');
+    if (instanceId === this.instanceId) return; // another process with our ID: its heartbeats report it
+    this.claims.apply(this.members.get(instanceId), records);
+  }
+
+  /** Another instance now holds `nodeId`: our attachment of `kind` goes (counted, and logged within the rate limit). */
+  private evict(nodeId: NodeId, kind: AttachKind): void {
+    this.deps.stats.clusterEvictions[kind]++;
+    this.evictionLog.info({ nodeId, kind });
+    this.deps.evict(nodeId, kind);
   }
 }
 

@@ -5,9 +5,10 @@
  */
 import type { FastifyBaseLogger } from 'fastify';
 import type { BeaconConfig } from '../config';
-import type { BeaconStats, ClusterGauges } from '../metrics';
+import type { BeaconStats, ClusterGauges, DropReason } from '../metrics';
 import type { NodeId } from '../protocol/packets';
 import type { ClusterInstance } from '../relay/router';
+import type { UdpEndpoint } from '../udp/endpoints';
 import type { BorrowedBytes } from '../udp/transport';
 import type { AttachKind } from './wire';
 
@@ -25,8 +26,14 @@ export interface ClusterDeps {
   deliverLocally(relay: Buffer): void;
   /** Another instance now holds the node: close our WebSocket with 4001, or forget its UDP endpoint. */
   evict(nodeId: NodeId, kind: AttachKind): void;
-  /** Whether this instance still has a UDP endpoint for the node (they expire silently). */
-  hasUdpEndpoint(nodeId: NodeId): boolean;
+  /** This instance's UDP endpoint for the node, if it still has one (they expire silently). */
+  udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
+  /**
+   * The instance's view of the cluster is complete (directory current,
+   * every live instance heard): from now on a UDP relay's sender can be
+   * checked against the WebSocket nodes of every instance.
+   */
+  onViewComplete(): void;
   /** A failure after start that the operator must fix (a second live process with our ID). */
   onFatal(err: Error): void;
 }
@@ -38,9 +45,19 @@ export interface ClusterNode extends ClusterGauges {
   forward(instance: ClusterInstance, relay: BorrowedBytes): void;
   /** Attached over WebSocket to another live instance. */
   isWssElsewhere(nodeId: NodeId): boolean;
-  attached(nodeId: NodeId, kind: AttachKind): void;
-  /** @internal Slots the directory's mirror looks at to find `nodeId`. */
+  /** A daemon authenticated here over WebSocket (auth_ok). */
+  attached(nodeId: NodeId): void;
+  /** Its WebSocket closed (only when it was the current one). */
+  detached(nodeId: NodeId): void;
+  /**
+   * Whether a new UDP claim (a Discover or PunchRequest for a node not yet
+   * at that address here) from `address` may be taken now: undefined if
+   * so, else the drop reason (not ready yet, the source over its budget).
+   */
+  admitUdpClaim(address: string): DropReason | undefined;
+  /** The UDP side recorded `nodeId`'s endpoint: a new one (`isNew`) or a refresh. */
+  udpEndpointRecorded(nodeId: NodeId, endpoint: UdpEndpoint, isNew: boolean): void;
+  /** @internal Slots looked at to find `nodeId` in the directory (the mirror, then the UDP claims). */
   directoryProbes(nodeId: NodeId): number;
-  detached(nodeId: NodeId, kind: AttachKind): void;
   close(): Promise<void>;
 }

@@ -6,11 +6,13 @@
  *   clusters share one NATS: `<name>.fwd.<instance>` carries relays for one
  *   instance, `<name>.hb.<instance>` its heartbeats, `<name>.who.<instance>`
  *   answers "is this ID taken?", `<name>.att.<instance>` announces a node
- *   that just attached there (attach-notices.ts), `<name>.snap` serves the directory to a
+ *   that just attached there (attach-notices.ts), `<name>.udp.<instance>`
+ *   carries its UDP claims (udp-claims.ts), `<name>.snap` serves the directory to a
  *   newcomer (snapshot.ts); the directory is the KV bucket
  *   `<name>-directory`, one key per node (its decimal ID).
- * - A directory value is `w <instance>` (attached over WebSocket) or
- *   `u <instance>` (a UDP endpoint), one short ASCII line.
+ * - A directory value is `w <instance>` (attached over WebSocket), one
+ *   short ASCII line; `u <instance>` (a UDP endpoint) is written only by
+ *   instances of an older version and still read.
  * - A forwarded batch is a run of `length u32 | Relay packet`, every
  *   length in bounds and every packet a well-formed Relay; anything else on
  *   these subjects decodes to undefined and is counted by the caller. Its
@@ -34,6 +36,11 @@ export interface Subjects {
   /** Where an instance announces a node that just attached to it (attach-notices.ts), and all of them. */
   attach(instanceId: string): string;
   attaches: string;
+  /** Where an instance announces and withdraws its UDP claims (udp-claims.ts), and all of them. */
+  claims(instanceId: string): string;
+  allClaims: string;
+  /** The instance whose claims subject `subject` is; undefined for anything else. */
+  claimedBy(subject: string): string | undefined;
   /** Where a newcomer asks a live instance for the directory (queue group: one answers). */
   snapshot: string;
   bucket: string;
@@ -44,15 +51,22 @@ function token(instanceId: string): string {
   return instanceId.replace(/\./g, '%2E');
 }
 
+/** The instance ID a subject `<prefix><token>` names; undefined for anything else. */
+function instanceAfter(prefix: string, subject: string): string | undefined {
+  if (!subject.startsWith(prefix)) return undefined;
+  const id = subject.slice(prefix.length).replace(/%2E/g, '.');
+  return INSTANCE_ID.test(id) ? id : undefined;
+}
+
 export function subjectsFor(clusterName: string): Subjects {
   const forwardPrefix = `${clusterName}.fwd.`;
+  const claimsPrefix = `${clusterName}.udp.`;
   return {
     forward: (id) => `${forwardPrefix}${token(id)}`,
-    forwardedBy: (subject) => {
-      if (!subject.startsWith(forwardPrefix)) return undefined;
-      const id = subject.slice(forwardPrefix.length).replace(/%2E/g, '.');
-      return INSTANCE_ID.test(id) ? id : undefined;
-    },
+    forwardedBy: (subject) => instanceAfter(forwardPrefix, subject),
+    claims: (id) => `${claimsPrefix}${token(id)}`,
+    allClaims: `${claimsPrefix}*`,
+    claimedBy: (subject) => instanceAfter(claimsPrefix, subject),
     heartbeat: (id) => `${clusterName}.hb.${token(id)}`,
     heartbeats: `${clusterName}.hb.*`,
     who: (id) => `${clusterName}.who.${token(id)}`,

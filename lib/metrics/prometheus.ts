@@ -126,4 +126,7 @@ function registerClusterMetrics(r: Registry, stats: BeaconStats, cluster: Cluste
   mirroredCounter(r, 'beacon_cluster_evictions_total',
     'Attachments dropped here because another instance now holds the node: a WebSocket closed with 4001 (wss), a UDP endpoint forgotten (udp).',
     ['kind'], () => [[{ kind: 'wss' }, stats.clusterEvictions.wss], [{ kind: 'udp' }, stats.clusterEvictions.udp]]);
+  mirroredCounter(r, 'beacon_cluster_udp_claims_total',
+    'New UDP claims this instance announced to the others (out), and claims heard from them, new or announced again (in); never stored in NATS.',
+    ['direction'], () => [[{ direction: 'out' }, stats.clusterUdpClaims.out], [{ direction: 'in' }, stats.clusterUdpClaims.in]]);
 }

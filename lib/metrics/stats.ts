@@ -55,6 +55,17 @@ export const DROP_REASONS = [
    * holding a node's socket reads its relays.
    */
   'cluster_sender_elsewhere',
+  /**
+   * Cluster mode: a Discover or PunchRequest that would make a new UDP
+   * claim, or a UDP relay, while this instance cannot yet check it against
+   * the WebSocket nodes of the others (starting, or cut off from NATS for
+   * claims): the Discover is answered, nothing is recorded or announced.
+   */
+  'cluster_not_ready',
+  /** Cluster mode: a new UDP claim from a source over its budget of claims (each is announced to every instance). */
+  'cluster_claim_rate',
+  /** Cluster mode: another instance's UDP claim while this one holds as many as it keeps (MAX_REMOTE_CLAIMS). */
+  'cluster_claims_full',
   /** A UDP packet from a source address over --udp-rate-per-ip. */
   'rate_limited',
   /** A UDP packet from a source address over --udp-byte-rate-per-ip. */
@@ -154,6 +165,8 @@ export class BeaconStats {
   cluster = { framesOut: 0, framesIn: 0, batchesOut: 0, batchesIn: 0 };
   /** Attachments dropped here because another instance now holds the node (close 4001, or the UDP endpoint forgotten). */
   clusterEvictions = { wss: 0, udp: 0 };
+  /** New UDP claims this instance announced (out: each a write a source caused), claims heard from others (in: new or announced again). */
+  clusterUdpClaims = { out: 0, in: 0 };
 
   drop(reason: DropReason): void {
     this.dropped[reason]++;

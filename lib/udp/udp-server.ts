@@ -21,7 +21,7 @@
 import { isIP, type AddressInfo } from 'node:net';
 import type { FastifyBaseLogger } from 'fastify';
 import type { BeaconConfig } from '../config';
-import type { BeaconStats } from '../metrics';
+import type { BeaconStats, DropReason } from '../metrics';
 // From the module itself, not the '../protocol' index: the index's
 // re-exports are getters, a call's worth of cost on every packet.
 import {
@@ -43,8 +43,14 @@ export interface UdpServerDeps {
   router: RelayRouter;
   beaconPeers: () => BeaconPeers;
   isAttachedOverWss: (nodeId: NodeId) => boolean;
-  /** A node's endpoint was recorded or refreshed here (cluster mode announces it). */
-  onEndpointRecorded?: (nodeId: NodeId) => void;
+  /**
+   * Cluster mode: whether a new endpoint (a node not yet at this address
+   * here) may be recorded now; undefined if so, else the drop reason. The
+   * Discover is answered either way.
+   */
+  admitNewEndpoint?: (nodeId: NodeId, address: string) => DropReason | undefined;
+  /** A node's endpoint was recorded (`isNew`) or refreshed here (cluster mode announces a new one). */
+  onEndpointRecorded?: (nodeId: NodeId, endpoint: UdpEndpoint, isNew: boolean) => void;
   /** Which transport: 'batched' needs `addon`. */
   io: UdpIo;
   addon?: UdpBatchAddon;
@@ -52,6 +58,13 @@ export interface UdpServerDeps {
 
 export class UdpServer {
   readonly endpoints: EndpointTable;
+  /**
+   * Whether a UDP packet's sender can be checked against every node on a
+   * WebSocket (isAttachedOverWss). A cluster instance sets it false until
+   * it knows the other instances' nodes: until then UDP relays are dropped
+   * (`cluster_not_ready`), since any of them could speak for such a node.
+   */
+  sendersCheckable = true;
   readonly sourceLimit: SourceRateLimiter;
   private transport: DatagramTransport | undefined;
   private expiry: NodeJS.Timeout | undefined;
@@ -132,6 +145,7 @@ export class UdpServer {
   private onRelay(msg: Buffer, address: string, port: number): void {
     const { stats } = this.deps;
     if (!isRelay(msg)) return stats.drop('malformed');
+    if (!this.sendersCheckable) return stats.drop('cluster_not_ready');
     if (this.deps.isAttachedOverWss(relaySender(msg))) return stats.drop('wss_node_over_udp');
     const fromBeacon = this.deps.beaconPeers().peerAt(address, port) !== undefined;
     this.deps.router.route(msg, fromBeacon ? 'beacon' : 'udp');
@@ -146,7 +160,7 @@ export class UdpServer {
       stats.addressQueries.udp++;
     } else {
       if (this.deps.isAttachedOverWss(packet.nodeId)) return stats.drop('wss_node_over_udp');
-      if (this.recordEndpoint(packet.nodeId, address, port)) this.deps.onEndpointRecorded?.(packet.nodeId);
+      this.recordEndpoint(packet.nodeId, address, port);
     }
     const source: UdpEndpoint = { address, port, ip: '' };
     this.send(encodeDiscoverReply({ ip: address, port }), source);
@@ -158,7 +172,6 @@ export class UdpServer {
     if (packet?.type !== PacketType.PunchRequest) return stats.drop('malformed');
     if (isAttachedOverWss(packet.requester)) return stats.drop('wss_node_over_udp');
     if (!this.recordEndpoint(packet.requester, address, port)) return;
-    this.deps.onEndpointRecorded?.(packet.requester);
     const requester = this.endpoints.get(packet.requester)!;
     const target = isAttachedOverWss(packet.target) ? undefined : this.endpoints.get(packet.target);
     if (!target) return stats.drop('punch_unavailable');
@@ -166,18 +179,34 @@ export class UdpServer {
     this.send(encodePunchCommand(requester), target);
   }
 
-  /** Records `nodeId` at its source; false (counted) when the source holds its share. */
+  /**
+   * Records `nodeId` at its source; false (counted) when refused: the
+   * source holds its share, or (cluster mode) a new endpoint cannot be
+   * taken now. A refresh (same node, same address) is always taken.
+   */
   private recordEndpoint(nodeId: NodeId, address: string, port: number): boolean {
+    const { stats } = this.deps;
+    const known = this.endpoints.get(nodeId);
+    const isNew = known === undefined || known.address !== address || known.port !== port;
+    if (isNew && this.deps.admitNewEndpoint) {
+      const refusal = this.deps.admitNewEndpoint(nodeId, address);
+      if (refusal !== undefined) {
+        stats.drop(refusal);
+        return false;
+      }
+    }
     switch (this.endpoints.record(nodeId, address, port)) {
       case 'source_full':
-        this.deps.stats.drop('endpoint_source_full');
+        stats.drop('endpoint_source_full');
         return false;
       case 'evicted_oldest':
-        this.deps.stats.udpEndpointsEvicted++;
-        return true;
+        stats.udpEndpointsEvicted++;
+        break;
       case 'recorded':
-        return true;
+        break;
     }
+    this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, isNew);
+    return true;
   }
 
   private onSync(msg: Buffer, address: string, port: number): void {

@@ -147,10 +147,18 @@ export async function spawnInstance(name: string, options: InstanceOptions): Pro
   return instance;
 }
 
-/** Spawns an instance and waits until it joined the cluster and sees `expectInstances` live instances. */
+/** Logged once an instance's view of the cluster is complete: from then on it takes UDP claims and relays. */
+export const VIEW_COMPLETE = 'cluster: directory current and every live instance heard; taking UDP claims';
+
+/**
+ * Spawns an instance and waits until it joined the cluster, takes UDP
+ * claims (its view is complete: a dead-after after joining) and sees
+ * `expectInstances` live instances.
+ */
 export async function joinedInstance(name: string, options: InstanceOptions, expectInstances = 1): Promise<Instance> {
   const instance = await spawnInstance(name, options);
   await instance.waitForLog((l) => l.msg === 'cluster joined', "'cluster joined'");
+  await instance.waitForLog((l) => l.msg === VIEW_COMPLETE, `'${VIEW_COMPLETE}'`);
   await instance.waitForMetric('beacon_cluster_instances', {}, (n) => n >= expectInstances);
   return instance;
 }
