@@ -13,7 +13,7 @@ import { hostname } from 'node:os';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
 import { COMPAT_PATH, encodeDiscover } from '../lib/protocol';
-import { allSee, Instance, writeKeys } from './helpers/cluster';
+import { VIEW_COMPLETE, allSee, Instance, writeKeys } from './helpers/cluster';
 import { UdpClient, eventually, withTimeout } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { NatsServer } from './helpers/nats';
@@ -64,6 +64,8 @@ async function startShared(name: string, extra: string[] = []): Promise<Shared> 
   instance.udpPort = udpPort;
   instance.instanceId = String(listening.instanceId);
   await instance.waitForLog((l) => l.msg === 'cluster joined', "'cluster joined'", 15_000);
+  // UDP claims are taken once the instance has heard the whole cluster (a dead-after after joining).
+  await instance.waitForLog((l) => l.msg === VIEW_COMPLETE, `'${VIEW_COMPLETE}'`, 15_000);
   return instance;
 }
 
