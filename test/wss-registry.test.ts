@@ -104,32 +104,39 @@ test('a keys file reload that lands while a handshake is verifying decides that 
 });
 
 test('a stranger answering just before its deadline cannot fail the next daemon\'s registry lookup', async (t) => {
-  // The attack: an auth_reply for an unknown node 30 ms before the stranger's
-  // deadline, against a registry answering in 200 ms, used to time out the
-  // shared registry connection under a real daemon's lookup.
+  // The attack: an auth_reply for an unknown node shortly before the
+  // stranger's deadline, against a registry slower than that, used to time
+  // out the shared registry connection under a real daemon's lookup.
+  // The margins leave room for a busy machine: the stranger's reply reaches
+  // the beacon MARGIN_MS before its deadline (30 ms once, and a loaded
+  // machine delivered it after the deadline: no lookup, nothing to attack);
+  // its lookup gives up about MARGIN_MS later, still well before the
+  // registry answers it (REGISTRY_DELAY_MS); the daemon's, queued behind it
+  // on the same connection, is answered at twice that, well within its own.
+  const MARGIN_MS = 600;
+  const REGISTRY_DELAY_MS = 900;
+  const authTimeoutMs = 3_000;
   const registry = await startFakeRegistry(new Map([[7777, alice.publicKeyB64]]));
-  registry.delayMs = 200;
+  registry.delayMs = REGISTRY_DELAY_MS;
   t.after(() => registry.stop());
-  const authTimeoutMs = 2_000;
   const tb = await startTestBeacon([bob], { registry: { host: '127.0.0.1', port: registry.port }, authTimeoutMs });
   t.after(() => tb.close());
   const stranger = await openCompat(tb.url);
   const openedAt = Date.now();
   const strangerClosed = closed(stranger.ws);
-  const sleepUntil = (ms: number) => new Promise((resolve) => setTimeout(resolve, Math.max(0, openedAt + ms - Date.now())));
-  await sleepUntil(authTimeoutMs - 500);
-  const daemon = await openCompat(tb.url); // starts right before: its own deadline is far
-  await sleepUntil(authTimeoutMs - 30);
-  // Both replies reach the beacon together; their lookups share the registry connection.
+  await new Promise((resolve) => setTimeout(resolve, Math.max(0, openedAt + authTimeoutMs - MARGIN_MS - Date.now())));
+  const daemon = await openCompat(tb.url); // its own deadline is a whole auth timeout away
+  // Both replies reach the beacon together, the stranger's first; their lookups share the registry connection.
   stranger.ws.send(authReplyMessage({ node_id: 4242, public_key: bob.publicKeyB64, sig: sign(bob, `compat_auth:4242:${stranger.nonce}`) }));
-  const answer = nextMessage(daemon.ws);
+  const answer = nextMessage(daemon.ws, authTimeoutMs);
   daemon.ws.send(authReplyMessage({ node_id: 7777, public_key: alice.publicKeyB64, sig: sign(alice, `compat_auth:7777:${daemon.nonce}`) }));
   assert.equal((await answer).data.toString(), '{"type":"auth_ok"}');
   assert.equal(tb.beacon.isConnected(7777), true);
   assert.equal((await strangerClosed).code, CloseCode.PolicyViolation);
-  // The stranger's own lookup may give up at its own deadline (which timer
-  // fires first is a matter of milliseconds); the daemon's never does.
-  assert.ok(tb.beacon.metrics().stats.authFailed.registry_unavailable <= 1, 'only the stranger\'s own lookup may give up');
+  const { stats } = tb.beacon.metrics();
+  // The stranger's reply arrived in time and its lookup gave up at its own deadline; the daemon's never does.
+  assert.equal(stats.authFailed.timeout, 0, 'the stranger\'s reply reached the beacon after its deadline: the attack was not tried');
+  assert.equal(stats.authFailed.registry_unavailable, 1, 'only the stranger\'s own lookup gives up');
   assert.equal(registry.connections, 1);
   // The stranger's late answer still filled the (negative) cache.
   await eventually(() => tb.beacon.metrics().stats.registryLookups.unknown === 1, 3_000, 'the late answer');
