@@ -73,8 +73,12 @@ export class Instance {
     });
   }
 
-  /** The first log line matching `predicate` (already logged or to come); rejects at exit or after `ms`. */
-  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 10_000): Promise<LogLine> {
+  /**
+   * The first log line matching `predicate` (already logged or to come); rejects at exit or after `ms`.
+   * 20 s, as for Caddy and nats-server: an instance starting while the machine was loaded took over 10 s
+   * to log 'beacon listening'.
+   */
+  waitForLog(predicate: (line: LogLine) => boolean, what: string, ms = 20_000): Promise<LogLine> {
     let wake: (() => void) | undefined;
     let exited = false;
     const found = new Promise<LogLine>((resolve, reject) => {

@@ -81,12 +81,20 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/**
+ * How long a test waits for a connection's upgrade and first message: they
+ * come in milliseconds, but a loaded machine (npm test beside other work on
+ * 2 cores) once took over 3 s while 300 peers connected. Only a broken
+ * test waits this long.
+ */
+export const CONNECT_WAIT_MS = 10_000;
+
 /** Opens a WebSocket to the beacon and waits for the auth challenge. */
 export async function openCompat(url: string, options: WebSocket.ClientOptions & { headers?: Record<string, string> } = {}): Promise<{ ws: WebSocket; nonce: string }> {
   const ws = new WebSocket(url, [COMPAT_SUBPROTOCOL], options);
-  const first = nextMessage(ws);
+  const first = nextMessage(ws, CONNECT_WAIT_MS);
   first.catch(() => {}); // an upgrade failure is reported by `open` below
-  await withTimeout(once(ws, 'open'), 3_000, 'the upgrade');
+  await withTimeout(once(ws, 'open'), CONNECT_WAIT_MS, 'the upgrade');
   const { data, isBinary } = await first;
   if (isBinary) throw new Error('challenge was binary');
   const challenge = JSON.parse(data.toString()) as { type: string; nonce: string };

@@ -8,7 +8,7 @@ import dgram from 'node:dgram';
 import type { IncomingMessage } from 'node:http';
 import WebSocket from 'ws';
 import { COMPAT_SUBPROTOCOL, authReplyMessage } from '../../lib/protocol';
-import { withTimeout } from './harness';
+import { CONNECT_WAIT_MS, withTimeout } from './harness';
 import { sign, type TestIdentity } from './identity';
 
 /** An authenticated WebSocket peer whose binary messages are queued. */
@@ -49,8 +49,8 @@ export class WsPeer {
       if (check()) return;
       wake = () => { check(); };
       ws.once('close', (code) => reject(new Error(`closed with ${code} during the handshake`)));
-    }), 3_000, 'a handshake message');
-    await withTimeout(once(ws, 'open'), 3_000, 'the upgrade');
+    }), CONNECT_WAIT_MS, 'a handshake message');
+    await withTimeout(once(ws, 'open'), CONNECT_WAIT_MS, 'the upgrade');
     const challenge = JSON.parse(await nextText()) as { type: string; nonce: string };
     if (challenge.type !== 'auth_challenge') throw new Error(`expected auth_challenge, got ${JSON.stringify(challenge)}`);
     const peer = new WsPeer(ws, localPort);
