@@ -134,7 +134,7 @@ async function main(): Promise<void> {
       ? { pairs: 8, payload: 64, rate: 4_000, windowMs: 400, maxRate: 16_000, attaches: 200, moves: 50, directoryEntries: 100_000, parts: args.clusterParts, threeNats: args.clusterThreeNats }
       : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000, parts: args.clusterParts, threeNats: args.clusterThreeNats }) },
     { id: '10', name: 'heavy', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000, floodPayload: 1200 }) },
-    { id: '11', name: 'heavy-tiny', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000, floodPayload: 6 }) },
+    { id: '11', name: 'heavy-tiny', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000, floodPayload: 12 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
     || (args.only.includes('6') && s.id === '1'));

@@ -4,8 +4,8 @@
  * - Steady: 16 pairs of WebSocket peers, 64 B frames, 10k frames/s in all,
  *   in one load process; their one-way latency and losses are measured.
  * - Flooder: one more pair, in a process of its own at lower priority,
- *   sends 1200 B frames (scenario 10) or 6 B ones, 15-byte relays
- *   (scenario 11, issue 19) as fast as its socket takes them (open loop:
+ *   sends 1200 B frames (scenario 10) or 12 B ones, 21-byte relays (the
+ *   load worker stamps 12 bytes; scenario 11, issue 19) as fast as its socket takes them (open loop:
  *   only TCP holds it back) to a receiver that reads at once.
  * - Each run: the steady pairs alone for a window; then the flooder starts,
  *   and after a ramp (its burst spent) the steady pairs run the same window
@@ -32,7 +32,7 @@ export interface HeavySenderPlan {
   /** Frames/s of all steady pairs together. */
   steadyRate: number;
   windowMs: number;
-  /** Payload of the flooder's relays: 1200 (scenario 10) or 6 (15-byte relays, scenario 11). */
+  /** Payload of the flooder's relays: 1200 (scenario 10) or 12 (21-byte relays, scenario 11). */
   floodPayload: number;
 }
 
