@@ -160,9 +160,23 @@ export class ReadPacer {
    * of the turn.
    */
   onRead(bytes: number): void {
-    const cost = bytes + this.frameExtra;
+    const extra = this.frameExtra;
     this.frameExtra = 0;
-    if (!this.released) this.charge(cost);
+    if (this.released) return;
+    const { pacing, budget } = this;
+    const now = performance.now();
+    budget.tokens = pacing.refilled(budget, now) - bytes - extra;
+    budget.refilledAt = now;
+    if (budget.tokens < 0) return this.pauseForBudget(now);
+    // The turn's share is in bytes: counting frames' extra cost here too
+    // made a busy peer of small frames yield on nearly every read.
+    if (this.turn !== currentTurn) {
+      this.turn = currentTurn;
+      this.turnBytes = 0;
+      armTurnEnd();
+    }
+    this.turnBytes += bytes;
+    if (this.turnBytes >= TURN_SHARE_BYTES && !this.yielded) this.yieldTurn();
   }
 
   /**
@@ -174,21 +188,6 @@ export class ReadPacer {
   onFrame(payloadBytes: number): void {
     const extra = this.pacing.minFrameBytes - payloadBytes - clientHeaderBytes(payloadBytes);
     if (extra > 0) this.frameExtra += extra;
-  }
-
-  private charge(cost: number): void {
-    const { pacing, budget } = this;
-    const now = performance.now();
-    budget.tokens = pacing.refilled(budget, now) - cost;
-    budget.refilledAt = now;
-    if (budget.tokens < 0) return this.pauseForBudget(now);
-    if (this.turn !== currentTurn) {
-      this.turn = currentTurn;
-      this.turnBytes = 0;
-      armTurnEnd();
-    }
-    this.turnBytes += cost;
-    if (this.turnBytes >= TURN_SHARE_BYTES && !this.yielded) this.yieldTurn();
   }
 
   /**
