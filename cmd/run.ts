@@ -10,13 +10,21 @@
  * - SIGTERM/SIGINT: close() (peers get 1001), then exit 0; a second one while
  *   closing exits 1 at once. SIGHUP: reload the keys file (the beacon logs
  *   the outcome and revokes peers whose key is gone).
+ * - Under systemd's Type=notify (lib/systemd/notify.ts): READY=1 once the
+ *   beacon serves, RELOADING=1/READY=1 around a SIGHUP reload, STOPPING=1
+ *   when a stop begins, WATCHDOG=1 pings from the event loop when the unit
+ *   sets WatchdogSec=. $NOTIFY_SOCKET that cannot be used is bad input
+ *   (exit 2): systemd would otherwise wait for READY=1 until it times out.
  * - Failures before the beacon listens are thrown to cmd/beacon.ts (one
  *   line, exit 2); an unexpected error afterwards is logged, exit 1.
  */
 import { existsSync } from 'node:fs';
 import pino, { type Logger } from 'pino';
 import { startBeacon, type Beacon } from '../lib/beacon';
-import { redactUrl, validateConfig, type BeaconConfig } from '../lib/config';
+import { formatHostPort, redactUrl, validateConfig, type BeaconConfig } from '../lib/config';
+import { StartError } from '../lib/start-error';
+import { systemdNotifierFromEnv, type SystemdNotifier } from '../lib/systemd/notify';
+import { loadUdpBatchAddon } from '../lib/udp/udp-batch-addon';
 import { VERSION } from '../lib/version';
 import { DEFAULT_KEYS_FILE, configFromFlags, type RunFlags } from './options';
 
@@ -36,6 +44,8 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
     version: VERSION, keysFile, registry: flags.registry ?? null,
     cluster: config.clusterServers.length > 0 ? config.clusterServers.map(redactUrl) : null,
   }, 'beacon starting');
+  const systemd = systemdNotifier(log);
+  systemd?.startWatchdog();
 
   // Installed before start so a signal during start-up is not the default
   // (abrupt) exit; it is acted on once the beacon exists.
@@ -47,15 +57,18 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
       process.exit(1);
     }
     stopSignal = signal;
-    if (beacon) shutDown(beacon, signal, log);
+    if (beacon) shutDown(beacon, signal, log, systemd);
   };
   for (const signal of STOP_SIGNALS) process.on(signal, stop);
   process.on('SIGHUP', () => {
-    if (!beacon) return;
+    if (!beacon || stopSignal) return;
+    const serving = beacon;
     log.info({ signal: 'SIGHUP', keysFile }, 'reloading keys file');
+    systemd?.reloading(`reloading ${keysFile}`);
     // A failed reload of an existing file is logged by the beacon; a file that is not there yet, here.
-    void beacon.reloadKeys().then((loaded) => {
+    void serving.reloadKeys().then((loaded) => {
       if (!loaded && !existsSync(keysFile)) log.warn({ signal: 'SIGHUP', keysFile }, `${keysFile} does not exist yet; ${HOW_TO_ADD_A_KEY}`);
+      if (!stopSignal) systemd?.ready(servingStatus(serving, loaded ? `${keysFile} reloaded` : `${keysFile} not reloaded, previous keys kept`));
     });
   });
 
@@ -80,16 +93,41 @@ export async function runBeacon(flags: RunFlags): Promise<void> {
   process.on('uncaughtException', crash);
   process.on('unhandledRejection', crash);
 
+  if (!stopSignal) systemd?.ready(servingStatus(beacon, 'started'));
   if (flags.keys === undefined && !config.registry && !existsSync(keysFile)) {
     log.warn({ keysFile },
       `no keys file yet (./${keysFile} does not exist) and no registry: no daemon can authenticate yet; ${HOW_TO_ADD_A_KEY}, `
       + 'or start the beacon with --keys FILE or --registry HOST:PORT');
   }
-  if (stopSignal) shutDown(beacon, stopSignal, log);
+  if (stopSignal) shutDown(beacon, stopSignal, log, systemd);
 }
 
-function shutDown(beacon: Beacon, signal: NodeJS.Signals, log: Logger): void {
+/**
+ * The systemd notifier when run by a Type=notify unit; undefined otherwise.
+ * Throws StartError (exit 2) when $NOTIFY_SOCKET is set but cannot be used.
+ */
+function systemdNotifier(log: Logger): SystemdNotifier | undefined {
+  const { addon, error } = loadUdpBatchAddon();
+  const setup = systemdNotifierFromEnv(process.env, {
+    pid: process.pid, log, send: addon ? addon.sdNotify : { unavailable: error ?? 'not built' },
+  });
+  if (setup.kind === 'unusable') throw new StartError(setup.problem, 'ENOTIFY');
+  if (setup.kind === 'none') return undefined;
+  const { notifier } = setup;
+  log.info({ notifySocket: notifier.address, watchdogIntervalMs: notifier.watchdogIntervalMs ?? null }, 'systemd notifications on');
+  return notifier;
+}
+
+function servingStatus(beacon: Beacon, what: string): string {
+  const http = formatHostPort({ host: beacon.httpAddress.address, port: beacon.httpAddress.port });
+  const udp = formatHostPort({ host: beacon.udpAddress.address, port: beacon.udpAddress.port });
+  const ops = beacon.opsAddress ? `, ${formatHostPort({ host: beacon.opsAddress.address, port: beacon.opsAddress.port })} (/health, /metrics)` : '';
+  return `serving on ${http} (HTTP, WebSocket) and ${udp} (UDP)${ops}; ${what}`;
+}
+
+function shutDown(beacon: Beacon, signal: NodeJS.Signals, log: Logger, systemd: SystemdNotifier | undefined): void {
   log.info({ signal }, 'signal received; shutting down');
+  systemd?.stopping(`${signal}: draining ${beacon.peerCount()} peers, then stopping`);
   beacon.close().then(() => {
     log.info('beacon stopped');
     process.exit(0);

@@ -4,8 +4,10 @@
  * for an instance; the template keeps every setting of beacon.service but
  * the few that make it a template; cluster.env holds only variables of the
  * cluster flags; beacon-instance derives each instance's ports and ID and
- * refuses what it cannot use; the unit's own ExecStart and ExecStartPost
- * run two instances side by side on their derived ports.
+ * refuses what it cannot use; the unit's own ExecStart runs two instances
+ * side by side on their derived ports, each sending READY=1 from its own
+ * process, and the wait-ready drop-in (for builds without the addon)
+ * verifies and waits for each on its own port.
  *
  * Needs Debian's systemd (for systemd-analyze; .ci/install-deps); fails,
  * never skips, without it.
@@ -18,6 +20,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { freeTcpPort, get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
 import { keysFileJson, makeIdentity } from './helpers/identity';
+import { FakeNotifySocket } from './helpers/notify-socket';
 import { Child, parseEnvFile, parseUnit, setting, unitCommand, UNIT_PATH, type Unit } from './helpers/systemd';
 
 const TEMPLATE_PATH = join(REPO_ROOT, 'deploy', 'beacon@.service');
@@ -35,6 +38,9 @@ const CLUSTER_VARIABLES = [
 ];
 
 const template = parseUnit(readFileSync(TEMPLATE_PATH, 'utf8'));
+const DROP_IN_PATH = join(REPO_ROOT, 'deploy', 'beacon@.service.d', 'wait-ready.conf');
+const dropIn = parseUnit(readFileSync(DROP_IN_PATH, 'utf8'));
+const singleDropIn = parseUnit(readFileSync(join(REPO_ROOT, 'deploy', 'beacon.service.d', 'wait-ready.conf'), 'utf8'));
 const single = parseUnit(readFileSync(UNIT_PATH, 'utf8'));
 const clusterEnv = parseEnvFile(readFileSync(CLUSTER_ENV_PATH, 'utf8'));
 const children: Child[] = [];
@@ -55,14 +61,26 @@ function flatten(unit: Unit, section: string): Map<string, string> {
   return new Map([...(unit.get(section) ?? new Map<string, string[]>())].map(([k, v]) => [k, v.join('\n')]));
 }
 
-test('systemd-analyze verify passes on an instance of the template, with no warnings, and catches a broken copy', async () => {
-  const analyze = requireTool('systemd-analyze');
+/** The template in a fresh directory, with the wait-ready drop-in in beacon@.service.d/ when asked. */
+function installedTemplate(withDropIn: boolean): string {
   const dir = tempDir('template');
   copyFileSync(TEMPLATE_PATH, join(dir, 'beacon@.service'));
-  const verify = await run(analyze, ['verify', join(dir, 'beacon@1.service')], { timeoutMs: 30_000 });
-  const diagnostics = `${verify.stdout}${verify.stderr}`.split('\n').filter((line) => line.includes('beacon@'));
-  assert.equal(verify.code, 0, `systemd-analyze verify failed (exit ${verify.code}):\n${verify.stdout}${verify.stderr}`);
-  assert.deepEqual(diagnostics, [], 'systemd-analyze verify warned about the template');
+  if (withDropIn) {
+    mkdirSync(join(dir, 'beacon@.service.d'));
+    copyFileSync(DROP_IN_PATH, join(dir, 'beacon@.service.d', 'wait-ready.conf'));
+  }
+  return dir;
+}
+
+test('systemd-analyze verify passes on an instance of the template, alone and with the wait-ready drop-in, with no warnings, and catches a broken copy', async () => {
+  const analyze = requireTool('systemd-analyze');
+  for (const withDropIn of [false, true]) {
+    const verify = await run(analyze, ['verify', join(installedTemplate(withDropIn), 'beacon@1.service')], { timeoutMs: 30_000 });
+    const diagnostics = `${verify.stdout}${verify.stderr}`.split('\n').filter((line) => line.includes('beacon@') || line.includes('wait-ready'));
+    assert.equal(verify.code, 0, `systemd-analyze verify failed (exit ${verify.code}):\n${verify.stdout}${verify.stderr}`);
+    assert.deepEqual(diagnostics, [], `systemd-analyze verify warned about the template${withDropIn ? ' with the drop-in' : ''}`);
+  }
+  const dir = tempDir('template');
 
   const broken = join(dir, 'broken');
   mkdirSync(broken);
@@ -71,21 +89,21 @@ test('systemd-analyze verify passes on an instance of the template, with no warn
   assert.notEqual(bad.code, 0, 'systemd-analyze verify accepted an instance whose ExecStart does not exist');
 });
 
-test('the offline security review rates an instance OK (exposure at most 2.0), like beacon.service', async () => {
+test('the offline security review rates an instance OK (exposure at most 2.0), like beacon.service, with the drop-in too', async () => {
   const analyze = requireTool('systemd-analyze');
-  const dir = tempDir('template');
-  copyFileSync(TEMPLATE_PATH, join(dir, 'beacon@.service'));
-  const review = await run(analyze, ['security', '--offline=yes', '--no-pager', join(dir, 'beacon@2.service')], { timeoutMs: 30_000 });
-  const match = /Overall exposure level for beacon@2\.service: (\d+(?:\.\d+)?)/.exec(review.stdout + review.stderr);
-  assert.ok(match, `no exposure level in systemd-analyze security's output:\n${review.stdout}${review.stderr}`);
-  assert.ok(Number(match[1]) <= 2.0, `exposure ${match[1]} > 2.0:\n${review.stdout}`);
+  for (const withDropIn of [false, true]) {
+    const review = await run(analyze, ['security', '--offline=yes', '--no-pager', join(installedTemplate(withDropIn), 'beacon@2.service')], { timeoutMs: 30_000 });
+    const match = /Overall exposure level for beacon@2\.service: (\d+(?:\.\d+)?)/.exec(review.stdout + review.stderr);
+    assert.ok(match, `no exposure level in systemd-analyze security's output:\n${review.stdout}${review.stderr}`);
+    assert.ok(Number(match[1]) <= 2.0, `exposure ${match[1]} > 2.0:\n${review.stdout}`);
+  }
 });
 
 test('the template is beacon.service but for its instance: same hardening, limits, restarts, reload and stop', () => {
   // What makes it a template, and nothing else, may differ.
   const differs: Record<string, string[]> = {
     Unit: ['Description', 'After', 'Conflicts'],
-    Service: ['EnvironmentFile', 'ExecStart', 'ExecStartPost'],
+    Service: ['EnvironmentFile', 'ExecStart'],
   };
   for (const section of ['Unit', 'Service', 'Install']) {
     const mine = flatten(template, section);
@@ -99,8 +117,16 @@ test('the template is beacon.service but for its instance: same hardening, limit
   assert.deepEqual(template.get('Service')!.get('EnvironmentFile'), ['/etc/beacon/beacon.env', '/etc/beacon/cluster.env'],
     'the shared flags first, then the cluster\'s');
   assert.deepEqual(unitCommand(s('ExecStart')).slice(2), ['%i', join(REPO_ROOT, 'dist', 'cmd', 'beacon.js')]);
-  assert.deepEqual(unitCommand(s('ExecStartPost')).slice(2), ['%i', join(REPO_ROOT, 'deploy', 'wait-ready'), '30']);
-  for (const key of ['ExecStart', 'ExecStartPost']) assert.equal(unitCommand(s(key))[1], INSTANCE, `${key} runs beacon-instance`);
+  assert.equal(unitCommand(s('ExecStart'))[1], INSTANCE, 'ExecStart runs beacon-instance');
+  assert.equal(s('Type'), 'notify');
+  // The drop-in for builds without the addon: beacon.service's, but for the instance's port.
+  const post = unitCommand(setting(dropIn, 'Service', 'ExecStartPost'));
+  assert.equal(post[1], INSTANCE, 'the drop-in\'s ExecStartPost runs beacon-instance');
+  assert.deepEqual(post.slice(2), ['%i', join(REPO_ROOT, 'deploy', 'wait-ready'), '30']);
+  for (const key of new Set([...flatten(dropIn, 'Service').keys(), ...flatten(singleDropIn, 'Service').keys()])) {
+    if (key === 'ExecStartPost') continue;
+    assert.equal(flatten(dropIn, 'Service').get(key), flatten(singleDropIn, 'Service').get(key), `${key}= differs between the two wait-ready drop-ins`);
+  }
   assert.match(setting(template, 'Unit', 'Description'), /%i/);
   assert.equal(setting(template, 'Unit', 'Conflicts'), 'beacon.service', 'instance 1 takes the single beacon\'s ports');
 });
@@ -179,7 +205,7 @@ test('beacon-instance refuses, with exit 2 and one line naming the fix: no BEACO
   }
 });
 
-test('the unit\'s ExecStart runs instances 1 and 2 side by side on their derived ports, and ExecStartPost waits for each on its own port', async () => {
+test('the unit\'s ExecStart runs instances 1 and 2 side by side on their derived ports, each sending READY=1 itself, and the drop-in\'s ExecStartPost waits for each on its own port', async (t) => {
   const dir = tempDir('instances');
   const keys = join(dir, 'keys.json');
   writeFileSync(keys, keysFileJson([makeIdentity(7777)]));
@@ -195,16 +221,21 @@ test('the unit\'s ExecStart runs instances 1 and 2 side by side on their derived
     BEACON_CLUSTER: `nats://127.0.0.1:${await freeTcpPort()}`,
     BEACON_LOG_LEVEL: 'info',
   };
-  const startCommand = (n: number, key: 'ExecStart' | 'ExecStartPost') =>
-    unitCommand(setting(template, 'Service', key).replace(/%i/g, String(n)));
+  const command = (unit: Unit, key: 'ExecStart' | 'ExecStartPost', n: number) =>
+    unitCommand(setting(unit, 'Service', key).replace(/%i/g, String(n)));
   for (const n of [1, 2]) {
     const port = httpBase + n - 1;
-    const wait = startCommand(n, 'ExecStartPost');
+    const wait = command(dropIn, 'ExecStartPost', n);
     wait[wait.length - 1] = '20';
     const waiting = spawnChild(wait, shared);
-    const beacon = spawnChild(startCommand(n, 'ExecStart'), shared, dir);
+    const notify = await FakeNotifySocket.start();
+    t.after(() => notify.close());
+    const beacon = spawnChild(command(template, 'ExecStart', n), { ...shared, NOTIFY_SOCKET: notify.address }, dir);
     const listening = await beacon.waitForLog('beacon listening', 15_000);
     assert.equal(listening.bind, `127.0.0.1:${port}`, `instance ${n} listens on the base port + ${n - 1}`);
+    const ready = await notify.waitFor((m) => m.fields.READY === '1', `READY=1 from instance ${n}`);
+    assert.equal(ready.pid, beacon.pid, 'MAINPID is the beacon itself: beacon-instance runs it in its own process');
+    assert.match(ready.fields.STATUS ?? '', new RegExp(`^serving on 127\\.0\\.0\\.1:${port} `));
     assert.deepEqual(await waiting.exit, { code: 0, signal: null }, `wait-ready for instance ${n}: ${waiting.output}`);
     assert.equal((await get(`http://127.0.0.1:${port}`, '/health')).status, 200);
   }

@@ -1,27 +1,35 @@
 /**
- * deploy/beacon.service, deploy/beacon.env and deploy/wait-ready, as shipped:
- * `systemd-analyze verify` and an offline security review pass; the unit has
- * the settings the operator's guide promises; every variable of the env file
- * is one the CLI reads, and the unit's own ExecStart, ExecReload and
- * ExecStartPost commands work with it; the readiness wait succeeds once the
- * beacon answers and fails, bounded, when it does not.
+ * deploy/beacon.service, deploy/beacon.env, the drop-in
+ * deploy/beacon.service.d/wait-ready.conf and deploy/wait-ready, as shipped:
+ * `systemd-analyze verify` and an offline security review pass, with and
+ * without the drop-in; the unit has the settings the operator's guide
+ * promises (Type=notify, NotifyAccess=main, WatchdogSec=); every variable of
+ * the env file is one the CLI reads; the unit's own ExecStart, run with a
+ * notification socket as systemd gives it, sends READY=1, WATCHDOG=1,
+ * RELOADING=1/READY=1 on its ExecReload and STOPPING=1 on SIGTERM; the
+ * drop-in's readiness wait succeeds once the beacon answers and fails,
+ * bounded, when it does not.
  *
  * Needs Debian's systemd (for systemd-analyze; .ci/install-deps); fails,
  * never skips, without it.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { closed, connectPeer } from './helpers/harness';
 import { freeTcpPort, get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
 import { keysFileJson, makeIdentity } from './helpers/identity';
+import { FakeNotifySocket } from './helpers/notify-socket';
 import {
   Child, ENV_PATH, INSTALL_DIR, UNIT_PATH, parseEnvFile, parseTimespanMs, parseUnit, setting, unitCommand,
 } from './helpers/systemd';
 
 const unit = parseUnit();
+const DROP_IN_PATH = join(REPO_ROOT, 'deploy', 'beacon.service.d', 'wait-ready.conf');
+const dropIn = parseUnit(readFileSync(DROP_IN_PATH, 'utf8'));
+const GUIDE = readFileSync(join(REPO_ROOT, 'docs', 'operators-guide.md'), 'utf8');
 const env = parseEnvFile();
 const children: Child[] = [];
 after(async () => { for (const child of children) await child.stop(2_000); });
@@ -51,45 +59,61 @@ function startBeaconLikeTheUnit(overrides: Record<string, string>, cwd: string):
     { PATH: process.env.PATH, ...envFileVariables(), ...overrides }, cwd);
 }
 
-/** The unit's ExecStartPost (the readiness wait) with its timeout replaced by `seconds`. */
+/** The drop-in's ExecStartPost (the readiness wait) with its timeout replaced by `seconds`. */
 function waitReadyCommand(seconds: number): string[] {
-  const argv = unitCommand(setting(unit, 'Service', 'ExecStartPost'));
+  const argv = unitCommand(setting(dropIn, 'Service', 'ExecStartPost'));
   assert.match(argv[argv.length - 1]!, /^\d+$/, 'ExecStartPost should end with the wait-ready timeout in seconds');
   return [...argv.slice(0, -1), String(seconds)];
 }
 
-test('systemd-analyze verify passes on the shipped unit, with no warnings, and catches a broken copy', async () => {
-  const analyze = requireTool('systemd-analyze');
+/** The unit in a fresh directory, with the drop-in beside it in beacon.service.d/ when given (as systemd finds it). */
+function installedUnit(dropInText?: string): string {
   const dir = tempDir('unit');
   const copy = join(dir, 'beacon.service');
   copyFileSync(UNIT_PATH, copy);
-  const verify = await run(analyze, ['verify', copy], { timeoutMs: 30_000 });
-  const diagnostics = `${verify.stdout}${verify.stderr}`.split('\n').filter((line) => line.includes('beacon.service'));
-  assert.equal(verify.code, 0, `systemd-analyze verify failed (exit ${verify.code}, signal ${verify.signal}); if it cannot run here, that is the failure:\n${verify.stdout}${verify.stderr}`);
-  assert.deepEqual(diagnostics, [], 'systemd-analyze verify warned about the unit');
+  if (dropInText !== undefined) {
+    mkdirSync(join(dir, 'beacon.service.d'));
+    writeFileSync(join(dir, 'beacon.service.d', 'wait-ready.conf'), dropInText);
+  }
+  return copy;
+}
 
-  // Control: verify does reject a unit whose command does not exist.
-  const broken = join(dir, 'broken', 'beacon.service');
-  await run('/bin/mkdir', ['-p', join(dir, 'broken')]);
-  writeFileSync(broken, readFileSync(UNIT_PATH, 'utf8').replace(/^ExecStart=\/usr\/bin\/node /m, 'ExecStart=/nonexistent/node '));
-  const bad = await run(analyze, ['verify', broken], { timeoutMs: 30_000 });
-  assert.notEqual(bad.code, 0, 'systemd-analyze verify accepted a unit whose ExecStart does not exist');
+/** systemd-analyze verify's exit code and its lines about the unit or the drop-in. */
+async function verify(path: string): Promise<{ code: number | null; diagnostics: string[]; all: string }> {
+  const result = await run(requireTool('systemd-analyze'), ['verify', path], { timeoutMs: 30_000 });
+  const all = `${result.stdout}${result.stderr}`;
+  return { code: result.code, diagnostics: all.split('\n').filter((line) => /beacon\.service|wait-ready\.conf/.test(line)), all };
+}
+
+test('systemd-analyze verify passes on the shipped unit, alone and with the wait-ready drop-in, with no warnings, and catches broken copies', async () => {
+  for (const copy of [installedUnit(), installedUnit(readFileSync(DROP_IN_PATH, 'utf8'))]) {
+    const result = await verify(copy);
+    assert.equal(result.code, 0, `systemd-analyze verify failed (exit ${result.code}); if it cannot run here, that is the failure:\n${result.all}`);
+    assert.deepEqual(result.diagnostics, [], 'systemd-analyze verify warned about the unit or the drop-in');
+  }
+
+  // Controls: verify does reject a unit, or a drop-in, whose command does not exist (so it reads the drop-in).
+  const broken = tempDir('unit');
+  writeFileSync(join(broken, 'beacon.service'), readFileSync(UNIT_PATH, 'utf8').replace(/^ExecStart=\/usr\/bin\/node /m, 'ExecStart=/nonexistent/node '));
+  assert.notEqual((await verify(join(broken, 'beacon.service'))).code, 0, 'systemd-analyze verify accepted a unit whose ExecStart does not exist');
+  const brokenDropIn = installedUnit(readFileSync(DROP_IN_PATH, 'utf8').replace(/^ExecStartPost=\/usr\/bin\/node /m, 'ExecStartPost=/nonexistent/node '));
+  assert.notEqual((await verify(brokenDropIn)).code, 0, 'systemd-analyze verify accepted a drop-in whose ExecStartPost does not exist');
 });
 
-test('the offline security review rates the unit OK (exposure at most 2.0)', async () => {
+test('the offline security review rates the unit OK (exposure at most 2.0), with the drop-in too', async () => {
   const analyze = requireTool('systemd-analyze');
-  const dir = tempDir('unit');
-  const copy = join(dir, 'beacon.service');
-  copyFileSync(UNIT_PATH, copy);
-  const review = await run(analyze, ['security', '--offline=yes', '--no-pager', copy], { timeoutMs: 30_000 });
-  const match = /Overall exposure level for beacon\.service: (\d+(?:\.\d+)?)/.exec(review.stdout + review.stderr);
-  assert.ok(match, `no exposure level in systemd-analyze security's output:\n${review.stdout}${review.stderr}`);
-  assert.ok(Number(match[1]) <= 2.0, `exposure ${match[1]} > 2.0:\n${review.stdout}`);
+  for (const copy of [installedUnit(), installedUnit(readFileSync(DROP_IN_PATH, 'utf8'))]) {
+    const review = await run(analyze, ['security', '--offline=yes', '--no-pager', copy], { timeoutMs: 30_000 });
+    const match = /Overall exposure level for beacon\.service: (\d+(?:\.\d+)?)/.exec(review.stdout + review.stderr);
+    assert.ok(match, `no exposure level in systemd-analyze security's output:\n${review.stdout}${review.stderr}`);
+    assert.ok(Number(match[1]) <= 2.0, `exposure ${match[1]} > 2.0:\n${review.stdout}`);
+  }
 });
 
-test('the unit: dynamic user, hardening, fd limit, restarts, SIGHUP reload, stop timeout above the drain, readiness', () => {
+test('the unit: dynamic user, hardening, fd limit, restarts, SIGHUP reload, stop timeout above the drain, Type=notify with a watchdog', () => {
   const s = (key: string) => setting(unit, 'Service', key);
-  assert.equal(s('Type'), 'exec');
+  assert.equal(s('Type'), 'notify');
+  assert.equal(s('NotifyAccess'), 'main', 'only the beacon itself may say it is ready');
   assert.equal(s('EnvironmentFile'), '/etc/beacon/beacon.env');
   assert.equal(s('DynamicUser'), 'yes');
   assert.equal(s('ConfigurationDirectory'), 'beacon');
@@ -98,11 +122,13 @@ test('the unit: dynamic user, hardening, fd limit, restarts, SIGHUP reload, stop
     assert.equal(s(key), 'yes', `${key}=yes`);
   }
   assert.equal(s('ProtectSystem'), 'strict');
+  // AF_UNIX carries the notifications (and the journal).
   assert.deepEqual(s('RestrictAddressFamilies').split(/\s+/).sort(), ['AF_INET', 'AF_INET6', 'AF_UNIX']);
   assert.equal(s('MemoryDenyWriteExecute'), 'no', 'V8\'s JIT needs writable+executable pages');
   assert.equal(s('CapabilityBoundingSet'), '');
-  assert.equal(s('Restart'), 'on-failure');
+  assert.equal(s('Restart'), 'on-failure', 'a watchdog timeout is a failure: restarted');
   assert.equal(s('ExecReload'), '/bin/kill -HUP $MAINPID');
+  assert.equal(unit.get('Service')?.get('ExecStartPost'), undefined, 'READY=1 replaces the /health poll');
 
   const vars = envFileVariables();
   const maxPeers = Number(vars.BEACON_MAX_PEERS ?? 20_000);
@@ -112,15 +138,26 @@ test('the unit: dynamic user, hardening, fd limit, restarts, SIGHUP reload, stop
   const stopMs = parseTimespanMs(s('TimeoutStopSec'));
   assert.ok(stopMs >= graceMs + 5_000, `TimeoutStopSec (${stopMs} ms) should leave headroom over --shutdown-grace (${graceMs} ms)`);
 
-  const waitSeconds = Number(unitCommand(s('ExecStartPost')).at(-1));
+  // The watchdog: pings every half of it; a stall of half of it is needed for a false restart, and the
+  // operator's guide gives the value with its reason.
+  const watchdogMs = parseTimespanMs(s('WatchdogSec'));
+  assert.ok(watchdogMs >= 10_000 && watchdogMs <= 60_000, `WatchdogSec=${s('WatchdogSec')}: between 10 s (no false restarts) and 60 s (a stuck beacon goes quickly)`);
+  assert.match(GUIDE.replace(/\s+/g, ' '), new RegExp(`WatchdogSec=${s('WatchdogSec')}\\b[^|]*?pings? every ${watchdogMs / 2_000} s`),
+    'the operator\'s guide justifies the unit\'s WatchdogSec');
+
+  // The drop-in for a build without the addon: back to Type=exec and the /health poll, no watchdog.
+  const d = (key: string) => setting(dropIn, 'Service', key);
+  assert.equal(d('Type'), 'exec');
+  assert.equal(d('NotifyAccess'), 'none', 'no NOTIFY_SOCKET: the beacon would refuse it without the addon');
+  assert.equal(d('WatchdogSec'), '0');
+  const waitSeconds = Number(unitCommand(d('ExecStartPost')).at(-1));
   assert.ok(waitSeconds > 0, 'ExecStartPost should end with the wait-ready timeout in seconds');
   assert.ok(parseTimespanMs(s('TimeoutStartSec')) > waitSeconds * 1000, 'TimeoutStartSec should exceed the readiness wait');
 
-  // The unit's commands point into this project's layout under /opt/beacon.
-  for (const key of ['ExecStart', 'ExecStartPost']) {
-    const argv = unitCommand(s(key));
-    assert.equal(argv[0], '/usr/bin/node', `${key} runs Debian's node`);
-    assert.ok(existsSync(argv[1]!), `${key}: ${argv[1]} (${INSTALL_DIR} mapped to ${REPO_ROOT}) does not exist; build first`);
+  // The commands point into this project's layout under /opt/beacon.
+  for (const [name, argv] of [['ExecStart', unitCommand(s('ExecStart'))], ['the drop-in\'s ExecStartPost', unitCommand(d('ExecStartPost'))]] as const) {
+    assert.equal(argv[0], '/usr/bin/node', `${name} runs Debian's node`);
+    assert.ok(existsSync(argv[1]!), `${name}: ${argv[1]} (${INSTALL_DIR} mapped to ${REPO_ROOT}) does not exist; build first`);
   }
 });
 
@@ -145,21 +182,33 @@ test('every variable in beacon.env is one the CLI reads, and the file agrees wit
   assert.ok((vars.BEACON_TRUST_PROXY ?? 'loopback').split(',').includes('loopback'), 'Caddy connects from loopback');
 });
 
-test('the unit\'s ExecStart runs the beacon with beacon.env (bind, udp and keys moved to a temp dir); ExecReload reloads keys; SIGTERM stops it within TimeoutStopSec', async () => {
+test('the unit\'s ExecStart with beacon.env and a notification socket as systemd gives it (bind, udp and keys moved to a temp dir): READY=1, WATCHDOG=1, ExecReload -> RELOADING=1/READY=1, SIGTERM -> STOPPING=1 and exit within TimeoutStopSec', async (t) => {
   const alice = makeIdentity(7777);
   const { dir, keys } = keysFileFor([alice]);
-  const beacon = startBeaconLikeTheUnit({ BEACON_BIND: '127.0.0.1:0', BEACON_UDP: '127.0.0.1:0', BEACON_KEYS: keys }, dir);
+  const notify = await FakeNotifySocket.start();
+  t.after(() => notify.close());
+  // systemd sets WATCHDOG_USEC to WatchdogSec; a short one here, so pings come within the test.
+  const beacon = startBeaconLikeTheUnit({
+    BEACON_BIND: '127.0.0.1:0', BEACON_UDP: '127.0.0.1:0', BEACON_KEYS: keys, NOTIFY_SOCKET: notify.address, WATCHDOG_USEC: '300000',
+  }, dir);
+  const ready = await notify.waitFor((n) => n.fields.READY === '1', 'READY=1');
+  assert.equal(ready.pid, beacon.pid, 'sent by the main process (NotifyAccess=main)');
   const listening = await beacon.waitForLog('beacon listening');
   const starting = await beacon.waitForLog('beacon starting');
   assert.equal(starting.keysFile, keys);
   const base = `http://${String(listening.bind)}`;
   assert.equal((await get(base, '/health')).status, 200);
+  await notify.waitFor(() => notify.with('WATCHDOG').length >= 2, 'WATCHDOG=1 pings');
   const ws = await connectPeer(`ws://${String(listening.bind)}/v1/compat`, alice);
 
   // ExecReload, with $MAINPID as systemd fills it in.
+  const from = notify.messages.length;
   const reload = setting(unit, 'Service', 'ExecReload').replace('$MAINPID', String(beacon.pid)).split(/\s+/);
   const sent = await run(reload[0]!, reload.slice(1), { timeoutMs: 5_000 });
   assert.equal(sent.code, 0, sent.stderr);
+  const reloading = await notify.waitFor((n) => n.fields.RELOADING === '1', 'RELOADING=1', 5_000, from);
+  assert.match(reloading.fields.MONOTONIC_USEC ?? '', /^\d+$/);
+  await notify.waitFor((n) => n.fields.READY === '1', 'READY=1 after the reload', 5_000, notify.messages.indexOf(reloading) + 1);
   await beacon.waitForLog('reloading keys file', 5_000);
   assert.ok(beacon.running, 'SIGHUP must not stop the beacon');
   assert.equal((await get(base, '/health')).status, 200);
@@ -167,14 +216,15 @@ test('the unit\'s ExecStart runs the beacon with beacon.env (bind, udp and keys 
   const stopMs = parseTimespanMs(setting(unit, 'Service', 'TimeoutStopSec'));
   const started = Date.now();
   const peerClosed = closed(ws, stopMs);
-  const exit = await beacon.stop(stopMs);
+  const exit = beacon.stop(stopMs);
+  await notify.waitFor((n) => n.fields.STOPPING === '1', 'STOPPING=1', stopMs);
+  assert.deepEqual(await exit, { code: 0, signal: null }, `the beacon should exit 0 on SIGTERM; output:\n${beacon.output}`);
   const tookMs = Date.now() - started;
-  assert.deepEqual(exit, { code: 0, signal: null }, `the beacon should exit 0 on SIGTERM; output:\n${beacon.output}`);
   assert.ok(tookMs < stopMs, `stopping took ${tookMs} ms, over TimeoutStopSec ${stopMs} ms`);
   assert.equal((await peerClosed).code, 1001);
 });
 
-test('wait-ready (ExecStartPost) returns 0 once the beacon answers /health, and not before', async () => {
+test('the drop-in\'s wait-ready (ExecStartPost) returns 0 once the beacon answers /health, and not before', async () => {
   const alice = makeIdentity(7777);
   const { dir, keys } = keysFileFor([alice]);
   const port = await freeTcpPort();

@@ -3,7 +3,7 @@
     {
       "target_name": "udp_batch",
       "conditions": [
-        ["OS=='linux'", { "sources": ["src/udp_batch.c"] }]
+        ["OS=='linux'", { "sources": ["src/udp_batch.c", "src/sd_notify.c"] }]
       ],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }

@@ -1,8 +1,8 @@
 /**
  * udp-batch: one UDP socket read with recvmmsg and written with sendmmsg
- * (Linux), and a listening TCP socket with SO_REUSEPORT for Node versions
- * without `reusePort`. Everything crosses in shared Buffers, so one call
- * carries a batch.
+ * (Linux), a listening TCP socket with SO_REUSEPORT for Node versions
+ * without `reusePort`, and systemd's notification datagram (sdNotify).
+ * Everything crosses in shared Buffers, so one call carries a batch.
  *
  * Receive: on readiness the addon fills up to `batch` slots of `recvArea`
  * (slot i at i * slot) and writes one record per datagram into `records`
@@ -52,3 +52,13 @@ export function close(handle: Handle): void;
  * `code` is the errno name (EADDRINUSE, EACCES, EADDRNOTAVAIL, ...).
  */
 export function listenTcp(family: 4 | 6, address16: Buffer, port: number, backlog: number, reusePort: boolean): number;
+
+/**
+ * Sends one datagram to systemd's notification socket: `address` is
+ * $NOTIFY_SOCKET, an absolute path or an abstract name starting with "@"
+ * (at most 107 bytes); `message` is 1 to 4096 bytes ("READY=1\n", ...).
+ * Never blocks. Throws an Error whose `code` is the errno name (ENOENT,
+ * ECONNREFUSED, EAGAIN, ...), or ENOTIFYARG for an address or message out
+ * of bounds.
+ */
+export function sdNotify(address: string, message: Buffer): void;

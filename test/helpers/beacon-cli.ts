@@ -21,7 +21,9 @@ import { withTimeout } from './harness';
 export const CLI = join(__dirname, '..', '..', 'cmd', 'beacon.js');
 /** Port 0 everywhere, and timeouts short enough that nothing waits on production defaults. */
 export const FAST = ['--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--auth-timeout', '2s', '--shutdown-grace', '500ms'];
-const BASE_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BEACON_')));
+/** The test process's environment without BEACON_* and systemd's notification variables (a CI under systemd may set them). */
+const BASE_ENV = Object.fromEntries(Object.entries(process.env).filter(([name]) => !name.startsWith('BEACON_')
+  && !['NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID'].includes(name)));
 
 const running = new Set<ChildProcessWithoutNullStreams>();
 const dirs: string[] = [];
@@ -55,6 +57,8 @@ export interface Exit {
 export interface SpawnOptions {
   env?: Record<string, string>;
   cwd?: string;
+  /** Runs node through this command (e.g. a shell that sets WATCHDOG_PID=$$ and execs "$@"). */
+  through?: string[];
 }
 
 /** One `beacon` child: its JSON log lines (stdout), its stderr, its exit. */
@@ -67,7 +71,8 @@ export class BeaconProcess {
   private readonly onLine = new Set<() => void>();
 
   constructor(args: string[], options: SpawnOptions = {}) {
-    this.child = spawn(process.execPath, [CLI, ...args], {
+    const argv = [...(options.through ?? []), process.execPath, CLI, ...args];
+    this.child = spawn(argv[0]!, argv.slice(1), {
       cwd: options.cwd ?? tempDir(),
       env: { ...BASE_ENV, ...options.env },
       stdio: 'pipe',
@@ -82,7 +87,10 @@ export class BeaconProcess {
       }
       for (const notify of [...this.onLine]) notify();
     });
-    this.child.stderr.setEncoding('utf8').on('data', (text: string) => { this.stderr += text; });
+    this.child.stderr.setEncoding('utf8').on('data', (text: string) => {
+      this.stderr += text;
+      for (const notify of [...this.onLine]) notify();
+    });
     this.exited = once(this.child, 'close').then(([code, signal]) => {
       running.delete(this.child);
       return { code: code as number | null, signal: signal as NodeJS.Signals | null };
@@ -102,6 +110,24 @@ export class BeaconProcess {
       void this.exited.then(({ code, signal }) => {
         notify?.();
         reject(new Error(`beacon exited (${code ?? signal}) before logging ${what}; stderr: ${this.stderr}`));
+      });
+    });
+    return withTimeout(found, ms, what).finally(() => { if (notify) this.onLine.delete(notify); });
+  }
+
+  /** The first match of `pattern` in stderr, already written or to come; rejects at exit or after `ms`. */
+  waitForStderr(pattern: RegExp, what: string, ms = 15_000): Promise<RegExpExecArray> {
+    let notify: (() => void) | undefined;
+    const found = new Promise<RegExpExecArray>((resolve, reject) => {
+      notify = () => {
+        const match = pattern.exec(this.stderr);
+        if (match) resolve(match);
+      };
+      this.onLine.add(notify);
+      notify();
+      void this.exited.then(({ code, signal }) => {
+        notify?.();
+        reject(new Error(`beacon exited (${code ?? signal}) before writing ${what} on stderr; stderr: ${this.stderr}`));
       });
     });
     return withTimeout(found, ms, what).finally(() => { if (notify) this.onLine.delete(notify); });

@@ -23,6 +23,8 @@
  * - listenTcp opens a listening TCP socket (SO_REUSEADDR as Node's own, and
  *   SO_REUSEPORT when asked) and returns its descriptor for Node's
  *   server.listen({ fd }): Node before 22.12 has no reusePort of its own.
+ * - sdNotify (sd_notify.c, in the same binding) sends systemd's readiness
+ *   and watchdog datagrams, which Node cannot send either.
  */
 #define NAPI_VERSION 8
 #define _GNU_SOURCE
@@ -36,6 +38,8 @@
 
 #include <node_api.h>
 #include <uv.h>
+
+#include "sd_notify.h"
 
 /* Bounds on what JavaScript may ask for. */
 #define MAX_BATCH 1024
@@ -571,6 +575,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "RECORD_WORDS", v);
   napi_create_uint32(env, SEND_WORDS, &v);
   napi_set_named_property(env, exports, "SEND_WORDS", v);
+  sd_notify_register(env, exports);
   return exports;
 }
 
