@@ -51,7 +51,12 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
   const nonce = newNonce();
   const deadline = Date.now() + deps.authTimeoutMs;
   let state: 'awaiting_reply' | 'verifying' | 'finished' = 'awaiting_reply';
-  const budget = new HandshakeBudget(ws, () => finish({ ok: false, reason: 'handshake_budget' }));
+  // The budget: bytes as they are read (after ws parsed them), frames as ws reports them.
+  // ws keeps the TCP socket private; without it only frames are counted.
+  const tcp = (ws as unknown as { _socket?: Socket })._socket;
+  let bytes = 0;
+  let frames = 0;
+  let overBudget = false;
 
   const finish = (result: HandshakeResult) => {
     if (state === 'finished') return;
@@ -60,13 +65,32 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
     ws.off('message', onMessage);
     ws.off('close', onClose);
     // Authenticated: the peer's own pacing takes over. Failed: the budget holds until the socket closes.
-    if (result.ok) budget.end();
+    if (result.ok) {
+      tcp?.off('data', onData);
+      ws.off('ping', onControlFrame);
+      ws.off('pong', onControlFrame);
+    }
     done(result);
   };
   const timer = setTimeout(() => finish({ ok: false, reason: 'timeout' }), deps.authTimeoutMs);
   const onClose = () => finish({ ok: false, reason: 'closed' });
+  /** Over budget: the socket is not read again (the close grace ends it), and the handshake fails if it still runs. */
+  const exceed = () => {
+    if (overBudget) return;
+    overBudget = true;
+    ws.pause();
+    finish({ ok: false, reason: 'handshake_budget' });
+  };
+  const onData = (chunk: Buffer) => {
+    bytes += chunk.length;
+    if (bytes > HANDSHAKE_MAX_BYTES) exceed();
+  };
+  const onControlFrame = () => {
+    if (++frames > HANDSHAKE_MAX_FRAMES) exceed();
+  };
 
   const onMessage = (data: WebSocket.RawData, isBinary: boolean) => {
+    if (++frames > HANDSHAKE_MAX_FRAMES) return exceed();
     if (state === 'verifying') {
       deps.stats.drop('unauthenticated');
       return;
@@ -92,76 +116,10 @@ export function runHandshake(ws: WebSocket, deps: HandshakeDeps, done: (result: 
     });
   };
 
+  tcp?.on('data', onData);
+  ws.on('ping', onControlFrame);
+  ws.on('pong', onControlFrame);
   ws.on('message', onMessage);
   ws.on('close', onClose);
   ws.send(authChallengeMessage(nonce));
-}
-
-/**
- * The budget of each socket in the handshake, by its TCP socket and its
- * WebSocket, for the shared handlers. A WeakMap rather than a property, so
- * a peer keeps nothing of it after auth_ok (memory per peer).
- */
-const budgets = new WeakMap<object, HandshakeBudget>();
-
-/**
- * Counts what one socket sends before auth_ok: bytes as they are read
- * (after ws has parsed them), frames as ws reports them. The handlers are
- * shared by all sockets.
- */
-class HandshakeBudget {
-  private bytes = 0;
-  private frames = 0;
-  private exceeded = false;
-  private readonly tcp: Socket | undefined;
-
-  constructor(private readonly ws: WebSocket, private readonly onExceeded: () => void) {
-    // ws keeps the TCP socket private; without it only frames are counted.
-    this.tcp = (ws as unknown as { _socket?: Socket })._socket;
-    if (this.tcp) {
-      budgets.set(this.tcp, this);
-      this.tcp.on('data', chargeHandshakeBytes);
-    }
-    budgets.set(ws, this);
-    ws.on('message', chargeHandshakeFrame);
-    ws.on('ping', chargeHandshakeFrame);
-    ws.on('pong', chargeHandshakeFrame);
-  }
-
-  chargeBytes(count: number): void {
-    this.bytes += count;
-    if (this.bytes > HANDSHAKE_MAX_BYTES) this.exceed();
-  }
-
-  chargeFrame(): void {
-    if (++this.frames > HANDSHAKE_MAX_FRAMES) this.exceed();
-  }
-
-  /** auth_ok: stop counting. */
-  end(): void {
-    if (this.tcp) {
-      this.tcp.off('data', chargeHandshakeBytes);
-      budgets.delete(this.tcp);
-    }
-    this.ws.off('message', chargeHandshakeFrame);
-    this.ws.off('ping', chargeHandshakeFrame);
-    this.ws.off('pong', chargeHandshakeFrame);
-    budgets.delete(this.ws);
-  }
-
-  /** Over budget: the socket is not read again (the close grace ends it), and the handshake fails if it still runs. */
-  private exceed(): void {
-    if (this.exceeded) return;
-    this.exceeded = true;
-    this.ws.pause();
-    this.onExceeded();
-  }
-}
-
-function chargeHandshakeBytes(this: Socket, chunk: Buffer): void {
-  budgets.get(this)?.chargeBytes(chunk.length);
-}
-
-function chargeHandshakeFrame(this: WebSocket): void {
-  budgets.get(this)?.chargeFrame();
 }
