@@ -148,7 +148,7 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   // 50,000 frames/s is a tenth of the small frames one core relays (~550k/s),
   // as the byte rate is a tenth of its bytes; a daemon sending 1200-byte
   // frames at its whole byte budget sends ~28,000 a second. By default a
-  // frame costs at least 32 MiB / 50,000 = 671 bytes.
+  // frame costs at least 32 MiB / 50,000, rounded up: 672 bytes.
   peerFrameRate: 50_000,
   // A UDP source cannot be paused, only dropped, so the per-address budgets
   // are abuse bounds set above what honest daemons behind one NAT send

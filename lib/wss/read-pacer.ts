@@ -54,7 +54,7 @@ export class NodeBudget {
   /** Sockets of the node charging it now. */
   users = 0;
 
-  constructor(public tokens: number, public refilledAt: number) {}
+  constructor(readonly nodeId: NodeId, public tokens: number, public refilledAt: number) {}
 }
 
 /** Counters the pacers of one beacon share. */
@@ -70,7 +70,7 @@ export class ReadPacing {
   paused = 0;
   readonly bytesPerMs: number;
   readonly resumeBytes: number;
-  /** The least a frame is charged, headers included. */
+  /** The least a frame is charged, headers included (whole bytes, so the per-frame sum stays a small integer). */
   readonly minFrameBytes: number;
   /**
    * Buckets of nodes whose last socket closed before the bucket refilled,
@@ -81,20 +81,20 @@ export class ReadPacing {
   constructor(readonly budget: ReadBudget, readonly counters: PacingCounters) {
     this.bytesPerMs = budget.rateBytesPerSec / 1000;
     this.resumeBytes = Math.min(RESUME_BYTES, budget.burstBytes);
-    this.minFrameBytes = budget.rateBytesPerSec / budget.frameRate;
+    this.minFrameBytes = Math.ceil(budget.rateBytesPerSec / budget.frameRate);
   }
 
   /** The bucket a new socket of `nodeId` starts with: the one it left in debt, or a full one. */
   budgetFor(nodeId: NodeId): NodeBudget {
     const left = this.leftInDebt.get(nodeId);
-    if (left === undefined) return new NodeBudget(this.budget.burstBytes, performance.now());
+    if (left === undefined) return new NodeBudget(nodeId, this.budget.burstBytes, performance.now());
     this.leftInDebt.delete(nodeId);
     return left;
   }
 
   /** The last socket charging `budget` closed: keep it for a reconnect while it is not full. */
-  keep(nodeId: NodeId, budget: NodeBudget): void {
-    if (this.refilled(budget, performance.now()) < this.budget.burstBytes) this.leftInDebt.set(nodeId, budget);
+  keep(budget: NodeBudget): void {
+    if (this.refilled(budget, performance.now()) < this.budget.burstBytes) this.leftInDebt.set(budget.nodeId, budget);
   }
 
   /** Forgets the kept buckets that have refilled (a node back now starts full anyway). */
@@ -137,7 +137,7 @@ export class ReadPacer {
   private frameExtra = 0;
   private released = false;
 
-  constructor(private readonly ws: WebSocket, private readonly pacing: ReadPacing, private readonly nodeId: NodeId) {
+  constructor(private readonly ws: WebSocket, private readonly pacing: ReadPacing, nodeId: NodeId) {
     this.budget = pacing.budgetFor(nodeId);
     this.budget.users++;
   }
@@ -200,7 +200,7 @@ export class ReadPacer {
     this.released = true;
     this.endPause();
     this.yielded = false;
-    if (--this.budget.users === 0) this.pacing.keep(this.nodeId, this.budget);
+    if (--this.budget.users === 0) this.pacing.keep(this.budget);
   }
 
   /** @internal The resume timer fired. */

@@ -45,7 +45,7 @@ function floodWireBytes(payload: number): number {
 
 /** What one flood frame costs of the budget: its wire size, or the least a frame costs if more. */
 function floodFrameCost(payload: number): number {
-  return Math.max(floodWireBytes(payload), DEFAULTS.peerRateBytesPerSec / DEFAULTS.peerFrameRate);
+  return Math.max(floodWireBytes(payload), Math.ceil(DEFAULTS.peerRateBytesPerSec / DEFAULTS.peerFrameRate));
 }
 /** The flooder runs this long before the steady window, so its burst is spent and it is at its rate. */
 const RAMP_MS = 400;
