@@ -19,7 +19,7 @@ import {
   SHIPPED_CLUSTER_CADDYFILE, adaptClusterCaddyfile, isolatedCaddyEnv, startCaddy, type RunningCaddy,
 } from './helpers/caddy';
 import { nextEvent } from './helpers/client-events';
-import { freeTcpPort, get, requireTool, run, tempDir } from './helpers/deploy';
+import { get, requireTool, run, tempDir } from './helpers/deploy';
 import { eventually, startTestBeacon, type TestBeacon } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { parseEnvFile } from './helpers/systemd';
@@ -37,7 +37,7 @@ before(async () => {
   requireTool('caddy');
   first = await startTestBeacon(ids, QUICK_RESTART);
   second = await startTestBeacon(ids, QUICK_RESTART);
-  caddy = await startCaddy(adaptClusterCaddyfile([first.beacon.httpAddress.port, second.beacon.httpAddress.port]), await freeTcpPort());
+  caddy = await startCaddy(adaptClusterCaddyfile([first.beacon.httpAddress.port, second.beacon.httpAddress.port]));
 });
 
 after(async () => {

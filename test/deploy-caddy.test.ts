@@ -12,7 +12,7 @@ import WebSocket from 'ws';
 import { CompatClient, PacketType, decodePacket, encodeDiscover, encodeRelay, type Packet } from '../lib/client';
 import { COMPAT_PATH } from '../lib/protocol';
 import { adaptShippedCaddyfile, isolatedCaddyEnv, SHIPPED_CADDYFILE, startCaddy, type RunningCaddy } from './helpers/caddy';
-import { freeTcpPort, get, requireTool, run, tempDir } from './helpers/deploy';
+import { get, requireTool, run, tempDir } from './helpers/deploy';
 import { connectPeer, nextMessage, startTestBeacon, withTimeout, type TestBeacon } from './helpers/harness';
 import { makeIdentity } from './helpers/identity';
 
@@ -30,8 +30,7 @@ before(async () => {
   // Default trust-proxy (loopback): exactly what a production beacon runs with.
   tb = await startTestBeacon([alice, bob]);
   assert.deepEqual(tb.beacon.config.trustProxy, ['loopback']);
-  const port = await freeTcpPort();
-  caddy = await startCaddy(adaptShippedCaddyfile(tb.beacon.httpAddress.port), port);
+  caddy = await startCaddy(adaptShippedCaddyfile(tb.beacon.httpAddress.port));
 });
 
 after(async () => {

@@ -125,7 +125,7 @@ test('NATS, two instances of beacon@.service and Caddy, as shipped: daemons on d
   }
 
   // Caddy spreads the two daemons, one per instance.
-  caddy = await startCaddy(adaptClusterCaddyfile(ports), await freeTcpPort());
+  caddy = await startCaddy(adaptClusterCaddyfile(ports));
   const url = `${caddy.base.replace(/^https:/, 'wss:')}${COMPAT_PATH}`;
   const connect = async (id: TestIdentity) => {
     const c = new CompatClient({ url, nodeId: id.nodeId, identity: id, ca: caddy!.rootCa, initialDelayMs: 50, maxDelayMs: 400 });

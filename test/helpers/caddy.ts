@@ -14,7 +14,7 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT, get, requireTool, startTool, tempDir } from './deploy';
+import { REPO_ROOT, freeTcpUdpPort, get, requireTool, startTool, tempDir } from './deploy';
 
 export const SHIPPED_CADDYFILE = join(REPO_ROOT, 'Caddyfile');
 
@@ -85,13 +85,14 @@ export interface RunningCaddy {
 const START_TIMEOUT_MS = 20_000;
 
 /**
- * Runs `caddy run` on `caddyfile` with BEACON_DOMAIN=127.0.0.1:`port`, and
- * resolves once its root CA exists and GET /health over TLS (trusting that
- * CA) gets any HTTP answer. Rejects with Caddy's output if it exits or is
- * not ready within 20 s.
+ * Runs `caddy run` on `caddyfile` with BEACON_DOMAIN=127.0.0.1:PORT, PORT free
+ * for TCP and for UDP (HTTP/3), and resolves once its root CA exists and GET
+ * /health over TLS (trusting that CA) gets any HTTP answer; `base` names the
+ * port. Rejects with Caddy's output if it exits or is not ready within 20 s.
  */
-export async function startCaddy(caddyfile: string, port: number): Promise<RunningCaddy> {
+export async function startCaddy(caddyfile: string): Promise<RunningCaddy> {
   const caddy = requireTool('caddy');
+  const port = await freeTcpUdpPort();
   const dir = tempDir('caddy');
   const config = join(dir, 'Caddyfile');
   writeFileSync(config, caddyfile);
