@@ -21,7 +21,10 @@ import {
 } from './helpers/nats-deploy';
 import { issueServerCert, makeCa } from './helpers/test-ca';
 import { parseEnvFile } from './helpers/systemd';
-import { writeFileSync } from 'node:fs';
+import { renameSync, writeFileSync } from 'node:fs';
+import { spawnInstance, writeKeys } from './helpers/cluster';
+import { makeIdentity } from './helpers/identity';
+import { WsPeer } from './helpers/wire';
 
 const servers: RunningNats[] = [];
 const probes: NatsProbe[] = [];
@@ -126,7 +129,7 @@ test('one machine: JetStream on, loopback only, and only the beacon user with it
   assert.match(three.stderr, /^nats-directory-bucket: this NATS server is not part of a NATS cluster, so it cannot keep 3 copies; .*nats-server-3\.conf/);
   const one = await setReplicas('1', [p.client]);
   assert.equal(one.code, 0, one.stderr);
-  assert.equal(one.stdout, 'nats-directory-bucket: created the bucket beacon-directory with 1 replica\n');
+  assert.equal(one.stdout, 'nats-directory-bucket: there was no bucket beacon-directory: created it with 1 replica, empty (the instances write their nodes into it when they join or rejoin NATS)\n');
   const again = await setReplicas('1', [p.client]);
   assert.match(again.stdout, /already has 1 replica; nothing to do/);
   const denied = await setReplicas('1', [p.client], 'wrong');
@@ -159,7 +162,7 @@ test('the replicas script reads the variables as the beacon does: a token URL is
     script({ BEACON_CLUSTER: `nats://${token}@127.0.0.1:port` }),
   ]);
   assert.equal(created.code, 0, created.stderr);
-  assert.equal(created.stdout, 'nats-directory-bucket: created the bucket beacon-directory with 1 replica\n');
+  assert.equal(created.stdout, 'nats-directory-bucket: there was no bucket beacon-directory: created it with 1 replica, empty (the instances write their nodes into it when they join or rejoin NATS)\n');
   const stream = await directoryStream(nats, '$G');
   assert.equal(stream?.config.num_replicas, 1, 'the bucket is on the token-protected server');
   assert.equal(wrong.code, 1, wrong.stderr);
@@ -238,4 +241,65 @@ test('three machines: three servers form one JetStream cluster; the directory ra
     return undefined;
   }, 'the entry on a surviving server');
   assert.equal(copy.config.num_replicas, 3);
+});
+
+test('growing one machine\'s NATS into three as docs/cluster-deploy.md 2.1 says: the old store moved aside, the instance rejoins, recreates the bucket with three copies and writes its node again; the guide\'s replica check prints the copies', async () => {
+  const guide = readShipped(join(REPO_ROOT, 'docs', 'cluster-deploy.md'));
+  const moveAside = /^\s*mv \/var\/lib\/nats\/jetstream (\/var\/lib\/nats\/(\S+))\s*$/m.exec(guide);
+  assert.ok(moveAside, 'the guide moves /var/lib/nats/jetstream aside before the first server joins the others');
+  const check = /^\s*(curl -s 'http:\/\/127\.0\.0\.1:8222\/jsz[^\n]*num_replicas[^\n]*)$/m.exec(guide);
+  assert.ok(check, 'the guide has a replica check');
+
+  // Part 1: one machine, its NATS alone on the shipped file, an instance with a daemon attached.
+  const single = readShipped(NATS_SINGLE_CONF);
+  const password = shippedPassword(single, 'beacon');
+  const first = await freeNatsPorts(true);
+  const store = tempDir('nats-grow');
+  const lone = await startNats(adaptNatsConfig(single, first, store), first);
+  servers.push(lone);
+  const alice = makeIdentity(7777);
+  const url = `nats://beacon:${encodeURIComponent(password)}@127.0.0.1:${first.client}`;
+  // A long dead-after: nobody sweeps the stale entry below while the test runs.
+  const instance = await spawnInstance('grow', { nats: url, keys: writeKeys([alice]), deadAfter: '60s' });
+  await instance.waitForLog((l) => l.msg === 'cluster joined', "'cluster joined'");
+  const peer = await WsPeer.connect(instance.url, alice);
+  try {
+    await eventually(async () => ((await directoryStream(lone))?.state.messages === 1 ? true : undefined), 'alice in the lone server\'s bucket');
+    // And an entry no live instance writes again (a node of an instance gone meanwhile): the old copy differs from the new.
+    const writer = await login(first.client, 'beacon', password);
+    assert.equal((await writer.probe.request('$KV.beacon-directory.8888', 'w gone-instance', 5_000)).stream, 'KV_beacon-directory');
+    await eventually(async () => ((await directoryStream(lone))?.state.messages === 2 ? true : undefined), 'two entries in the lone server\'s bucket');
+    await lone.stop();
+    renameSync(join(store, 'jetstream'), join(store, moveAside[2]!));
+
+    // Part 2: the first machine's server (same ports, same store) and two new ones, on the three-machine file.
+    const shipped3 = readShipped(NATS_THREE_CONF);
+    const all = [first, await freeNatsPorts(true), await freeNatsPorts(true)];
+    const routePorts = all.map((p) => p.cluster!);
+    const three = await Promise.all(all.map((p, i) => startNats(
+      adaptNatsConfig(shipped3, p, i === 0 ? store : tempDir(`nats-grow-${i + 1}`), { serverName: `beacon-nats-${i + 1}`, routePorts }), p, '/varz')));
+    servers.push(...three);
+    await metaLeaderElected(three[0]!, 3);
+    await instance.waitForLog((l) => l.msg === 'cluster rejoined', "'cluster rejoined'", 45_000);
+
+    // Every server holds a copy of the bucket, three copies in all, with alice's entry written again
+    // (and no server the old copy: without the move, the first one keeps its two entries).
+    for (const server of three) {
+      await eventually(async () => {
+        const stream = await directoryStream(server);
+        return stream?.config.num_replicas === 3 && stream.state.messages === 1 ? true : undefined;
+      }, `alice's entry in a three-copy bucket on ${server.ports.client}`);
+    }
+    for (const server of three) {
+      const printed = await run('/bin/bash', ['-c', check[1]!.replace('127.0.0.1:8222', `127.0.0.1:${server.ports.monitor}`)], { timeoutMs: 10_000 });
+      assert.equal(printed.code, 0, printed.stderr);
+      assert.match(printed.stdout, /^"num_replicas": ?3\n$/, `the guide's check printed: ${JSON.stringify(printed.stdout)}`);
+    }
+    // The script finds the work done.
+    const raised = await setReplicas('3', all.map((p) => p.client));
+    assert.equal(raised.stdout, 'nats-directory-bucket: the bucket beacon-directory already has 3 replicas; nothing to do\n', raised.stderr);
+  } finally {
+    peer.close();
+    await instance.stop();
+  }
 });

@@ -4,6 +4,7 @@
  * - Every instance publishes a heartbeat every `deadAfterMs / 5`; one not
  *   heard from for `deadAfterMs` is dead: `live` turns false, so mirrors
  *   stop routing to it at once (the router reads the flag, nothing else).
+ *   One that says goodbye (a graceful stop) is not live from then on.
  * - One survivor, the live instance with the lowest ID, removes a dead
  *   instance's directory entries (also those of an instance it never heard
  *   from, once it has listened for dead-after); the others wait for the
@@ -63,6 +64,18 @@ export class Instances {
     instance.live = true;
     instance.swept = false;
     return { instance, cameAlive };
+  }
+
+  /**
+   * A goodbye from `id`: the instance, no longer live, if it was live under
+   * that incarnation; undefined otherwise (unknown, already gone, or a goodbye
+   * from an earlier process under the same ID).
+   */
+  left(id: string, incarnation: string): Instance | undefined {
+    const instance = this.byId.get(id);
+    if (!instance || instance.self || !instance.live || instance.incarnation !== incarnation) return undefined;
+    instance.live = false;
+    return instance;
   }
 
   /** Instances silent past dead-after, now dead. Call only while connected. */

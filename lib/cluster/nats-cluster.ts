@@ -11,6 +11,10 @@
  *   from its revision; the first instance watches every key), and write
  *   every attachment of ours. On a reconnect the watch resumes where it
  *   stopped, so the cluster converges without a restart or a reload.
+ * - Liveness: a heartbeat every fifth of dead-after; a newcomer's first one
+ *   is answered at once by every live instance, so it sees the whole
+ *   cluster a round trip after joining. A graceful stop withdraws this
+ *   instance's entries and says goodbye, so the others drop it at once.
  * - Liveness (instances.ts), directory (directory.ts), attach notices
  *   (attach-notices.ts), UDP claims (udp-claims.ts) and forwarding
  *   (forwarder.ts) are plain classes; this module feeds them NATS events.
@@ -35,7 +39,7 @@ import {
   AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, createInbox, credsAuthenticator, nkeyAuthenticator,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
-import { JetStreamApiError, jetstream } from '@nats-io/jetstream';
+import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
 import { StartError } from '../beacon';
 import { redactUrl } from '../config';
@@ -78,6 +82,15 @@ const UDP_RECONCILE_MS = 5_000;
 export const CLAIMS_PER_SOURCE_PER_SEC = 100;
 /** A directory write not acknowledged by then has failed (it is redone on reconnect). */
 const KV_TIMEOUT_MS = 5_000;
+/**
+ * The directory not open after this long is reported at warn level, whatever
+ * the reason (JetStream comes up a moment after a restarted server accepts
+ * clients, so the first failures are only debug). JetStream off, on the
+ * server or for our account, is reported at once.
+ */
+const DIRECTORY_STUCK_WARN_MS = 10_000;
+/** Answers to newcomers' heartbeats go out at most this often (answerNewcomer). */
+const ANSWER_SPACING_MS = 50;
 /** JetStream API calls (bucket, watch set-up) may take this long. */
 const JETSTREAM_TIMEOUT_MS = 30_000;
 /** Shutdown waits this long for our entries to be deleted. */
@@ -149,6 +162,9 @@ class NatsCluster implements ClusterNode {
   private viewComplete = false;
   /** Heartbeats go out this often (a fifth of dead-after). */
   private readonly heartbeatMs: number;
+  /** When our last heartbeat went out: answers to newcomers are spaced (answerNewcomer). */
+  private lastHeartbeatAt = 0;
+  private answerTimer: NodeJS.Timeout | undefined;
   /** When the last tick ran: a tick much later than due means this process stalled. */
   private lastTickAt = 0;
   private claimsRefreshTimer: NodeJS.Timeout | undefined;
@@ -253,6 +269,7 @@ class NatsCluster implements ClusterNode {
     this.closed = true;
     clearTimeout(this.retryTimer);
     clearInterval(this.heartbeatTimer);
+    clearTimeout(this.answerTimer);
     clearInterval(this.reconcileTimer);
     clearInterval(this.claimsRefreshTimer);
     clearInterval(this.claimsRotateTimer);
@@ -260,7 +277,12 @@ class NatsCluster implements ClusterNode {
     this.claims.clear();
     this.evictionLog.flush();
     this.forwarder.flushAll();
-    if (this.isConnected) await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
+    if (this.isConnected) {
+      await withTimeout(this.directory.withdrawAll(), WITHDRAW_MS);
+      // Our entries are gone: the others drop us now, not a dead-after from now.
+      this.publish(this.subjects.goodbye(this.instanceId), Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation)));
+      await withTimeout(this.nc?.flush() ?? Promise.resolve(), WITHDRAW_MS);
+    }
     this.epoch++;
     this.isConnected = false;
     this.watchStop?.();
@@ -362,6 +384,9 @@ class NatsCluster implements ClusterNode {
       nc.subscribe(this.subjects.heartbeats, {
         callback: (_err: Error | null, msg: Msg) => this.onHeartbeat(msg),
       }),
+      nc.subscribe(this.subjects.goodbyes, {
+        callback: (_err: Error | null, msg: Msg) => this.onGoodbye(msg),
+      }),
       nc.subscribe(this.subjects.snapshot, {
         queue: 'snapshot',
         callback: (_err: Error | null, msg: Msg) => this.serveSnapshot(msg),
@@ -380,6 +405,8 @@ class NatsCluster implements ClusterNode {
   private async sync(nc: NatsConnection, what: 'joined' | 'rejoined'): Promise<void> {
     const epoch = ++this.epoch;
     const { log } = this.deps;
+    const since = Date.now();
+    let warned = false;
     for (let attempt = 0; !this.closed && epoch === this.epoch; attempt++) {
       try {
         const kv = await openBucket(nc, this.subjects.bucket, log);
@@ -392,12 +419,22 @@ class NatsCluster implements ClusterNode {
         this.directory.store = storeOf(kv);
         await this.loadDirectory(nc, kv, epoch);
         this.directory.announceAll();
-        log.info({ instanceId: this.instanceId, bucket: this.subjects.bucket, directoryEntries: this.directory.size },
-          what === 'joined' ? 'cluster joined' : 'cluster rejoined');
+        // The mirror may still be loading ('cluster directory loaded' says when it is complete).
+        log.info({
+          instanceId: this.instanceId, bucket: this.subjects.bucket,
+          ...(this.mirrorReady ? { directory: 'loaded', directoryEntries: this.directory.size } : { directory: 'loading' }),
+        }, what === 'joined' ? 'cluster joined' : 'cluster rejoined');
         return;
       } catch (err) {
-        // JetStream comes up a moment after a restarted server accepts clients.
-        log.debug({ err: describe(err), attempt }, 'cluster: directory not ready; retrying');
+        const missing = jetStreamMissing(err, nc);
+        if (!warned && (missing !== undefined || Date.now() - since >= DIRECTORY_STUCK_WARN_MS)) {
+          warned = true; // once per (re)connection: the retries go on every 2 s
+          log.warn({ server: nc.getServer(), err: describe(err), attempt },
+            missing ?? 'cluster: the directory bucket cannot be opened; not in the cluster (beacon_cluster_connected 0) until it can, still trying');
+        } else {
+          // JetStream comes up a moment after a restarted server accepts clients.
+          log.debug({ err: describe(err), attempt }, 'cluster: directory not ready; retrying');
+        }
         await delay(Math.min(2_000, 100 * 2 ** attempt));
       }
     }
@@ -696,7 +733,35 @@ class NatsCluster implements ClusterNode {
   }
 
   private heartbeat(): void {
+    this.lastHeartbeatAt = Date.now();
     this.publish(this.subjects.heartbeat(this.instanceId), Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation)));
+  }
+
+  /**
+   * A newcomer (or a restarted process) heartbeats: ours goes out now, not
+   * at our next tick, so it sees every live instance a round trip after
+   * joining. At most one every ANSWER_SPACING_MS, later rather than never:
+   * newcomers joining together share one answer, and a newcomer answering
+   * the answers costs one more message, which nobody answers.
+   */
+  private answerNewcomer(): void {
+    if (this.answerTimer) return; // the answer on its way is heard by this newcomer too
+    const wait = this.lastHeartbeatAt + ANSWER_SPACING_MS - Date.now();
+    if (wait <= 0) return this.heartbeat();
+    this.answerTimer = setTimeout(() => {
+      this.answerTimer = undefined;
+      if (this.isConnected && !this.closed) this.heartbeat();
+    }, wait);
+    this.answerTimer.unref();
+  }
+
+  private onGoodbye(msg: Msg): void {
+    const bye = decodeHeartbeat(msg.string());
+    if (!bye || msg.subject !== this.subjects.goodbye(bye.instanceId)) return this.deps.stats.drop('cluster_malformed');
+    const instance = this.members.left(bye.instanceId, bye.incarnation);
+    if (!instance) return;
+    this.claims.forgetInstance(instance); // its claims went with it
+    this.deps.log.info({ instance: instance.id }, 'cluster: instance left (stopped gracefully); routes to it dropped');
   }
 
   private onHeartbeat(msg: Msg): void {
@@ -715,6 +780,7 @@ class NatsCluster implements ClusterNode {
     if (restarted) this.claims.forgetInstance(instance);
     if (cameAlive) {
       this.deps.log.info({ instance: beat.instanceId }, 'cluster: instance live');
+      if (this.isConnected) this.answerNewcomer();
       this.reconcileUdp(); // its WebSocket nodes count again
       // It learns our UDP claims now rather than at the next refresh.
       if (this.viewComplete) this.claims.reannounceAll();
@@ -925,6 +991,27 @@ async function openBucket(nc: NatsConnection, bucket: string, log: ClusterDeps['
       log.warn({ bucket, replicas, err: err.message }, 'cluster: the NATS cluster cannot keep this many copies of the directory; asking for fewer');
     }
   }
+}
+
+/**
+ * What to tell the operator when JetStream is off where the directory needs
+ * it: on the server (its INFO has no `jetstream: true`, so this is no
+ * server still starting up), or for our account. Undefined otherwise.
+ */
+function jetStreamMissing(err: unknown, nc: NatsConnection): string | undefined {
+  if (err instanceof Error && err.name === 'JetStreamNotEnabled' && nc.info?.jetstream !== true) {
+    return 'cluster: this NATS server runs without JetStream, which holds the cluster\'s directory: this instance stays out of the cluster '
+      + '(beacon_cluster_connected 0) until it has it; start nats-server with -js, or a jetstream block in its configuration '
+      + '(Debian\'s own nats-server service has none: install deploy/nats/nats-server.conf, docs/cluster-deploy.md 1.2)';
+  }
+  const cause = err instanceof Error ? (err as Error & { cause?: unknown }).cause : undefined;
+  const apiError = err instanceof JetStreamApiError ? err : cause instanceof JetStreamApiError ? cause : undefined;
+  if (apiError?.code === JetStreamApiCodes.JetStreamNotEnabledForAccount) {
+    return 'cluster: JetStream is not enabled for this NATS account (the --cluster user\'s), and it holds the cluster\'s directory: '
+      + 'this instance stays out of the cluster (beacon_cluster_connected 0) until it is; add `jetstream: enabled` to the account '
+      + 'in the NATS configuration, as deploy/nats/nats-server.conf does';
+  }
+  return undefined;
 }
 
 function storeOf(kv: KV) {

@@ -4,7 +4,8 @@
  *
  * - Subjects and the bucket are prefixed with the cluster name, so several
  *   clusters share one NATS: `<name>.fwd.<instance>` carries relays for one
- *   instance, `<name>.hb.<instance>` its heartbeats, `<name>.who.<instance>`
+ *   instance, `<name>.hb.<instance>` its heartbeats (`<name>.bye.<instance>`
+ *   its goodbye when it stops gracefully), `<name>.who.<instance>`
  *   answers "is this ID taken?", `<name>.att.<instance>` announces a node
  *   that just attached there (attach-notices.ts), `<name>.udp.<instance>`
  *   carries its UDP claims (udp-claims.ts), `<name>.snap` serves the directory to a
@@ -32,6 +33,9 @@ export interface Subjects {
   forwardedBy(subject: string): string | undefined;
   heartbeat(instanceId: string): string;
   heartbeats: string;
+  /** Where an instance says it leaves (a graceful stop), and all of them; the message is a heartbeat's. */
+  goodbye(instanceId: string): string;
+  goodbyes: string;
   who(instanceId: string): string;
   /** Where an instance announces a node that just attached to it (attach-notices.ts), and all of them. */
   attach(instanceId: string): string;
@@ -69,6 +73,8 @@ export function subjectsFor(clusterName: string): Subjects {
     claimedBy: (subject) => instanceAfter(claimsPrefix, subject),
     heartbeat: (id) => `${clusterName}.hb.${token(id)}`,
     heartbeats: `${clusterName}.hb.*`,
+    goodbye: (id) => `${clusterName}.bye.${token(id)}`,
+    goodbyes: `${clusterName}.bye.*`,
     who: (id) => `${clusterName}.who.${token(id)}`,
     attach: (id) => `${clusterName}.att.${token(id)}`,
     attaches: `${clusterName}.att.*`,

@@ -1,5 +1,5 @@
 /**
- * A real nats-server (Debian's, with JetStream) for the cluster tests: on
+ * A real nats-server (Debian's, with JetStream unless told) for the cluster tests: on
  * 127.0.0.1 and a free port, its store in a temporary directory, stopped
  * by its PID. It can be stopped and started again on the same port and
  * store, as an operator's restart would.
@@ -20,6 +20,8 @@ export interface NatsOptions {
   password?: string;
   /** A configuration file's text (e.g. users with permissions), given with -c; the flags above still apply. */
   config?: string;
+  /** false: no -js, as Debian's own nats-server service runs (default true). */
+  jetstream?: boolean;
 }
 
 export class NatsServer {
@@ -46,7 +48,7 @@ export class NatsServer {
   }
 
   async start(): Promise<void> {
-    const args = ['-a', '127.0.0.1', '-p', String(this.port), '-js', '-sd', this.dir];
+    const args = ['-a', '127.0.0.1', '-p', String(this.port), ...(this.options.jetstream === false ? [] : ['-js', '-sd', this.dir])];
     if (this.options.user !== undefined) args.push('--user', this.options.user, '--pass', this.options.password ?? '');
     if (this.options.config !== undefined) {
       const file = join(this.dir, 'nats.conf');
