@@ -11,11 +11,19 @@
  *   npm run bench -- --profile DIR    CPU profile of each beacon process (under load, not start-up) into DIR,
  *                                     with a summary of the top functions
  *   npm run bench -- --baseline-dist DIR   run another beacon build (its dist/) in the
- *                                     baseline slot: ratios become this build / that one
+ *                                     baseline slot: ratios become this build / that one. DIR's tree
+ *                                     must have its own node_modules (its own udp-batch addon)
+ *   npm run bench -- --baseline REV   the same, for a git revision: built once (git archive, npm ci,
+ *                                     tsc) in a directory of its own under the system's temp dir
  *   npm run bench -- --baseline-env K=V   environment of the baseline slot's process (repeatable),
  *                                     e.g. --baseline-dist dist --baseline-env WS_NO_BUFFER_UTIL=1,
  *                                     or --baseline-dist dist --baseline-env BEACON_UDP_IO=dgram (batched vs dgram)
  *   BENCH_LOAD_UDP_IO=dgram npm run bench   load generators' UDP clients on dgram instead of the udp-batch addon
+ *   npm run bench -- --only 12,13,14   issue 22's figures: handshakes/s with 64 in flight, RSS per idle peer
+ *                                     (5k -> 15k, no forced GC; 100k measured where the fd limit allows),
+ *                                     a reconnect storm of 12,000 fresh daemons felt by 16 relaying pairs
+ *   npm run bench -- --only caddy     the deployed path: handshakes/s and relay frames/s through Caddy with TLS
+ *                                     and direct (needs caddy)
  *   npm run bench -- --keys-count N   keys in the keys-file scenario (9/keys; default 1,000,000, quick 100,000)
  *   npm run bench -- --only cluster --cluster-parts convergence,move
  *                                     only these parts of scenario 8 (hop, zeroloss, convergence, move,
@@ -33,9 +41,9 @@
  *   and beacon/baseline ratio median [min-max], computed run by run.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { cpus, tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hasTaskset, stopLeftovers } from './common/child';
+import { fdHardLimit, hasTaskset, stopLeftovers } from './common/child';
 import { makeIdentities, writeIdentityFiles } from './common/identities';
 import type { BenchSettings, Row } from './scenarios/context';
 import { CLUSTER_PARTS, clusterScenario, type ClusterPart } from './scenarios/cluster';
@@ -49,15 +57,22 @@ import { keysScale } from './scenarios/keys-scale';
 import { summarizeProfiles } from './profile-summary';
 import { loadUdpBatchAddon } from '../../lib/udp/udp-batch-addon';
 import { markdownTable, printRows } from './report';
+import { baselineTree, checkBaselineDist } from './common/baseline';
+import { handshakeRate } from './scenarios/handshake-rate';
+import { idleMemory } from './scenarios/idle-memory';
+import { reconnectStorm } from './scenarios/reconnect-storm';
+import { deployedPath } from './scenarios/deployed-path';
 
 interface Scenario {
   id: string;
   name: string;
   run: (settings: BenchSettings) => Promise<Row[]>;
+  /** Node IDs 1..N the scenario uses (with keys in the keys file), beyond the run's default. */
+  identities?: number;
 }
 
 function parseArgs(argv: readonly string[]) {
-  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineEnv: {} as Record<string, string>, clusterParts: undefined as Set<ClusterPart> | undefined, clusterThreeNats: false };
+  const args = { quick: false, json: undefined as string | undefined, md: undefined as string | undefined, only: undefined as string[] | undefined, runs: 3, profile: undefined as string | undefined, keysCount: undefined as number | undefined, baselineDist: undefined as string | undefined, baselineRev: undefined as string | undefined, baselineEnv: {} as Record<string, string>, clusterParts: undefined as Set<ClusterPart> | undefined, clusterThreeNats: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -73,6 +88,7 @@ function parseArgs(argv: readonly string[]) {
     else if (a === '--profile') args.profile = value();
     else if (a === '--keys-count') args.keysCount = Number(value());
     else if (a === '--baseline-dist') args.baselineDist = value();
+    else if (a === '--baseline') args.baselineRev = value();
     else if (a === '--cluster-three-nats') args.clusterThreeNats = true;
     else if (a === '--cluster-parts') {
       const parts = value().split(',');
@@ -87,6 +103,7 @@ function parseArgs(argv: readonly string[]) {
     else throw new Error(`unknown option ${a}; see the top of test/bench/run.ts`);
   }
   if (!Number.isInteger(args.runs) || args.runs < 1 || args.runs > 20) throw new Error('--runs must be 1..20');
+  if (args.baselineDist !== undefined && args.baselineRev !== undefined) throw new Error('--baseline and --baseline-dist: give one of them');
   if (args.keysCount !== undefined && !(Number.isInteger(args.keysCount) && args.keysCount >= 1 && args.keysCount <= 5_000_000)) {
     throw new Error('--keys-count must be 1..5000000');
   }
@@ -98,27 +115,27 @@ async function main(): Promise<void> {
   const quick = args.quick;
   const started = Date.now();
   // A hard bound on the whole run, whatever happens inside.
+  const limitMinutes = quick ? 4 : 20;
   const deadline = setTimeout(() => {
-    console.error(`bench: over the ${quick ? 2 : 8} min hard limit; stopping`);
+    console.error(`bench: over the ${limitMinutes} min hard limit; stopping`);
     process.exit(2);
-  }, (quick ? 2 : 8) * 60_000);
+  }, limitMinutes * 60_000);
   deadline.unref();
+  // Built (or found built) before the deadline's clock matters: npm ci takes a while.
+  const baselineDist = args.baselineRev !== undefined ? baselineTree(args.baselineRev, (line) => console.log(line))
+    : args.baselineDist !== undefined ? checkBaselineDist(args.baselineDist) : undefined;
 
   const memoryPeers = quick ? [200, 500] : [1_000, 10_000];
   const stormSize = quick ? 600 : 3_000;
-  const identityCount = Math.max(...memoryPeers) + stormSize + 200;
   const dir = mkdtempSync(join(tmpdir(), 'beacon-bench-'));
   if (args.profile) mkdirSync(args.profile, { recursive: true });
-  const settings: BenchSettings = {
-    quick, runs: args.runs, profileDir: args.profile, baselineDist: args.baselineDist, baselineEnv: args.baselineEnv,
-    identitiesPath: join(dir, 'identities.json'), keysPath: join(dir, 'keys.json'), identityCount,
-    log: (line) => console.log(line),
+  // Issue 22's three figures: sizes as its held-out bench has them.
+  const rate = { poolSize: quick ? 5_000 : 20_000, first: 1, concurrency: 64, windowMs: quick ? 1_000 : 3_000 };
+  const idle = { counts: quick ? [1_000, 3_000] : [5_000, 15_000], projectTo: quick ? 10_000 : 100_000 };
+  const reconnect = {
+    pairs: 16, rate: 10_000, stormSize: quick ? 2_000 : 12_000, stormFirst: 33, concurrency: 128, quietMs: quick ? 1_000 : 3_000,
   };
-  const t0 = Date.now();
-  writeIdentityFiles(makeIdentities(identityCount), settings.identitiesPath, settings.keysPath);
-  console.log(`bench: ${quick ? 'quick' : 'full'} run, ${args.runs} runs per figure, ${identityCount} identities (${Date.now() - t0} ms)`);
-  console.log(`UDP load clients: ${process.env.BENCH_LOAD_UDP_IO === 'dgram' || !loadUdpBatchAddon().addon ? 'dgram' : 'udp-batch (sendmmsg/recvmmsg)'}; beacon UDP I/O: ${process.env.BEACON_UDP_IO ?? 'default (batched where built)'}`);
-  console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, node ${process.version}, ${hasTaskset ? 'servers pinned to core 0, load to core 1' : 'no taskset: processes NOT pinned'}`);
+  const deployed = { pairs: 16, windowMs: quick ? 500 : 2_000, handshakePool: quick ? 2_000 : 10_000, handshakeFirst: 65 };
 
   const windowMs = quick ? 200 : 1_000;
   const scenarios: Scenario[] = [
@@ -135,9 +152,25 @@ async function main(): Promise<void> {
       : { pairs: 16, payload: 64, rate: 10_000, windowMs: 1_000, maxRate: 128_000, attaches: 1_000, moves: 300, directoryEntries: 1_000_000, parts: args.clusterParts, threeNats: args.clusterThreeNats }) },
     { id: '10', name: 'heavy', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000, floodPayload: 1200 }) },
     { id: '11', name: 'heavy-tiny', run: (s) => heavySender(s, { steadyPairs: 16, steadyRate: 10_000, windowMs: quick ? 500 : 2_000, floodPayload: 12 }) },
+    { id: '12', name: 'handshakes', run: (s) => handshakeRate(s, rate), identities: rate.first + rate.poolSize },
+    { id: '13', name: 'idle-memory', run: (s) => idleMemory(s, idle), identities: (fdHardLimit > idle.projectTo ? idle.projectTo : Math.max(...idle.counts)) + 1 },
+    { id: '14', name: 'reconnect', run: (s) => reconnectStorm(s, reconnect), identities: reconnect.stormFirst + args.runs * reconnect.stormSize },
+    { id: '15', name: 'caddy', run: (s) => deployedPath(s, deployed), identities: deployed.handshakeFirst + deployed.handshakePool },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
     || (args.only.includes('6') && s.id === '1'));
+  const identityCount = Math.max(Math.max(...memoryPeers) + stormSize + 200, ...selected.map((s) => s.identities ?? 0));
+  const settings: BenchSettings = {
+    quick, runs: args.runs, profileDir: args.profile, baselineDist, baselineEnv: args.baselineEnv,
+    identitiesPath: join(dir, 'identities.json'), keysPath: join(dir, 'keys.json'), identityCount,
+    log: (line) => console.log(line),
+  };
+  const t0 = Date.now();
+  writeIdentityFiles(makeIdentities(identityCount), settings.identitiesPath, settings.keysPath);
+  console.log(`bench: ${quick ? 'quick' : 'full'} run, ${args.runs} runs per figure, ${identityCount} identities (${Date.now() - t0} ms)`);
+  console.log(`UDP load clients: ${process.env.BENCH_LOAD_UDP_IO === 'dgram' || !loadUdpBatchAddon().addon ? 'dgram' : 'udp-batch (sendmmsg/recvmmsg)'}; beacon UDP I/O: ${process.env.BEACON_UDP_IO ?? 'default (batched where built)'}`);
+  console.log(`machine: ${cpus().length} x ${cpus()[0]?.model ?? '?'}, node ${process.version}, ${hasTaskset ? 'servers pinned to core 0, load to core 1' : 'no taskset: processes NOT pinned'}; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  if (baselineDist) console.log(`baseline slot: the beacon build at ${baselineDist}`);
   const rows: Row[] = [];
   const failures: string[] = [];
   try {
@@ -155,7 +188,7 @@ async function main(): Promise<void> {
         const left = await stopLeftovers();
         if (left) console.error(`stopped ${left} process(es) the scenario left running`);
       }
-      console.log(`(${((Date.now() - t) / 1000).toFixed(1)} s)`);
+      console.log(`(${((Date.now() - t) / 1000).toFixed(1)} s; load average ${loadavg().map((l) => l.toFixed(2)).join(' ')})`);
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -167,7 +200,7 @@ async function main(): Promise<void> {
   if (args.json) {
     writeFileSync(args.json, `${JSON.stringify({
       date: new Date().toISOString(), quick, runs: args.runs, node: process.version,
-      cpus: cpus().length, cpu: cpus()[0]?.model, pinned: hasTaskset, rows, failures,
+      cpus: cpus().length, cpu: cpus()[0]?.model, pinned: hasTaskset, loadAverageAtEnd: loadavg(), baseline: baselineDist, rows, failures,
     }, null, 2)}\n`);
     console.log(`results written to ${args.json}`);
   }

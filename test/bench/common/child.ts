@@ -42,6 +42,26 @@ function findCommand(name: string): string | undefined {
 
 export const hasTaskset = TASKSET !== undefined;
 
+/** CPU seconds (user + system, all threads) process `pid` has used so far. */
+export function cpuSecondsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+}
+
+/** Pins every thread of a running process (one the bench started, e.g. Caddy) to `core`; false without taskset. */
+export function pinProcess(pid: number, core: number): boolean {
+  if (!TASKSET) return false;
+  return spawnSync(TASKSET, ['-a', '-p', '-c', String(core), String(pid)], { stdio: 'ignore' }).status === 0;
+}
+
+/** The hard limit on open files every child gets as its limit: bounds the peers one process can hold. */
+export const fdHardLimit = ((): number => {
+  const found = spawnSync('sh', ['-c', 'ulimit -Hn'], { encoding: 'utf8' });
+  const text = found.stdout.trim();
+  return text === 'unlimited' ? Infinity : Number(text) || 1024;
+})();
+
 export interface SpawnOptions {
   /** Core to pin to; ignored without taskset. */
   core?: number;
@@ -128,9 +148,7 @@ export class Child {
 
   /** CPU seconds (user + system, all threads) the child has used so far. */
   cpuSeconds(): number {
-    const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS_PER_SECOND;
+    return cpuSecondsOf(this.pid);
   }
 
   /** Resident set size in bytes, read from /proc (works while the child is busy). */

@@ -42,11 +42,16 @@ export class Signer {
 
   /** Base64 signature of `compat_auth:<node_id>:<nonce>` (docs/protocol.md §2). */
   sign(nonce: string): string {
+    return sign(null, Buffer.from(`compat_auth:${this.nodeId}:${nonce}`, 'ascii'), this.prepare()).toString('base64');
+  }
+
+  /** The signing key, built on first use (a bench builds them before a measured window). */
+  prepare(): KeyObject {
     this.key ??= createPrivateKey({
       key: Buffer.concat([ED25519_PKCS8_PREFIX, Buffer.from(this.seedBase64, 'base64')]),
       format: 'der', type: 'pkcs8',
     });
-    return sign(null, Buffer.from(`compat_auth:${this.nodeId}:${nonce}`, 'ascii'), this.key).toString('base64');
+    return this.key;
   }
 }
 

@@ -14,6 +14,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Signer } from '../common/identities';
 
 export const OPCODE_TEXT = 0x1;
@@ -96,6 +97,8 @@ export interface ConnectOptions {
   /** Sign the wrong nonce: the beacon must refuse with 1008. */
   badSignature?: boolean;
   timeoutMs: number;
+  /** Connect over TLS (through Caddy), trusting this CA. */
+  tlsCa?: string;
   /** Called with each binary frame after auth_ok. */
   onBinary: FrameHandler;
   onClose?: (code: number) => void;
@@ -142,7 +145,8 @@ function randomNonZeroMask(): Buffer {
  */
 export function connectAndAuthenticate(options: ConnectOptions): Promise<RawWsClient> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port: options.port, localAddress: options.localAddress });
+    const tcp = net.connect({ host: '127.0.0.1', port: options.port, localAddress: options.localAddress });
+    const socket = options.tlsCa === undefined ? tcp : tls.connect({ socket: tcp, host: '127.0.0.1', ca: options.tlsCa });
     socket.setNoDelay(true);
     const client = new RawWsClient(options.signer.nodeId, socket);
     let phase: 'upgrade' | 'challenge' | 'auth_ok' | 'open' = 'upgrade';

@@ -18,6 +18,11 @@
  *   process of the machine) into the payload.
  * - Payload after the Relay header: seq u32, seconds u32, nanoseconds u32,
  *   then zeroes up to the payload size.
+ * - `stopRun` ends a running `run` early (a window as long as a storm);
+ *   `latencyReset` restarts the latency record without the delivery count
+ *   (latency over part of a run, loss over all of it); `prepareSigners`
+ *   builds signing keys before a window, so the load core spends the
+ *   window on handshakes.
  */
 import dgram from 'node:dgram';
 import { BeaconStats } from '../../../lib/metrics';
@@ -77,6 +82,8 @@ let lastChunk: Buffer | undefined;
 let chunkNow: [number, number] = [0, 0];
 /** Set by `run` while every flow waits for its window: the next delivery resumes it. */
 let wakeRun: (() => void) | undefined;
+/** Set by `stopRun`: the running `run` ends at its next tick. */
+let stopRequested = false;
 
 function stampLatency(buf: Buffer, stampAt: number, now: [number, number]): void {
   const sec = buf.readUInt32BE(stampAt + 4);
@@ -126,6 +133,8 @@ interface ConnectArgs {
   /** storm: keep cycling through `nodeIds` until this long has passed (or `maxCount`). */
   durationMs?: number;
   maxCount?: number;
+  /** Over TLS, trusting this CA (through Caddy). */
+  tlsCa?: string;
 }
 
 interface ConnectResult {
@@ -154,7 +163,7 @@ async function handshakes(args: ConnectArgs, storm: boolean): Promise<ConnectRes
         const client = await connectAndAuthenticate({
           port: args.port, path: args.path, signer: signers.get(nodeId) as Signer,
           localAddress: addresses[i % addresses.length], badSignature: args.badSignature,
-          timeoutMs: args.timeoutMs ?? 10_000, onBinary: wssReceiver(counter),
+          timeoutMs: args.timeoutMs ?? 10_000, onBinary: wssReceiver(counter), tlsCa: args.tlsCa,
         });
         ok++;
         if (storm) {
@@ -349,6 +358,7 @@ async function run(args: RunArgs): Promise<RunResult> {
   const started = performance.now();
   const deadline = started + args.durationMs;
   const saturate = args.ratePerFlow === 0;
+  stopRequested = false;
   let first = 0; // flow served first in a tick, rotated for fairness
   await new Promise<void>((resolve) => {
     let safety: NodeJS.Timeout | undefined;
@@ -356,7 +366,7 @@ async function run(args: RunArgs): Promise<RunResult> {
       clearTimeout(safety);
       wakeRun = undefined;
       const t = performance.now();
-      if (t >= deadline) return resolve();
+      if (t >= deadline || stopRequested) return resolve();
       const now = process.hrtime();
       let sentAny = false;
       let behind = false;
@@ -422,6 +432,14 @@ serve({
     latency.reset();
   },
   recvReport: () => ({ received, latency: latency.summary() }),
+  latencyReset: () => latency.reset(),
+  stopRun: () => {
+    stopRequested = true;
+    wake();
+  },
+  prepareSigners: (args: { nodeIds: number[] }) => {
+    for (const id of args.nodeIds) signers.get(id)?.prepare();
+  },
   pauseReading: (args: { nodeIds: number[] }) => {
     for (const id of args.nodeIds) wssClients.get(id)?.client.socket.pause();
   },

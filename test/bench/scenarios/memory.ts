@@ -35,7 +35,7 @@ async function rssAfterGc(server: Server): Promise<{ rss: number; heapUsed: numb
 /** Peers connected and closed before the empty figure: code and heap warmed up, no peer left. */
 const WARM_UP_PEERS = 200;
 
-async function warmUp(server: Server, workers: readonly Child[]): Promise<void> {
+export async function warmUp(server: Server, workers: readonly Child[]): Promise<void> {
   const ids = Array.from({ length: WARM_UP_PEERS }, (_, i) => i + 1);
   await workers[0]!.request('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 64, localAddresses: LOOPBACK_SOURCES }, 60_000);
   await workers[0]!.request('closeAll');

@@ -1,0 +1,164 @@
+/**
+ * Scenario 14: a reconnect storm, as after a restart, felt by the peers
+ * already relaying (issue 22).
+ *
+ * - Established: 16 pairs of WebSocket peers relay 64 B frames, 10k
+ *   frames/s in all, from one load process.
+ * - Quiet: a window of that alone; its p50 and p99 one-way latency.
+ * - Storm: the same flows keep running while another load process (lower
+ *   priority on the load core) connects `stormSize` fresh daemons (node IDs
+ *   this server has never seen, a new block every run) with 128 in flight,
+ *   each staying attached, as daemons reconnecting after a restart do. The
+ *   established peers' latency is taken over the storm (from its first
+ *   connection to its last auth_ok), loss over the whole run of the flows.
+ * - Figures: storm / quiet for p50 and p99 (goal: within 3x), frames lost
+ *   (goal: none), and the storm's own handshakes/s. After each run the
+ *   storm's daemons leave and the server is back to the 32 established peers.
+ */
+import type { Child } from '../common/child';
+import type { LatencySummary } from '../common/stats';
+import type { RunResult } from '../load/worker';
+import {
+  COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
+  type BenchSettings, type Row, type Server, type ServerKind,
+} from './context';
+import { measure, type Flow, type RecvReport, type Sender } from './measure';
+import { LOOPBACK_SOURCES } from './memory';
+import { fmt } from './relay-throughput';
+
+export interface ReconnectStormPlan {
+  pairs: number;
+  /** Frames/s of all pairs together. */
+  rate: number;
+  /** Fresh daemons per storm. */
+  stormSize: number;
+  /** First node ID of the storms' blocks (run r uses stormFirst + r * stormSize ...). */
+  stormFirst: number;
+  concurrency: number;
+  quietMs: number;
+}
+
+const PAYLOAD = 64;
+/** Issue 22's goal: storm latency within this multiple of quiet. */
+const GOAL_RATIO = 3;
+/** The flows run this long before the storm starts (and the latency record restarts). */
+const LEAD_MS = 300;
+/** Bound on one storm run's flows (a storm far slower than expected ends the run). */
+const MAX_STORM_MS = 120_000;
+
+interface Rig {
+  server: Server;
+  steady: Sender;
+  storm: Child;
+}
+
+async function rig(settings: BenchSettings, kind: ServerKind, plan: ReconnectStormPlan): Promise<Rig> {
+  const server = await startServer(settings, kind, { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 });
+  const [steadyWorker, storm] = await Promise.all([startWorker(settings, `${kind}-steady`), startWorker(settings, `${kind}-storm`, 'sender')]);
+  const ids = Array.from({ length: 2 * plan.pairs }, (_, i) => i + 1);
+  const r = await steadyWorker.request<{ ok: number; errors: object }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 16 });
+  if (r.ok !== ids.length) throw new Error(`${kind}: ${r.ok}/${ids.length} established peers connected: ${JSON.stringify(r.errors)}`);
+  const flows = Array.from({ length: plan.pairs }, (_, i): Flow => ({ from: 2 * i + 1, to: 2 * i + 2, via: 'wss' }));
+  return { server, steady: { worker: steadyWorker, flows, ratePerFlow: plan.rate / plan.pairs }, storm };
+}
+
+function stormBlock(plan: ReconnectStormPlan, run: number): number[] {
+  return Array.from({ length: plan.stormSize }, (_, i) => plan.stormFirst + run * plan.stormSize + i);
+}
+
+interface StormWindow {
+  latency: LatencySummary;
+  lost: number;
+  sent: number;
+  handshakes: number;
+  failed: number;
+  errors: Record<string, number>;
+  stormMs: number;
+  serverCpuShare: number;
+}
+
+async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
+  const { worker } = r.steady;
+  await worker.request('recvReset');
+  const running = worker.request<RunResult>('run', {
+    flows: r.steady.flows, payloadBytes: PAYLOAD, ratePerFlow: r.steady.ratePerFlow, durationMs: MAX_STORM_MS,
+  }, MAX_STORM_MS + 15_000);
+  await sleep(LEAD_MS);
+  await worker.request('latencyReset');
+  const cpu0 = r.server.child.cpuSeconds();
+  const storm = await r.storm.request<{ ok: number; failed: number; errors: Record<string, number>; ms: number }>('wssConnect', {
+    port: r.server.http, path: COMPAT_PATH, nodeIds, concurrency: plan.concurrency, localAddresses: LOOPBACK_SOURCES, timeoutMs: 30_000,
+  }, MAX_STORM_MS);
+  const duringStorm = await worker.request<RecvReport>('recvReport');
+  const serverCpuShare = (r.server.child.cpuSeconds() - cpu0) / (storm.ms / 1000);
+  await worker.request('stopRun');
+  const sent = (await running).sent;
+  // Drain: until everything sent arrived or nothing moved for 300 ms, bounded.
+  let received = duringStorm.received;
+  const deadline = performance.now() + 3_000;
+  let stableSince = performance.now();
+  while (received < sent && performance.now() < deadline && performance.now() - stableSince < 300) {
+    await sleep(25);
+    const now = (await worker.request<RecvReport>('recvReport')).received;
+    if (now !== received) stableSince = performance.now();
+    received = now;
+  }
+  return {
+    latency: duringStorm.latency, lost: sent - received, sent, handshakes: storm.ok, failed: storm.failed, errors: storm.errors,
+    stormMs: storm.ms, serverCpuShare,
+  };
+}
+
+/** The storm's daemons leave; waits (bounded) until the server holds only the established peers. */
+async function endStorm(r: Rig, plan: ReconnectStormPlan): Promise<void> {
+  await r.storm.request('closeAll');
+  const deadline = performance.now() + 30_000;
+  while ((await serverStats(r.server)).peers > 2 * plan.pairs) {
+    if (performance.now() > deadline) throw new Error(`${r.server.kind}: storm peers still attached 30 s after they closed`);
+    await sleep(100);
+  }
+}
+
+export async function reconnectStorm(settings: BenchSettings, plan: ReconnectStormPlan): Promise<Row[]> {
+  const figures = new Figures(`14 reconnect storm (${plan.stormSize} fresh daemons, ${plan.concurrency} in flight; ${plan.pairs} pairs at ${plan.rate / 1000}k frames/s)`);
+  figures.define('established p50, quiet', 'µs', 'lower');
+  figures.define('established p50, storm', 'µs', 'lower');
+  figures.define('p50 storm / quiet', 'ratio', 'lower', (b) => ({ text: `beacon <= ${GOAL_RATIO}`, met: b.median <= GOAL_RATIO }));
+  figures.define('established p99, quiet', 'µs', 'lower');
+  figures.define('established p99, storm', 'µs', 'lower');
+  figures.define('p99 storm / quiet', 'ratio', 'lower', (b) => ({ text: `beacon <= ${GOAL_RATIO}`, met: b.median <= GOAL_RATIO }));
+  figures.define('established frames lost (quiet + storm)', 'frames', 'lower', (b) => ({ text: 'beacon 0 in every run', met: b.max === 0 }));
+  figures.define('storm handshakes/s', 'per s', 'higher');
+  figures.define('server CPU during the storm', '% core', 'higher');
+  const rigs: Partial<Record<ServerKind, Rig>> = {};
+  try {
+    Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
+    for (let run = 0; run < settings.runs; run++) {
+      for (const kind of serverOrder(run)) {
+        const r = rigs[kind]!;
+        const options = { payloadBytes: PAYLOAD, ratePerFlow: 0, durationMs: plan.quietMs };
+        if (run === 0) await measure(r.server, [r.steady], [r.steady.worker], { ...options, durationMs: plan.quietMs / 2 }); // warm-up
+        const quiet = await measure(r.server, [r.steady], [r.steady.worker], options);
+        const storm = await underStorm(r, plan, stormBlock(plan, run));
+        await endStorm(r, plan);
+        const q = quiet.latency[0]!;
+        figures.add('established p50, quiet', kind, q.p50);
+        figures.add('established p50, storm', kind, storm.latency.p50);
+        figures.add('p50 storm / quiet', kind, storm.latency.p50 / q.p50);
+        figures.add('established p99, quiet', kind, q.p99);
+        figures.add('established p99, storm', kind, storm.latency.p99);
+        figures.add('p99 storm / quiet', kind, storm.latency.p99 / q.p99);
+        figures.add('established frames lost (quiet + storm)', kind, Math.max(0, quiet.lost) + Math.max(0, storm.lost));
+        figures.add('storm handshakes/s', kind, storm.handshakes / (storm.stormMs / 1000));
+        figures.add('server CPU during the storm', kind, 100 * storm.serverCpuShare);
+        const failed = Object.entries(storm.errors).map(([c, n]) => `${c}: ${n}`).join(', ');
+        settings.log(`  reconnect storm run ${run + 1} ${kind}: ${storm.handshakes} daemons in ${fmt(storm.stormMs)} ms` +
+          ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
+          ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent}`);
+      }
+    }
+  } finally {
+    await stopAll(Object.values(rigs).flatMap((r) => [r.steady.worker, r.storm, r.server]));
+  }
+  return figures.rows();
+}
