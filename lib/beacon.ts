@@ -184,9 +184,10 @@ export class Beacon extends EventEmitter {
       if (problem !== undefined || !addon) throw new StartError(problem ?? '--reuse-port: the udp-batch addon did not load', 'EREUSEPORT');
       reuse = { addon };
     }
-    await this.compat.register(this.app);
-    registerOpsRoutes(this.app, this.registry, this.opsState);
     const trusted = proxyAddr.compile(config.trustProxy);
+    // Upgrades never reach fastify's routing; it serves /health and /metrics.
+    this.compat.listen(this.app.server, trusted);
+    registerOpsRoutes(this.app, this.registry, this.opsState);
     new ConnectionGuard({
       headersDeadlineMs: config.authTimeoutMs,
       maxPerIp: config.maxPerIp + PER_IP_HTTP_ROOM,

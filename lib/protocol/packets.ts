@@ -12,6 +12,7 @@
  * - The Relay hot path has allocation-free readers (`relaySender`,
  *   `relayDest`) and rewrites a Relay into a RelayDeliver in place.
  */
+import { isIPv4 } from 'node:net';
 import ipaddr from 'ipaddr.js';
 
 export const PacketType = {
@@ -239,12 +240,17 @@ function encodeEndpointPacket(type: PacketType, endpoint: Endpoint): Buffer {
   return buf;
 }
 
+const MAPPED_PREFIX = '::ffff:';
+
 /**
  * The form an address is carried and compared in: IPv4-mapped IPv6
  * (`::ffff:1.2.3.4`, what a dual-stack socket reports) becomes plain IPv4,
  * as Go's `To4()` does; zone suffixes are dropped.
  */
 export function canonicalIp(ip: string): string {
+  // What sockets report, already canonical (isIPv4 takes no leading zeros): no parse, once per connection at least.
+  if (isIPv4(ip)) return ip;
+  if (ip.startsWith(MAPPED_PREFIX) && isIPv4(ip.slice(MAPPED_PREFIX.length))) return ip.slice(MAPPED_PREFIX.length);
   const bare = ip.replace(/%.*$/, '');
   if (!ipaddr.isValid(bare)) return bare;
   const parsed = ipaddr.parse(bare);

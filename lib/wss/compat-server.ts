@@ -1,10 +1,12 @@
 /**
  * The compat WebSocket listener at /v1/compat (docs/protocol.md §2, §3).
  *
- * - Admission runs in the route's onRequest hook, before any WebSocket
- *   work: draining, --max-peers, --max-handshakes (HTTP 503) and
- *   --max-per-ip (HTTP 429), each refusal counted. An upgrade to any other
- *   path (/health, /metrics, ...) is refused with 404 before that.
+ * - Upgrades are taken off the HTTP server before fastify's routing
+ *   (upgrade.ts; fastify keeps /health and /metrics). Admission runs
+ *   before any WebSocket work: draining, --max-peers, --max-handshakes
+ *   (HTTP 503) and --max-per-ip (HTTP 429), each refusal counted. An
+ *   upgrade to any other path (/health, /metrics, ...) is refused with 404
+ *   before that.
  * - An upgrade ws rejects (HTTP 400) gives its slots back at once and its
  *   socket is destroyed once the answer is written.
  * - ws enforces the 64 KiB message limit from the first byte
@@ -21,20 +23,18 @@
  *   peers and disconnects those silent past --idle-timeout.
  * - This module never decides where a packet goes: that is the router's.
  */
-import type { ServerResponse } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
-import fastifyWebsocket from '@fastify/websocket';
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type WebSocket from 'ws';
+import type { FastifyBaseLogger } from 'fastify';
+import WebSocket, { WebSocketServer } from 'ws';
 import type { KeyDirectory } from '../auth/keys';
 import { SignatureVerifier } from '../auth/challenge';
 import type { BeaconConfig } from '../config';
 import type { BeaconStats, RefusalReason } from '../metrics';
 import {
-  AUTH_OK_MESSAGE, COMPAT_PATH, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, canonicalIp,
-  type NodeId,
+  AUTH_OK_MESSAGE, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, type NodeId,
 } from '../protocol';
 import { ipv6Networks, perIpKey } from '../http/client-address';
 import { RateLimitedLog } from '../log/rate-limited-log';
@@ -43,6 +43,7 @@ import { runHandshake } from './handshake';
 import { Peer } from './peer';
 import { PeerMap, type PeerMapListener } from './peer-map';
 import { ReadPacing, type ReadPacer } from './read-pacer';
+import { clientAddress, isCompatUpgrade, refuseUpgrade, type ClientAddress, type TrustProxy } from './upgrade';
 
 /** How long a socket we closed may take to answer the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2_000;
@@ -110,13 +111,19 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
   invalid_upgrade: 400,
 };
 
-const INVALID_UPGRADE_RESPONSE = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
-
 export class CompatServer {
   readonly peers: PeerMap;
   private readonly admission: Admission;
   /** Keyed by the upgrade's TCP socket; released when it closes. */
   private readonly tickets = new WeakMap<Socket, AdmissionTicket>();
+  /** Completes upgrades admission let through (headers checked, 101 written); no server of its own. */
+  private readonly wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: MAX_MESSAGE_BYTES,
+    perMessageDeflate: false,
+    clientTracking: false,
+    handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
+  });
   private readonly sockets = new Set<WebSocket>();
   private readonly verifier = new SignatureVerifier();
   private readonly pacing: ReadPacing;
@@ -195,27 +202,13 @@ export class CompatServer {
     return this.admission.handshakesInProgress;
   }
 
-  async register(app: FastifyInstance): Promise<void> {
-    await app.register(fastifyWebsocket, {
-      options: {
-        maxPayload: MAX_MESSAGE_BYTES,
-        perMessageDeflate: false,
-        clientTracking: false,
-        handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
-      },
-      errorHandler: (error, socket) => this.onSocketError(error, socket),
-      // Peers are closed by shutdown(), with the right code, before fastify closes.
-      preClose: (done) => done(),
-    });
-    app.websocketServer.on('wsClientError', (_error: Error, socket: Duplex) => this.refuseInvalidUpgrade(socket));
-    // Root hook: runs before any route's, so before admission. Without it,
-    // @fastify/websocket upgrades on every GET route, past all our limits.
-    app.addHook('onRequest', (req, reply, done) => {
-      if (!req.ws || (req.method === 'GET' && req.routeOptions.url === COMPAT_PATH)) return done();
-      this.refuse(reply, canonicalIp(req.ip), 'not_compat_path');
-    });
-    app.get(COMPAT_PATH, { websocket: true, onRequest: (req, reply, done) => this.admit(req, reply, done) },
-      (socket, req) => this.onConnection(socket, req));
+  /**
+   * Takes every upgrade `server` receives from now on. `trust` says which
+   * socket addresses are proxies whose X-Forwarded-For is believed.
+   */
+  listen(server: Server, trust: TrustProxy): void {
+    this.wss.on('wsClientError', (_error: Error, socket: Duplex) => this.refuseInvalidUpgrade(socket));
+    server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head, trust));
   }
 
   /**
@@ -298,29 +291,39 @@ export class CompatServer {
 
   // ---- admission and handshake -------------------------------------------
 
-  private admit(req: FastifyRequest, reply: FastifyReply, done: () => void): void {
-    if (!req.ws) return done();
-    const ip = canonicalIp(req.ip);
-    // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
-    if (this.draining || isIP(ip) === 0) return this.refuse(reply, ip, this.draining ? 'shutting_down' : 'bad_forwarded_address');
-    const client = { ipKey: perIpKey(ip, this.deps.config.ipv6PrefixBits), networks: ipv6Networks(ip) };
-    const refusal = this.admission.check(client, this.peers.size);
-    if (refusal) return this.refuse(reply, ip, refusal);
-    const socket = req.raw.socket;
-    this.tickets.set(socket, this.admission.admit(client));
-    socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
-    done();
+  private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer, trust: TrustProxy): void {
+    const client = clientAddress(req, trust);
+    if (!isCompatUpgrade(req)) return this.refuse(socket, client.ip, 'not_compat_path');
+    const ticket = this.admit(socket, client.ip);
+    if (!ticket) return;
+    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, client, ticket));
   }
 
-  private refuse(reply: FastifyReply, ip: string, refusal: RefusalReason): void {
+  /** Takes the slots for an upgrade from `ip`, or refuses it (answered, counted) and returns undefined. */
+  private admit(socket: Socket, ip: string): AdmissionTicket | undefined {
+    // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
+    if (this.draining || isIP(ip) === 0) {
+      this.refuse(socket, ip, this.draining ? 'shutting_down' : 'bad_forwarded_address');
+      return undefined;
+    }
+    const client = { ipKey: perIpKey(ip, this.deps.config.ipv6PrefixBits), networks: ipv6Networks(ip) };
+    const refusal = this.admission.check(client, this.peers.size);
+    if (refusal) {
+      this.refuse(socket, ip, refusal);
+      return undefined;
+    }
+    const ticket = this.admission.admit(client);
+    this.tickets.set(socket, ticket);
+    socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
+    return ticket;
+  }
+
+  private refuse(socket: Duplex, ip: string, refusal: RefusalReason): void {
     const { stats } = this.deps;
     stats.refused[refusal]++;
     stats.upgradesFailed++;
     this.refusedLog.info({ ip, reason: refusal });
-    void reply
-      .code(REFUSAL_STATUS[refusal])
-      .header('retry-after', '5')
-      .send({ error: refusal });
+    refuseUpgrade(socket, REFUSAL_STATUS[refusal], refusal);
   }
 
   /**
@@ -334,28 +337,20 @@ export class CompatServer {
     stats.refused.invalid_upgrade++;
     stats.upgradesFailed++;
     this.tickets.get(socket as Socket)?.release();
-    socket.once('finish', () => socket.destroy());
-    const timer = setTimeout(() => socket.destroy(), CLOSE_GRACE_MS); // a client that never reads
-    timer.unref();
-    socket.once('close', () => clearTimeout(timer));
-    socket.end(INVALID_UPGRADE_RESPONSE);
+    refuseUpgrade(socket, 400, 'invalid_upgrade');
   }
 
-  private onConnection(ws: WebSocket, req: FastifyRequest): void {
+  private onConnection(ws: WebSocket, client: ClientAddress, ticket: AdmissionTicket): void {
     const { stats, config } = this.deps;
     stats.upgradesOk++;
-    this.releaseUpgradeState(ws, req);
+    // ws emits socket errors on the WebSocket: a listener must be there from the start.
+    ws.on('error', this.onWsError);
     this.sockets.add(ws);
     ws.on('close', this.forgetSocket); // shared, not a closure per socket: memory per peer
-    const ticket = this.tickets.get(req.raw.socket);
-    const ip = canonicalIp(req.ip);
-    // Behind a trusted proxy the client's port is unknown (Caddy does not
-    // forward it); `ips` lists the hops when a forwarded address was used.
-    const forwarded = (req.ips?.length ?? 0) > 1;
-    const port = forwarded ? 0 : req.socket.remotePort ?? 0;
+    const { ip, port } = client;
 
     runHandshake(ws, { keys: this.deps.keys, verifier: this.verifier, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
-      ticket?.endHandshake();
+      ticket.endHandshake();
       if (!result.ok) {
         stats.authFailed[result.reason]++;
         this.authFailedLog.info({ ip, reason: result.reason });
@@ -421,21 +416,6 @@ export class CompatServer {
         peer.ws.ping();
       }
     }
-  }
-
-  /**
-   * Memory per peer: @fastify/websocket leaves the upgrade's request and
-   * response reachable from every open socket for its whole life (the
-   * response stays assigned to the TCP socket, and the 'error' listener it
-   * adds closes over request and reply): about 3 KB of heap per peer.
-   * Detach the response and swap in a listener that holds nothing; errors
-   * still reach onSocketError.
-   */
-  private releaseUpgradeState(ws: WebSocket, req: FastifyRequest): void {
-    const socket = req.raw.socket as Socket & { _httpMessage?: ServerResponse | null };
-    socket._httpMessage?.detachSocket(socket);
-    ws.removeAllListeners('error');
-    ws.on('error', this.onWsError);
   }
 
   private onSocketError(error: Error & { code?: string }, ws: WebSocket): void {
