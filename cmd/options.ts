@@ -18,10 +18,8 @@ import {
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
-import { UDP_IO_CHOICES, type UdpIoChoice } from '../lib/udp/transport';
+import { LOG_LEVELS, UDP_IO_CHOICES, type UdpIoChoice } from '../lib/config/choices';
 import { UsageError } from './errors';
-
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
 /** proxy-addr's names for address ranges, accepted by --trust-proxy. */
 const TRUST_PROXY_KEYWORDS = ['loopback', 'linklocal', 'uniquelocal'];

@@ -24,7 +24,7 @@ import { startBeacon, type Beacon } from '../lib/beacon';
 import { formatHostPort, redactUrl, validateConfig, type BeaconConfig } from '../lib/config';
 import { StartError } from '../lib/start-error';
 import { systemdNotifierFromEnv, type SystemdNotifier } from '../lib/systemd/notify';
-import { loadUdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import { loadUdpBatchAddon } from '../lib/native/udp-batch-addon';
 import { VERSION } from '../lib/version';
 import { DEFAULT_KEYS_FILE, configFromFlags, type RunFlags } from './options';
 

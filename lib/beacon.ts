@@ -36,7 +36,8 @@ import { BeaconPeers, SYNC_ROUTE_LIFETIME_INTERVALS } from './relay/beacon-peers
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
 import { UdpServer } from './udp/udp-server';
-import { chooseUdpIo, loadUdpBatchAddon, type UdpBatchAddon, type UdpIoDecision } from './udp/udp-batch-addon';
+import { loadUdpBatchAddon, type UdpBatchAddon } from './native/udp-batch-addon';
+import { chooseUdpIo, type UdpIoDecision } from './udp/choose-io';
 import { reusePortProblem } from './reuse-port';
 import { chooseInstanceId } from './cluster/instance-id';
 import { CompatServer } from './wss/compat-server';

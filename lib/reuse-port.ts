@@ -10,7 +10,7 @@
  *   the problem names the addon's load error and how to build it.
  * - It does not open sockets (lib/http/listener.ts and lib/udp do).
  */
-import type { UdpIo } from './udp/transport';
+import type { UdpIo } from './config/choices';
 
 /** Node's net and dgram take `reusePort` from 22.12 (and 23.1 on the odd line); older ones ignore it. */
 export function nodeHasReusePort(version: string = process.versions.node): boolean {

@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import WebSocket from 'ws';
 import { COMPAT_SUBPROTOCOL } from '../lib/protocol';
 import { makeIdentity } from './helpers/identity';
-import { perIpKey } from '../lib/http/client-address';
+import { perIpKey } from '../lib/net/client-address';
 import { beaconFor, connectPeer, eventually, openCompat, withTimeout } from './helpers/harness';
 
 const alice = makeIdentity(7777);

@@ -18,8 +18,9 @@ import { BeaconStats } from '../lib/metrics';
 import { encodeRelay } from '../lib/protocol';
 import { BatchTransport } from '../lib/udp/batch-transport';
 import { DgramTransport } from '../lib/udp/dgram-transport';
-import type { BorrowedBytes, DatagramTransport, UdpIo } from '../lib/udp/transport';
-import { loadUdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import type { UdpIo } from '../lib/config/choices';
+import { loadUdpBatchAddon } from '../lib/native/udp-batch-addon';
+import type { BorrowedBytes, DatagramTransport } from '../lib/udp/transport';
 
 const DATAGRAMS = 20_000;
 /** Datagrams sent per turn of the sender: more than one recvmmsg batch, so slots are refilled turn after turn. */

@@ -14,7 +14,7 @@ import { after, test, type TestContext } from 'node:test';
 import { chooseInstanceId } from '../lib/cluster/instance-id';
 import { makeConfig } from '../lib/config';
 import { nodeHasReusePort, reusePortProblem } from '../lib/reuse-port';
-import { addressBytes, loadUdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import { addressBytes, loadUdpBatchAddon } from '../lib/native/udp-batch-addon';
 import {
   FAST, assertUsageError, cleanUpBeaconCli, runCli, sockets, startCli, stopCli, tempDir,
 } from './helpers/beacon-cli';

@@ -12,7 +12,7 @@ import net from 'node:net';
 import { test, type TestContext } from 'node:test';
 import { BeaconStats } from '../lib/metrics';
 import { BatchTransport } from '../lib/udp/batch-transport';
-import { addressBytes, loadUdpBatchAddon, type UdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import { addressBytes, loadUdpBatchAddon, type UdpBatchAddon } from '../lib/native/udp-batch-addon';
 import { eventually } from './helpers/harness';
 
 /** Connections (and UDP flows) per check: with two sockets sharing a port, all on one has odds 2^-(N-1). */

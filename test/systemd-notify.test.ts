@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { decodePacket, encodeDiscover, PacketType } from '../lib/protocol';
 import { systemdNotifierFromEnv, watchdogIntervalMs, type NotifySend } from '../lib/systemd/notify';
-import { loadUdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import { loadUdpBatchAddon } from '../lib/native/udp-batch-addon';
 import {
   assertUsageError, BeaconProcess, cleanUpBeaconCli, FAST, runCli, startCli, tempDir, type LogLine, type SpawnOptions,
 } from './helpers/beacon-cli';

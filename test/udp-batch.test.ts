@@ -10,7 +10,7 @@ import { readdirSync } from 'node:fs';
 import { test, type TestContext } from 'node:test';
 import { BeaconStats } from '../lib/metrics';
 import { BatchTransport } from '../lib/udp/batch-transport';
-import { loadUdpBatchAddon, type UdpBatchAddon } from '../lib/udp/udp-batch-addon';
+import { loadUdpBatchAddon, type UdpBatchAddon } from '../lib/native/udp-batch-addon';
 import { eventually, udpClientFor } from './helpers/harness';
 
 function addon(): UdpBatchAddon {

@@ -41,13 +41,13 @@ import {
 } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
 import { Kvm, type KV, type KvWatchEntry } from '@nats-io/kv';
-import { StartError } from '../beacon';
+import { StartError } from '../start-error';
 import { redactUrl } from '../config';
 import { RateLimitedLog } from '../log/rate-limited-log';
 import { relaySender, type NodeId } from '../protocol/packets';
 import type { DropReason } from '../metrics';
 import { canonicalIp } from '../protocol';
-import { perIpKey } from '../http/client-address';
+import { perIpKey } from '../net/client-address';
 import type { UdpEndpoint } from '../udp/endpoints';
 import { SourceRateLimiter } from '../udp/source-rate-limit';
 import type { BorrowedBytes } from '../udp/transport';

@@ -8,9 +8,10 @@
  * - Every resource a stranger can hold has a limit here.
  */
 import { MAX_MESSAGE_BYTES, MAX_NODE_ID } from '../protocol';
-import { UDP_IO_CHOICES, type UdpIoChoice } from '../udp/transport';
+import { UDP_IO_CHOICES, type UdpIoChoice } from './choices';
 import { formatHostPort, type HostPort } from './units';
 
+export * from './choices';
 export * from './units';
 
 export interface BeaconConfig {

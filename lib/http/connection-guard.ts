@@ -20,7 +20,7 @@ import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { BeaconStats } from '../metrics';
 import { canonicalIp } from '../protocol';
-import { perIpKey } from './client-address';
+import { perIpKey } from '../net/client-address';
 
 export interface ConnectionGuardOptions {
   headersDeadlineMs: number;

@@ -19,7 +19,7 @@ import { isIP } from 'node:net';
 import type { FastifyInstance, FastifyListenOptions } from 'fastify';
 import type { HostPort } from '../config/units';
 import { nodeHasReusePort } from '../reuse-port';
-import { addressBytes, type UdpBatchAddon } from '../udp/udp-batch-addon';
+import { addressBytes, type UdpBatchAddon } from '../native/udp-batch-addon';
 
 /** Node's default backlog, as fastify's own listen gets it. */
 const LISTEN_BACKLOG = 511;

@@ -29,7 +29,7 @@ import type { UdpEndpoint } from './endpoints';
 import {
   UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, type DatagramReceiver, type DatagramTransport,
 } from './transport';
-import { addressBytes, type Handle, type UdpBatchAddon } from './udp-batch-addon';
+import { addressBytes, type Handle, type UdpBatchAddon } from '../native/udp-batch-addon';
 
 /** Datagrams per recvmmsg, and so per call into JavaScript (the C relay of issue 13 used 64). */
 export const BATCH = 64;

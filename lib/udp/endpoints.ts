@@ -19,7 +19,7 @@
  * - `address` is kept as the socket reported it (what `send` needs);
  *   `ip` is its canonical form (what DiscoverReply and PunchCommand carry).
  */
-import { perIpKey } from '../http/client-address';
+import { perIpKey } from '../net/client-address';
 import { canonicalIp, type NodeId } from '../protocol';
 import { NodeMap } from '../tables/node-map';
 

@@ -4,7 +4,7 @@
  * - Two implementations behind one interface: `DgramTransport` (Node's
  *   dgram, one JavaScript call per datagram) and `BatchTransport` (the
  *   udp-batch addon: recvmmsg/sendmmsg, one JavaScript call per batch).
- *   `--udp-io` picks one; `auto` takes batched where the addon is built.
+ *   `--udp-io` picks one (choose-io.ts); `auto` takes batched where the addon is built.
  * - Both hand every datagram to the same `DatagramReceiver`, so the UDP
  *   side (udp-server.ts) and everything after it is the same code.
  * - Sends never throw and never block: a refused send is counted
@@ -18,13 +18,8 @@
  *   transports to it.
  */
 import type { AddressInfo } from 'node:net';
+import type { UdpIo } from '../config/choices';
 import type { UdpEndpoint } from './endpoints';
-
-/** What `--udp-io` asks for. */
-export const UDP_IO_CHOICES = ['auto', 'batched', 'dgram'] as const;
-export type UdpIoChoice = (typeof UDP_IO_CHOICES)[number];
-/** What the beacon runs. */
-export type UdpIo = Exclude<UdpIoChoice, 'auto'>;
 
 /**
  * Bytes lent for the rest of the current event-loop turn (STYLE.md: a

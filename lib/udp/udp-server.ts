@@ -32,8 +32,9 @@ import type { RelayRouter } from '../relay/router';
 import { BatchTransport } from './batch-transport';
 import { DgramTransport } from './dgram-transport';
 import { EndpointTable, type UdpEndpoint } from './endpoints';
-import type { DatagramTransport, UdpIo } from './transport';
-import type { UdpBatchAddon } from './udp-batch-addon';
+import type { UdpIo } from '../config/choices';
+import type { DatagramTransport } from './transport';
+import type { UdpBatchAddon } from '../native/udp-batch-addon';
 import { SourceRateLimiter } from './source-rate-limit';
 
 export interface UdpServerDeps {

@@ -5,7 +5,7 @@
  *   (`maxPeers`, HTTP 503), sockets still in the handshake
  *   (`maxHandshakes`, HTTP 503), sockets of any state from one client IP
  *   (`maxPerIp`, HTTP 429), counted under its per-IP key (IPv6 by prefix,
- *   see lib/http/client-address.ts), and handshakes from one IPv6 /48 or
+ *   see lib/net/client-address.ts), and handshakes from one IPv6 /48 or
  *   /56 (HANDSHAKE_SHARES of `maxHandshakes`, HTTP 429): sixteen /64s of
  *   one /56 at `maxPerIp` each used to hold every handshake slot (issue 19).
  * - An admitted upgrade holds a slot until its TCP socket closes; the
@@ -15,7 +15,7 @@
  * - Pure bookkeeping: no sockets, no timers.
  */
 import type { RefusalReason } from '../metrics';
-import { IPV6_NETWORK_BITS } from '../http/client-address';
+import { IPV6_NETWORK_BITS } from '../net/client-address';
 
 /**
  * The share of the handshake slots one IPv6 network may hold, by prefix

@@ -36,7 +36,7 @@ import type { BeaconStats, RefusalReason } from '../metrics';
 import {
   AUTH_OK_MESSAGE, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, type NodeId,
 } from '../protocol';
-import { ipv6Networks, perIpKey } from '../http/client-address';
+import { ipv6Networks, perIpKey } from '../net/client-address';
 import { RateLimitedLog } from '../log/rate-limited-log';
 import { Admission, type AdmissionTicket } from './admission';
 import { runHandshake } from './handshake';

@@ -55,7 +55,7 @@ import { relayThroughput } from './scenarios/relay-throughput';
 import { slowReader } from './scenarios/slow-reader';
 import { keysScale } from './scenarios/keys-scale';
 import { summarizeProfiles } from './profile-summary';
-import { loadUdpBatchAddon } from '../../lib/udp/udp-batch-addon';
+import { loadUdpBatchAddon } from '../../lib/native/udp-batch-addon';
 import { markdownTable, printRows } from './report';
 import { baselineTree, checkBaselineDist } from './common/baseline';
 import { handshakeRate } from './scenarios/handshake-rate';

@@ -6,6 +6,6 @@
  * with the error that says how to build it: the suite never quietly tests
  * dgram twice.
  */
-import type { UdpIo } from '../../lib/udp/transport';
+import type { UdpIo } from '../../lib/config/choices';
 
 export const SUITE_UDP_IO: UdpIo = process.env.BEACON_TEST_UDP_IO === 'dgram' ? 'dgram' : 'batched';

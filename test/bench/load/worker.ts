@@ -27,7 +27,7 @@
 import dgram from 'node:dgram';
 import { BeaconStats } from '../../../lib/metrics';
 import { BatchTransport } from '../../../lib/udp/batch-transport';
-import { loadUdpBatchAddon } from '../../../lib/udp/udp-batch-addon';
+import { loadUdpBatchAddon } from '../../../lib/native/udp-batch-addon';
 import { loadSigners, type Signer } from '../common/identities';
 import { serve, sendReady } from '../common/serve';
 import { LatencyHistogram } from '../common/stats';

@@ -1,14 +1,18 @@
 /**
- * Loads the optional udp-batch addon (packages/udp-batch) once.
+ * Loads the optional native addon (packages/udp-batch) once, for every part
+ * that uses it: the batched UDP socket (lib/udp), the shared listening
+ * socket of --reuse-port (lib/http/listener.ts) and systemd's notification
+ * datagram (lib/systemd, through cmd/run.ts).
  *
  * - It is an optional dependency built by node-gyp at `npm ci`; where it
- *   could not build (no compiler, not Linux) loading fails and the beacon
- *   runs on dgram. The reason is kept for the start-up log.
+ *   could not build (no compiler, not Linux) loading fails and each part
+ *   falls back (dgram, no --reuse-port on Node 20, the /health poll). The
+ *   reason is kept for the start-up log.
  * - Addresses cross into the addon as 16 bytes (addressBytes).
+ * - Which UDP I/O to run is lib/udp/choose-io.ts's decision, not this module's.
  */
 import ipaddr from 'ipaddr.js';
 import type * as UdpBatch from '../../packages/udp-batch';
-import type { UdpIo, UdpIoChoice } from './transport';
 
 export type UdpBatchAddon = typeof UdpBatch;
 export type Handle = UdpBatch.Handle;
@@ -25,20 +29,6 @@ export function loadUdpBatchAddon(): { addon: UdpBatchAddon | undefined; error: 
     }
   }
   return loaded;
-}
-
-export interface UdpIoDecision {
-  io: UdpIo;
-  addon: UdpBatchAddon | undefined;
-  /** Why the addon is not used when batched was asked for or would be the default. */
-  addonError: string | undefined;
-}
-
-/** `--udp-io`: batched where the addon loaded (auto), or what was asked; the caller refuses 'batched' without the addon. */
-export function chooseUdpIo(choice: UdpIoChoice): UdpIoDecision {
-  if (choice === 'dgram') return { io: 'dgram', addon: undefined, addonError: undefined };
-  const { addon, error } = loadUdpBatchAddon();
-  return addon ? { io: 'batched', addon, addonError: undefined } : { io: 'dgram', addon: undefined, addonError: error };
 }
 
 /** 16 bytes: an IPv4 address in the first 4 (family 4), or an IPv6 one (IPv4 is mapped on family 6). */
