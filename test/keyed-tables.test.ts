@@ -11,6 +11,8 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { PlacementTable } from '../lib/cluster/placement-table';
+import { BeaconPeers } from '../lib/relay/beacon-peers';
+import { udpEndpoint } from '../lib/udp/endpoints';
 import { halfSipHash13, keyedHash } from '../lib/tables/keyed-hash';
 import { NodeMap } from '../lib/tables/node-map';
 import { V8_COLLIDING_LOW_BITS, idsCollidingUnderFibonacci, idsCollidingUnderV8, v8IntegerHash, v8IntegerUnhash } from './helpers/colliding-ids';
@@ -119,4 +121,19 @@ test('keyedHash spreads chosen IDs: 30k IDs colliding under V8 fill 32k buckets 
   for (const id of idsCollidingUnderV8(30_000)) buckets[keyedHash(id) & 0x7fff]!++;
   // Balls into bins: the fullest of 32k bins holds about 7 of 30k random keys.
   assert.ok(Math.max(...buckets) <= 16, `fullest bucket ${Math.max(...buckets)}`);
+});
+
+test('BeaconPeers: a Sync of IDs colliding under V8\'s integer hash (its source can be spoofed) costs a route lookup ~1-2 probes', () => {
+  const ids = idsCollidingUnderV8(20_000);
+  const peer = udpEndpoint('127.0.0.1', 9002);
+  const peers = new BeaconPeers([peer]);
+  peers.acceptSync(peer, ids, () => false);
+  assert.equal(peers.routeCount, ids.length);
+  const present = meanProbes(ids, (id) => peers.routeProbes(id));
+  assert.ok(present <= 3, `${present.toFixed(1)} probes per lookup`);
+  // A later Sync replaces the lot: the routes it no longer names go.
+  peers.acceptSync(peer, ids.slice(0, 10), () => false);
+  assert.equal(peers.routeCount, 10);
+  assert.equal(peers.routeOf(ids[10]!), undefined);
+  assert.equal(peers.routeOf(ids[0]!), peer);
 });

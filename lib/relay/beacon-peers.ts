@@ -10,9 +10,15 @@
  *   stops getting relays a few intervals later, not at its next Sync.
  * - Matching a datagram's source is allocation-free: addresses are stored
  *   in the form the local socket reports them.
+ * - Node IDs index NodeMaps (keyed hash), not Maps: a Sync's source can be
+ *   spoofed, so its IDs may be chosen to collide under V8's integer hash.
  */
 import { MAX_SYNC_NODES, encodeSync, type NodeId } from '../protocol';
+import { NodeMap } from '../tables/node-map';
 import type { UdpEndpoint } from '../udp/endpoints';
+
+/** The node IDs one beacon peer announced. */
+type Announced = NodeMap<true>;
 
 /** Node IDs that fit in one Sync datagram (65507-byte UDP payload). */
 export const MAX_SYNC_NODES_PER_DATAGRAM = Math.min(MAX_SYNC_NODES, Math.floor((65_507 - 7) / 4));
@@ -25,8 +31,8 @@ export const MAX_SYNC_NODES_PER_DATAGRAM = Math.min(MAX_SYNC_NODES, Math.floor((
 export const SYNC_ROUTE_LIFETIME_INTERVALS = 3;
 
 export class BeaconPeers {
-  private readonly routes = new Map<NodeId, UdpEndpoint>();
-  private readonly announced = new Map<UdpEndpoint, Set<NodeId>>();
+  private readonly routes = new NodeMap<UdpEndpoint>();
+  private readonly announced = new Map<UdpEndpoint, Announced>();
   private readonly lastSyncAt = new Map<UdpEndpoint, number>();
 
   constructor(readonly peers: readonly UdpEndpoint[]) {}
@@ -55,11 +61,15 @@ export class BeaconPeers {
    * peer's next Sync).
    */
   acceptSync(peer: UdpEndpoint, nodeIds: readonly NodeId[], isLocal: (nodeId: NodeId) => boolean, now = Date.now()): void {
-    const previous = this.announced.get(peer) ?? new Set<NodeId>();
-    const kept = new Set(nodeIds.filter((nodeId) => !isLocal(nodeId)));
+    const previous = this.announced.get(peer) ?? new NodeMap<true>();
+    const kept: Announced = new NodeMap<true>();
+    for (const nodeId of nodeIds) {
+      if (isLocal(nodeId)) continue;
+      kept.set(nodeId, true);
+      this.routes.set(nodeId, peer);
+    }
     this.announced.set(peer, kept);
     this.lastSyncAt.set(peer, now);
-    for (const nodeId of kept) this.routes.set(nodeId, peer);
     this.reroute(peer, previous, kept);
   }
 
@@ -76,14 +86,14 @@ export class BeaconPeers {
   }
 
   private forget(peer: UdpEndpoint): void {
-    const previous = this.announced.get(peer) ?? new Set<NodeId>();
+    const previous = this.announced.get(peer) ?? new NodeMap<true>();
     this.announced.delete(peer);
-    this.reroute(peer, previous, new Set());
+    this.reroute(peer, previous, new NodeMap<true>());
   }
 
   /** Routes through `peer` to nodes it no longer announces move to another peer that does, or go. */
-  private reroute(peer: UdpEndpoint, previous: ReadonlySet<NodeId>, kept: ReadonlySet<NodeId>): void {
-    for (const nodeId of previous) {
+  private reroute(peer: UdpEndpoint, previous: Announced, kept: Announced): void {
+    for (const nodeId of previous.keys()) {
       if (kept.has(nodeId) || this.routes.get(nodeId) !== peer) continue;
       const other = this.otherAnnouncer(peer, nodeId);
       if (other) this.routes.set(nodeId, other);
@@ -96,6 +106,11 @@ export class BeaconPeers {
       if (peer !== except && nodeIds.has(nodeId)) return peer;
     }
     return undefined;
+  }
+
+  /** @internal Slots looked at to find `nodeId`'s route (tests bound it for IDs chosen to collide). */
+  routeProbes(nodeId: NodeId): number {
+    return this.routes.probes(nodeId);
   }
 
   /** The Sync to send; `truncated` when there were more nodes than fit. */

@@ -25,6 +25,7 @@
 import { lookup } from 'node:dns/promises';
 import { isIP, type AddressInfo } from 'node:net';
 import type { BeaconStats } from '../metrics';
+import { NodeMap } from '../tables/node-map';
 import type { UdpEndpoint } from './endpoints';
 import {
   UDP_RECV_BUFFER_BYTES, UDP_SEND_BUFFER_BYTES, type DatagramReceiver, type DatagramTransport,
@@ -67,8 +68,9 @@ export class BatchTransport implements DatagramTransport {
   private sendAt = 0;
   private inBatch = false;
   private flushScheduled = false;
-  private readonly v4Names = new Map<number, string>();
-  private readonly v4MappedNames = new Map<number, string>();
+  /** Keyed by the source's IPv4 word, which a stranger chooses (spoofed sources): a NodeMap, not a Map. */
+  private readonly v4Names = new NodeMap<string>();
+  private readonly v4MappedNames = new NodeMap<string>();
   private readonly destWords = new Map<string, Uint32Array>();
   private readonly scratch = new Uint8Array(16);
   private readonly scratch32 = new Uint32Array(this.scratch.buffer);
@@ -236,7 +238,7 @@ function dotted(bytes: Buffer, at: number): string {
   return `${bytes[at]}.${bytes[at + 1]}.${bytes[at + 2]}.${bytes[at + 3]}`;
 }
 
-function cacheSet<K, V>(cache: Map<K, V>, key: K, value: V): void {
+function cacheSet<K, V>(cache: { readonly size: number; clear(): void; set(key: K, value: V): unknown }, key: K, value: V): void {
   if (cache.size >= ADDRESS_CACHE_MAX) cache.clear();
   cache.set(key, value);
 }
