@@ -3,8 +3,11 @@
  * small python3 program (Node can bind no such socket), which prints each
  * datagram it receives as one JSON line with the sender's PID (from
  * SCM_CREDENTIALS, as systemd reads it for NotifyAccess=main) and the
- * CLOCK_MONOTONIC time of receipt in microseconds (the clock of
- * MONOTONIC_USEC=). python3 is on every machine the tests run on
+ * CLOCK_MONOTONIC time it was sent in microseconds (the clock of
+ * MONOTONIC_USEC=): the kernel stamps a Unix datagram in the sender's send
+ * call (SO_TIMESTAMPNS), so a receiver that reads it late on a loaded
+ * machine does not move it (reading time once made two pings 582 ms and
+ * 420 ms apart that were sent 500 ms apart). python3 is on every machine the tests run on
  * (.ci/install-deps installs it for node-gyp). The program exits when its
  * stdin closes, so it never outlives the test process.
  */
@@ -19,6 +22,8 @@ import json, os, socket, struct, sys, threading, time
 address = sys.argv[1]
 sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; python names neither it nor SCM_TIMESTAMPNS (the same number)
+sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
 if not address.startswith("@") and os.path.exists(address):
     os.unlink(address)  # a socket file left by an earlier receiver at this path
 sock.bind("\0" + address[1:] if address.startswith("@") else address)
@@ -28,17 +33,23 @@ def watch_stdin():
 threading.Thread(target=watch_stdin, daemon=True).start()
 print(json.dumps({"listening": address}), flush=True)
 creds = struct.calcsize("3i")
+stamp = struct.calcsize("2q")
 while True:
-    data, ancillary, _flags, _from = sock.recvmsg(65536, socket.CMSG_SPACE(creds))
+    data, ancillary, _flags, _from = sock.recvmsg(65536, socket.CMSG_SPACE(creds) + socket.CMSG_SPACE(stamp))
     pid = None
+    late_ns = 0  # how long ago it was sent (CLOCK_REALTIME, as the kernel stamps it)
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
             pid = struct.unpack("3i", payload[:creds])[0]
-    print(json.dumps({"usec": time.monotonic_ns() // 1000, "pid": pid, "text": data.decode("utf-8", "replace")}), flush=True)
+        elif level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = struct.unpack("2q", payload[:stamp])
+            late_ns = max(0, time.time_ns() - (sec * 1_000_000_000 + nsec))
+    sent_ns = time.monotonic_ns() - late_ns  # read after time_ns(): if anything, a little later than the send
+    print(json.dumps({"usec": sent_ns // 1000, "pid": pid, "text": data.decode("utf-8", "replace")}), flush=True)
 `;
 
 export interface Notification {
-  /** CLOCK_MONOTONIC at receipt, in microseconds. */
+  /** CLOCK_MONOTONIC when it was sent (the kernel's stamp), in microseconds. */
   usec: number;
   /** The sender's PID as the kernel vouches for it. */
   pid: number | null;
