@@ -13,8 +13,8 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
-  CLUSTER_NAME_PATTERN, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
-  parseFrameRate, parsePacketRate, parsePositiveInt, parseSize,
+  CLUSTER_NAME_PATTERN, ConfigError, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
+  parseFrameRate, parsePacketRate, parsePeerRate, parsePercent, parsePositiveInt, parseSize,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
@@ -69,6 +69,10 @@ export interface RunFlags {
   clusterName: string;
   instanceId?: string;
   clusterDeadAfter: number;
+  /** The rebalancing flags have no commander default, so that one given without --reuse-port can be refused. */
+  rebalanceRate?: number;
+  rebalanceSlack?: number;
+  rebalanceDelay?: number;
 }
 
 /** The run flags, in --help order. */
@@ -135,11 +139,24 @@ export function runOptions(): Option[] {
       (text) => matching(text, INSTANCE_ID_PATTERN, '1 to 64 letters, digits, ".", ":", "-" or "_"')),
     flag('--cluster-dead-after <duration>', 'an instance silent this long is dead for the others: routes to it stop, its entries are removed',
       parseDuration, d.clusterDeadAfterMs, formatDuration(d.clusterDeadAfterMs)),
+    flag('--rebalance-rate <n/s>', '--reuse-port: peers per second an instance holding clearly more than its share of the instances sharing '
+      + `its address asks to reconnect (the restarting notice); 0 turns rebalancing off (default: ${d.rebalanceRate}/s)`, parsePeerRate),
+    flag('--rebalance-slack <percent>', '--reuse-port: how far above its share (peers / instances sharing the address) an instance may be '
+      + `before it rebalances (default: ${Math.round(d.rebalanceSlack * 100)}%)`, parsePercent),
+    flag('--rebalance-delay <duration>', '--reuse-port: an instance rebalances only once no instance has joined or left the shared address '
+      + `for this long (default: ${formatDuration(d.rebalanceDelayMs)})`, parseDuration),
   ];
 }
 
-/** The BeaconConfig the flags describe (not yet validated). */
+/** The BeaconConfig the flags describe (not yet validated; a rebalancing flag without --reuse-port throws ConfigError). */
 export function configFromFlags(flags: RunFlags, keysFile: string | undefined): BeaconConfig {
+  const rebalancing = flags.rebalanceRate !== undefined ? '--rebalance-rate'
+    : flags.rebalanceSlack !== undefined ? '--rebalance-slack'
+    : flags.rebalanceDelay !== undefined ? '--rebalance-delay' : undefined;
+  if (rebalancing !== undefined && flags.reusePort !== true) {
+    throw new ConfigError(`${rebalancing} is set but --reuse-port is not: rebalancing evens out the processes that share one address; `
+      + `add --reuse-port, or remove ${rebalancing} (with a port per process, Caddy or DNS chooses where a daemon reconnects)`);
+  }
   return {
     bind: flags.bind,
     udp: flags.udp,
@@ -181,6 +198,9 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     clusterName: flags.clusterName,
     instanceId: flags.instanceId,
     clusterDeadAfterMs: flags.clusterDeadAfter,
+    rebalanceRate: flags.rebalanceRate ?? DEFAULTS.rebalanceRate,
+    rebalanceSlack: flags.rebalanceSlack ?? DEFAULTS.rebalanceSlack,
+    rebalanceDelayMs: flags.rebalanceDelay ?? DEFAULTS.rebalanceDelayMs,
   };
 }
 

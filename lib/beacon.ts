@@ -15,7 +15,10 @@
  *   cluster, UDP and the listener close, and the ops listener last.
  * - Cluster mode (lib/cluster) is wired here only when --cluster is set; its
  *   NATS code is imported then and never otherwise, so the single-process
- *   beacon loads none of it.
+ *   beacon loads none of it. With --reuse-port its instance ID is checked
+ *   before any socket is bound, UDP nodes of the instances sharing the
+ *   address are sent to from this socket, and a Rebalancer evens out the
+ *   WebSocket peers among them.
  */
 import { StartError } from './start-error';
 import { EventEmitter } from 'node:events';
@@ -32,6 +35,7 @@ import { registerOpsRoutes, type OpsState } from './http/ops-routes';
 import { listenOps } from './http/ops-server';
 import { BeaconStats, createPrometheusRegistry, snapshot, type LiveGauges, type MetricsSnapshot } from './metrics';
 import { restartingMessage, type NodeId } from './protocol';
+import { REBALANCE_TRY_FOR_MS, Rebalancer } from './cluster/rebalance';
 import { BeaconPeers, SYNC_ROUTE_LIFETIME_INTERVALS } from './relay/beacon-peers';
 import { RelayRouter } from './relay/router';
 import { udpEndpoint } from './udp/endpoints';
@@ -39,10 +43,12 @@ import { UdpServer } from './udp/udp-server';
 import { loadUdpBatchAddon, type UdpBatchAddon } from './native/udp-batch-addon';
 import { chooseUdpIo, type UdpIoDecision } from './udp/choose-io';
 import { reusePortProblem } from './reuse-port';
-import { chooseInstanceId } from './cluster/instance-id';
+import { chooseInstanceId, instanceIdFromFlags, type InstanceIdChoice } from './cluster/instance-id';
+import { sharedAddressKey } from './cluster/shared-address';
 import { CompatServer } from './wss/compat-server';
 import { VERSION } from './version';
 import type { ClusterNode } from './cluster/types';
+import type { ClusterStarter } from './cluster/nats-cluster';
 import { createPeerPacketHandler } from './wss/peer-packets';
 
 
@@ -85,6 +91,10 @@ export class Beacon extends EventEmitter {
   private closing: Promise<void> | undefined;
   /** Set once start() joined (or started joining) the cluster; undefined without --cluster. */
   private cluster: ClusterNode | undefined;
+  /** The cluster node being started (its ID reserved, or joining); closed if the start fails. */
+  private clusterStarter: ClusterStarter | undefined;
+  /** --reuse-port with --rebalance-rate above 0: evens out the peers of the instances sharing the address. */
+  private rebalancer: Rebalancer | undefined;
 
   /** Use startBeacon(). */
   constructor(readonly config: BeaconConfig, private readonly keysFile: KeysFile | undefined, options: BeaconOptions) {
@@ -99,6 +109,7 @@ export class Beacon extends EventEmitter {
       isAttachedOverWss: (id) => this.compat.peers.has(id),
       writeFrame: (id, packet, atTurnEnd) => this.compat.writeFrame(id, packet, atTurnEnd),
       udpEndpointOf: (id) => this.udp.endpoints.get(id),
+      sharedUdpEndpointOf: (id) => this.cluster?.sharedUdpEndpointOf(id),
       beaconFor: (id) => this.beaconPeers.routeOf(id),
       sendDatagram: (packet, to) => this.udp.send(packet, to),
       instanceOf: (id) => this.cluster?.instanceOf(id),
@@ -129,6 +140,7 @@ export class Beacon extends EventEmitter {
       admitNewEndpoint: config.clusterServers.length === 0 ? undefined
         : (_id, address) => (this.cluster ? this.cluster.admitUdpClaim(address) : 'cluster_not_ready'),
       onEndpointRecorded: (id, endpoint, isNew) => this.cluster?.udpEndpointRecorded(id, endpoint, isNew),
+      sharedEndpointOf: (id) => this.cluster?.sharedUdpEndpointOf(id),
       io: this.udpIo.io, addon: this.udpIo.addon,
     });
     // Until the cluster's nodes are known, a UDP relay's sender cannot be checked (ClusterDeps.onViewComplete).
@@ -196,7 +208,11 @@ export class Beacon extends EventEmitter {
       isTrustedProxy: (ip) => trusted(ip, 0),
       stats: this.stats,
     }).attach(this.app.server);
-    // The ops address first: a process that cannot have it must not take a share of a shared --bind meanwhile.
+    // A process whose instance ID is live elsewhere must not take a share of the shared sockets (or the
+    // --ops-bind of the copy it is) while NATS tells it so: with --reuse-port the ID is checked first.
+    const earlyId = config.clusterServers.length > 0 && config.reusePort ? instanceIdFromFlags(config) : undefined;
+    if (earlyId) await (await this.createCluster(earlyId)).reserveInstanceId();
+    // The ops address next: a process that cannot have it must not take a share of a shared --bind meanwhile.
     if (config.opsBind) {
       try {
         this.ops = await listenOps(config.opsBind, this.registry, this.opsState, this.log);
@@ -259,11 +275,32 @@ export class Beacon extends EventEmitter {
     }
   }
 
-  /** Loads the NATS side only now, so a beacon without --cluster never loads it. */
+  /** Joins the cluster (its node made first unless the ID was reserved before binding). */
   private async joinCluster(): Promise<void> {
-    const { startCluster } = await import('./cluster/nats-cluster');
-    const instanceId = chooseInstanceId(this.config, this.httpAddress.port, this.opsAddress?.port);
-    this.cluster = await startCluster({
+    const starter = this.clusterStarter
+      ?? await this.createCluster(chooseInstanceId(this.config, this.httpAddress.port, this.opsAddress?.port));
+    this.cluster = await starter.start(sharedAddressKey(this.config.reusePort, this.httpAddress, this.udpAddress));
+    // Daemons that authenticated while the cluster was starting are announced now.
+    for (const nodeId of this.compat.peers.nodeIds()) this.cluster.attached(nodeId);
+    if (this.config.reusePort && this.config.rebalanceRate > 0) this.startRebalancing(this.cluster);
+  }
+
+  private startRebalancing(cluster: ClusterNode): void {
+    // Come back at once, to the same address: the kernel hands the connection to any process sharing it.
+    const notice = restartingMessage({ reconnect_in_ms: 0, try_for_ms: REBALANCE_TRY_FOR_MS, reason: 'rebalance' });
+    this.rebalancer = new Rebalancer({
+      settings: { ratePerSec: this.config.rebalanceRate, slack: this.config.rebalanceSlack, delayMs: this.config.rebalanceDelayMs },
+      group: () => cluster.addressGroup(),
+      ownPeers: () => this.compat.peers.size,
+      shed: (count) => this.compat.rebalance(count, notice),
+    });
+    this.rebalancer.start();
+  }
+
+  /** Loads the NATS side only now, so a beacon without --cluster never loads it. */
+  private async createCluster(instanceId: InstanceIdChoice): Promise<ClusterStarter> {
+    const { createCluster } = await import('./cluster/nats-cluster');
+    this.clusterStarter = createCluster({
       config: this.config,
       instanceId: instanceId.id,
       instanceIdFix: instanceId.fix,
@@ -272,11 +309,12 @@ export class Beacon extends EventEmitter {
       deliverLocally: (relay) => this.router.route(relay, 'cluster'),
       evict: (nodeId, kind) => (kind === 'wss' ? this.compat.evict(nodeId) : this.udp.endpoints.delete(nodeId)),
       udpEndpointOf: (nodeId) => this.udp.endpoints.get(nodeId),
+      peerCount: () => this.compat.peers.size,
+      adoptUdpEndpoint: (nodeId, endpoint) => this.udp.adoptEndpoint(nodeId, endpoint.address, endpoint.port),
       onViewComplete: () => { this.udp.sendersCheckable = true; },
       onFatal: (err) => this.emit('fatal', err),
     });
-    // Daemons that authenticated while the cluster was starting are announced now.
-    for (const nodeId of this.compat.peers.nodeIds()) this.cluster.attached(nodeId);
+    return this.clusterStarter;
   }
 
   /**
@@ -285,8 +323,9 @@ export class Beacon extends EventEmitter {
    */
   async abandonStart(): Promise<void> {
     clearInterval(this.syncTimer);
+    this.rebalancer?.stop();
     await this.compat.shutdown(0);
-    await this.cluster?.close();
+    await this.clusterStarter?.close();
     await this.udp.close();
     this.keysFile?.close();
     this.keys.close();
@@ -343,6 +382,9 @@ export class Beacon extends EventEmitter {
   private async shutdown(): Promise<void> {
     this.log.info({ peers: this.compat.peers.size }, 'shutting down');
     clearInterval(this.syncTimer);
+    this.rebalancer?.stop();
+    // The others stop counting on this instance's daemons while they move to them.
+    this.cluster?.drain();
     // A shared listener stops accepting at once: the kernel gives new daemons to
     // the other processes on the port rather than to us, to be refused.
     if (this.config.reusePort) this.app.server.close();

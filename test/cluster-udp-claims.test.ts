@@ -203,3 +203,29 @@ test('directory: a `u` entry (an older version) never evicts our WebSocket node,
   directory.applyPut(8, b, 'udp', 202);
   assert.equal(directory.instanceOf(8), b);
 });
+
+test('claims: the endpoint is kept; an instance sharing this address lends it for a send, one elsewhere or dead does not', () => {
+  const { claims, b, fromB, stats } = pair();
+  const claim = (nodeId: number, stamp: number, address: string, port: number): ClaimRecord => ({ op: 'claim', nodeId, stamp, endpoint: { address, port } });
+  fromB([claim(5, 10, '::ffff:10.9.9.9', 40_000), claim(6, 10, '::ffff:10.9.9.9', 40_001), claim(7, 10, '2001:db8::7', 65_535)]);
+  assert.equal(claims.sharedEndpointOf(5), undefined, 'b is on another machine (or without --reuse-port): forwarded to, never sent to from here');
+  assert.equal(claims.instanceOf(5), b);
+  b.sharesAddress = true;
+  assert.deepEqual({ ...claims.sharedEndpointOf(5)! }, { address: '::ffff:10.9.9.9', port: 40_000, ip: '10.9.9.9' });
+  assert.deepEqual({ ...claims.sharedEndpointOf(7)! }, { address: '2001:db8::7', port: 65_535, ip: '2001:db8::7' });
+  assert.equal(claims.sharedEndpointOf(8), undefined, 'nobody claims 8');
+  // Kept through a rotation (the previous generation), replaced by a newer claim with its own endpoint.
+  claims.rotate();
+  fromB([claim(6, 11, '10.1.1.1', 7)]);
+  assert.deepEqual({ ...claims.sharedEndpointOf(5)! }, { address: '::ffff:10.9.9.9', port: 40_000, ip: '10.9.9.9' });
+  assert.deepEqual({ ...claims.sharedEndpointOf(6)! }, { address: '10.1.1.1', port: 7, ip: '10.1.1.1' });
+  assert.deepEqual(claims.claimsOf(b).map(({ nodeId, endpoint }) => [nodeId, endpoint.address, endpoint.port]).sort(),
+    [[5, '::ffff:10.9.9.9', 40_000], [6, '10.1.1.1', 7], [7, '2001:db8::7', 65_535]]);
+  b.live = false;
+  assert.equal(claims.sharedEndpointOf(5), undefined, 'a dead instance\'s claims are adopted, not used as they are');
+  b.live = true;
+  // A claim whose address is no IP is refused and counted; the one it would replace stands.
+  fromB([claim(5, 12, 'not-an-address', 1)]);
+  assert.equal(stats.dropped.cluster_malformed, 1);
+  assert.deepEqual({ ...claims.sharedEndpointOf(5)! }, { address: '::ffff:10.9.9.9', port: 40_000, ip: '10.9.9.9' });
+});

@@ -248,13 +248,18 @@ test('router: the cluster route comes after local ones and before beacon peers; 
   const other: ClusterInstance = { id: 'b' };
   const forwarded: Array<[string, number]> = [];
   const delivered: number[] = [];
+  const datagrams: Array<[number, number]> = [];
+  const local = { address: '10.0.0.1', port: 1, ip: '10.0.0.1' };
+  const shared = { address: '10.0.0.2', port: 2, ip: '10.0.0.2' };
   const router = new RelayRouter({
     isAttachedOverWss: (id) => id === 1,
     writeFrame: (id) => { delivered.push(id); return true; },
-    udpEndpointOf: () => undefined,
+    // 4: a UDP node here, also claimed by a sharing instance (ours wins); 5: claimed by one (b) sharing this address.
+    udpEndpointOf: (id) => (id === 4 ? local : undefined),
+    sharedUdpEndpointOf: (id) => (id === 4 || id === 5 ? shared : undefined),
     beaconFor: (id) => (id === 3 || id === 2 ? { address: '127.0.0.1', port: 9, ip: '127.0.0.1' } : undefined),
-    sendDatagram: () => undefined,
-    instanceOf: (id) => (id === 2 ? other : undefined),
+    sendDatagram: (packet, to) => { datagrams.push([packet[0]!, to.port]); },
+    instanceOf: (id) => (id === 2 || id === 5 ? other : undefined),
     forwardToInstance: (instance, relay) => { forwarded.push([instance.id, relay.readUInt32BE(5)]); },
   }, stats);
   assert.equal(router.route(encodeRelay(9, 1, Buffer.from('a')), 'wss'), 'wss');
@@ -264,9 +269,15 @@ test('router: the cluster route comes after local ones and before beacon peers; 
   assert.equal(router.route(encodeRelay(9, 1, Buffer.from('e')), 'cluster'), 'wss', 'delivered locally');
   assert.equal(router.route(encodeRelay(9, 2, Buffer.from('f')), 'cluster'), 'unknown', 'never forwarded again');
   assert.equal(router.route(encodeRelay(9, 3, Buffer.from('g')), 'cluster'), 'unknown', 'nor to a beacon peer');
+  assert.equal(router.route(encodeRelay(9, 4, Buffer.from('h')), 'wss'), 'udp', 'this instance\'s own endpoint first');
+  assert.equal(router.route(encodeRelay(9, 5, Buffer.from('i')), 'udp'), 'udp_shared', 'sent from this socket, not forwarded');
+  assert.equal(router.route(encodeRelay(9, 5, Buffer.from('j')), 'cluster'), 'udp_shared', 'a forwarded relay too');
   assert.deepEqual(forwarded, [['b', 2], ['b', 2]]);
   assert.deepEqual(delivered, [1, 1]);
+  // The beacon peer gets the Relay unchanged (0x05); UDP nodes get a RelayDeliver (0x06).
+  assert.deepEqual(datagrams, [[0x05, 9], [0x06, 1], [0x06, 2], [0x06, 2]]);
   assert.equal(stats.relay.cluster, 2);
+  assert.equal(stats.relay.udp_shared, 2);
   assert.equal(stats.dropped.cluster_moved, 2);
   assert.equal(stats.dropped.unknown_dest, 0);
 });

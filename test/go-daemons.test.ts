@@ -185,7 +185,7 @@ test('node 0 is refused everywhere else: Relay sender or destination, PunchReque
 
   let m = tb.beacon.metrics();
   assert.equal(m.udpEndpoints, 2, 'carol and dave only');
-  assert.deepEqual(m.stats.relay, { wss: 0, udp: 0, cluster: 0, beacon: 0, unknown: 0 }, 'nothing routed');
+  assert.deepEqual(m.stats.relay, { wss: 0, udp: 0, udp_shared: 0, cluster: 0, beacon: 0, unknown: 0 }, 'nothing routed');
   assert.equal(m.stats.dropped.spoofed_sender, 0);
   assert.equal(m.stats.dropped.punch_unavailable, 0);
   assert.equal(m.stats.addressQueries.udp + m.stats.addressQueries.wss, 0);

@@ -43,7 +43,7 @@ function relays(tb: TestBeacon): Record<'wss' | 'udp' | 'beacon' | 'unknown', nu
   return { ...tb.beacon.metrics().stats.relay };
 }
 
-const none = { wss: 0, udp: 0, cluster: 0, beacon: 0, unknown: 0 };
+const none = { wss: 0, udp: 0, udp_shared: 0, cluster: 0, beacon: 0, unknown: 0 };
 
 /** Asserts `got` is exactly the RelayDeliver of `sender` and `payload`. */
 function assertDeliver(got: Buffer, sender: number, payload: Buffer): void {

@@ -18,6 +18,7 @@ import { UdpClient, eventually, withTimeout } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { NatsServer } from './helpers/nats';
 import { WsPeer } from './helpers/wire';
+import { freeTcpPort } from './helpers/deploy';
 
 /** WebSocket daemons per round: all on one of two instances has odds 2^-23. */
 const DAEMONS = 24;
@@ -44,9 +45,7 @@ after(async () => {
   await nats?.close();
 });
 
-interface Shared extends Instance {
-  instanceId?: string;
-}
+type Shared = Instance;
 
 /** An instance on the shared --bind and --udp (port 0 for the first), with an --ops-bind of its own; its metrics are read there. */
 async function startShared(name: string, extra: string[] = []): Promise<Shared> {
@@ -181,4 +180,26 @@ test('--reuse-port without --ops-bind: processes sharing --bind share the defaul
   assert.match(lines[0]!, new RegExp(`^beacon: --instance-id ${hostname()}:\\d+: another live process in cluster "ids" already uses this ID; `
     + 'with --reuse-port the processes share --bind: give each its own --ops-bind'));
   assert.equal(first.child.exitCode, null, 'the first keeps running');
+});
+
+test('a second copy of an instance (the same --ops-bind) is refused for its ID before it binds anything, and the line names the default', async () => {
+  const opsPort = await freeTcpPort();
+  const flags = (name: string) => new Instance(name, [
+    '--bind', '127.0.0.1:0', '--udp', '127.0.0.1:0', '--reuse-port', '--ops-bind', `127.0.0.1:${opsPort}`, '--keys', keys,
+    '--cluster', nats.url(), '--cluster-name', 'copies', '--cluster-dead-after', '1s',
+  ]);
+  const first = flags('original');
+  instances.push(first);
+  await first.waitForLog((l) => l.msg === 'cluster joined', "'cluster joined'", 15_000);
+  const copy = flags('copy');
+  instances.push(copy);
+  assert.equal((await withTimeout(copy.exited, 15_000, 'the copy to exit')).code, 2);
+  const lines = copy.stderr.trim().split('\n');
+  assert.equal(lines.length, 1, copy.stderr);
+  // Not "--ops-bind …: address already in use": the ID is checked first, so the copy never held the shared sockets.
+  assert.equal(lines[0], `beacon: --instance-id ${hostname()}:${opsPort}: another live process in cluster "copies" already uses this ID; `
+    + 'if it is a second copy of this instance, stop one of them; otherwise give each its own --ops-bind (the default ID is the host name '
+    + 'and the --ops-bind port, the same for one port on hosts of one name) or its own --instance-id');
+  assert.ok(!copy.logs.some((l) => l.msg === 'beacon listening'), 'the copy bound nothing');
+  assert.equal(first.child.exitCode, null, 'the original keeps running');
 });

@@ -317,7 +317,7 @@ test('dual-stack socket: IPv4 clients are answered as IPv4 (4 bytes), IPv6 clien
   assert.deepEqual(await nextV6(), encodeRelayDeliver(1111, Buffer.from('to v6')));
   v6.send(encodeRelay(2222, 1111, Buffer.from('to v4')), tb.udpPort, '::1');
   assert.deepEqual(await v4.next(), encodeRelayDeliver(2222, Buffer.from('to v4')));
-  assert.deepEqual({ ...tb.beacon.metrics().stats.relay }, { wss: 0, udp: 2, cluster: 0, beacon: 0, unknown: 0 });
+  assert.deepEqual({ ...tb.beacon.metrics().stats.relay }, { wss: 0, udp: 2, udp_shared: 0, cluster: 0, beacon: 0, unknown: 0 });
 });
 
 test(`the beacon runs on the ${SUITE_UDP_IO} transport and says so in beacon_udp_io`, async (t) => {

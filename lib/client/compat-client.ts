@@ -40,7 +40,9 @@
  *   there is no moving back to an earlier URL (in a cluster every instance
  *   reaches every node). A `restarting` notice is about the beacon that
  *   sent it, so with several URLs the next try goes to the next URL after
- *   only the notice's jitter, not its reconnect_in_ms. `connect({ failFast
+ *   only the notice's jitter, not its reconnect_in_ms; a notice with
+ *   reason "rebalance" (one process of a shared address holds more than
+ *   its share) sends it back to the same URL. `connect({ failFast
  *   })` gives up only once every URL failed in a row (or at once on an
  *   auth failure: that beacon answered and refused the key).
  * - The client does not do UDP (see udp-discover.ts) and does not decide
@@ -565,12 +567,15 @@ export class CompatClient extends EventEmitter<CompatClientEvents> {
     if (cause === 'restarting' && notice) {
       // The beacon said when to come back: wait that long, spread by jitter,
       // and start the backoff over for the tries after it. Another beacon
-      // is not restarting: only the spread is kept for it.
+      // is not restarting: only the spread is kept for it. A rebalance is
+      // about one process behind this URL, which goes on: back to the same one.
       this.restartNotice = undefined;
       this.failures = 0;
       attempt = 1;
+      const rebalance = notice.reason === 'rebalance';
+      if (rebalance) this.urlIndex = (this.urlIndex + this.urls.length - 1) % this.urls.length;
       const window = Math.min(settings.restartJitterMs, notice.try_for_ms / 2);
-      delayMs = Math.round((failover ? 0 : notice.reconnect_in_ms) + window * unit(settings.random()));
+      delayMs = Math.round((failover && !rebalance ? 0 : notice.reconnect_in_ms) + window * unit(settings.random()));
     } else {
       attempt = ++this.failures;
       if (cause === 'auth_failed' || cause === 'replaced') {

@@ -25,6 +25,19 @@ export class Instance implements ClusterInstance {
   swept = false;
   /** The forwarder's batch for it (forwarder.ts); undefined until a relay is forwarded to it. */
   outgoing: OutgoingBatch | undefined;
+  /**
+   * It listens on this instance's own --bind and --udp (--reuse-port, same
+   * machine: shared-address.ts), so its UDP claims' endpoints can be sent
+   * to from this instance's socket. Said by its heartbeats; for this
+   * instance, whether it shares an address at all.
+   */
+  sharesAddress = false;
+  /** WebSocket peers it holds, as its last heartbeat said (undefined: an older version, which does not say). */
+  peers: number | undefined;
+  /** Its heartbeats say it is draining (a graceful stop): it is no longer counted when rebalancing. */
+  draining = false;
+  /** When it came (back) to life (its first heartbeat, or a new incarnation), ms; for this instance, when it joined. */
+  cameAt = 0;
 
   constructor(readonly id: string, readonly self: boolean, readonly forwardSubject: string) {
     this.live = self;
@@ -59,6 +72,7 @@ export class Instances {
   heartbeat(id: string, incarnation: string, now: number): { instance: Instance; cameAlive: boolean } {
     const instance = this.get(id);
     const cameAlive = !instance.live || instance.incarnation !== incarnation;
+    if (cameAlive) instance.cameAt = now;
     instance.lastSeen = now;
     instance.incarnation = incarnation;
     instance.live = true;
@@ -100,6 +114,20 @@ export class Instances {
     for (const instance of this.byId.values()) if (instance.live && instance.id < lowest) lowest = instance.id;
     if (lowest !== this.self.id) return [];
     return [...this.byId.values()].filter((instance) => !instance.live && !instance.swept);
+  }
+
+  /** The live instance (this one included) with the lowest ID among those `matching`; undefined when none. */
+  lowestLive(matching: (instance: Instance) => boolean): Instance | undefined {
+    let lowest: Instance | undefined;
+    for (const instance of this.byId.values()) {
+      if (instance.live && matching(instance) && (lowest === undefined || instance.id < lowest.id)) lowest = instance;
+    }
+    return lowest;
+  }
+
+  /** Every live instance, this one included. */
+  live(): Instance[] {
+    return [...this.byId.values()].filter((instance) => instance.live);
   }
 
   get liveCount(): number {

@@ -26,6 +26,11 @@
  *   `cluster_claim_rate`). Until the view is complete for the first time,
  *   UDP relays are dropped too (`cluster_not_ready`): their sender cannot be
  *   checked against the WebSocket nodes of the other instances yet.
+ * - With --reuse-port the instances of one machine share an address
+ *   (shared-address.ts; its key rides in each heartbeat, with the count of
+ *   WebSocket peers): a UDP node another of them claims is sent to from
+ *   this instance's socket (`sharedUdpEndpointOf`), and when one of them
+ *   dies, the live one with the lowest ID adopts its UDP claims.
  * - Anything on our subjects or bucket that is not ours is counted
  *   (`cluster_malformed`) and dropped; nothing here throws into the beacon.
  *   A line a stranger can cause (an eviction) goes through the
@@ -36,7 +41,7 @@
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
-  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, createInbox, credsAuthenticator, nkeyAuthenticator,
+  AuthorizationError, NoRespondersError, UserAuthenticationExpiredError, connect, createInbox, credsAuthenticator, headers, nkeyAuthenticator,
   type Authenticator, type Msg, type NatsConnection, type NodeConnectionOptions, type Subscription,
 } from '@nats-io/transport-node';
 import { JetStreamApiCodes, JetStreamApiError, jetstream } from '@nats-io/jetstream';
@@ -50,6 +55,7 @@ import { canonicalIp } from '../protocol';
 import { perIpKey } from '../net/client-address';
 import type { UdpEndpoint } from '../udp/endpoints';
 import { SourceRateLimiter } from '../udp/source-rate-limit';
+import { SHARED_ADDRESS_HEADER, SHARED_ADDRESS_KEY } from './shared-address';
 import type { BorrowedBytes } from '../udp/transport';
 import { ProvisionalRoutes, decodeAttachNotice, encodeAttachNotice } from './attach-notices';
 import { Directory } from './directory';
@@ -59,6 +65,7 @@ import { CLAIMS_REFRESH_MS, CLAIMS_ROTATE_MS, UdpClaims, decodeClaims } from './
 import {
   SnapshotReceiver, SnapshotWriter, chunkEntriesFor, forEachSnapshotEntry, refusedChunk, type ReceiveOutcome,
 } from './snapshot';
+import type { AddressGroup } from './rebalance';
 import type { ClusterDeps, ClusterNode } from './types';
 import {
   decodeBatch, decodeHeartbeat, decodeNodeKey, decodePlacement, encodeHeartbeat, natsAddress, subjectsFor, type AttachKind, type Subjects,
@@ -112,14 +119,32 @@ const MAX_RESERVED_ENTRIES = 16_000_000;
 const REBUILD_SLICE_SLOTS = 65_536;
 /** Snapshots one instance serves at once; more newcomers are refused and ask again. */
 const SNAPSHOT_SERVES = 2;
+/** The heartbeat header carrying the WebSocket peers an instance holds (rebalancing). */
+const PEERS_HEADER = 'Beacon-Peers';
+/** The heartbeat header of an instance that is draining (a graceful stop): it leaves the rebalancing group at once. */
+const DRAINING_HEADER = 'Beacon-Draining';
+/** A dead instance's UDP claims adopted per event-loop turn (100,000 take a few turns, not one long one). */
+const ADOPT_PER_TURN = 16_384;
 
-export async function startCluster(deps: ClusterDeps): Promise<ClusterNode> {
-  const cluster = new NatsCluster(deps);
-  await cluster.start();
-  return cluster;
+/** A cluster node not yet joined: `reserveInstanceId` (optional, before binding), then `start`. */
+export interface ClusterStarter {
+  /**
+   * Connects and checks that no live process has this instance ID, then
+   * answers for it, so a second copy is refused before it binds sockets it
+   * would share (--reuse-port). NATS unreachable: nothing is checked now
+   * (joining checks later). Throws the StartError of a taken ID or refused credentials.
+   */
+  reserveInstanceId(): Promise<void>;
+  /** Joins (or starts without NATS, and joins when it comes); `sharedAddressKey`: shared-address.ts, from the bound sockets. */
+  start(sharedAddressKey: string | undefined): Promise<ClusterNode>;
+  close(): Promise<void>;
 }
 
-class NatsCluster implements ClusterNode {
+export function createCluster(deps: ClusterDeps): ClusterStarter {
+  return new NatsCluster(deps);
+}
+
+class NatsCluster implements ClusterNode, ClusterStarter {
   readonly instanceId: string;
   private readonly subjects: Subjects;
   /** Our own attach-notice subject, built once (one publish per attachment). */
@@ -142,6 +167,14 @@ class NatsCluster implements ClusterNode {
   private readonly evictionLog: RateLimitedLog;
   private readonly options: NodeConnectionOptions;
   private nc: NatsConnection | undefined;
+  /** The key of the address shared with other instances (start's argument); undefined when none. */
+  private sharedAddressKey: string | undefined;
+  /** When an instance last joined or left those sharing this address (or this one joined, or rejoined NATS). */
+  private groupChangedAt = 0;
+  /** This instance is draining (shutting down): its heartbeats say so. */
+  private draining = false;
+  /** reserveInstanceId connected and answers for the ID on this connection: joining uses it as it is. */
+  private reserved: NatsConnection | undefined;
   private isConnected = false;
   private closed = false;
   private watchStop: (() => void) | undefined;
@@ -214,6 +247,26 @@ class NatsCluster implements ClusterNode {
     return this.directory.instanceOf(nodeId) ?? this.claims.instanceOf(nodeId);
   }
 
+  sharedUdpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined {
+    if (!this.members.self.sharesAddress) return undefined;
+    // WebSocket placements first, as instanceOf asks them: a UDP claim never takes a node from a WebSocket.
+    if (this.provisional.size !== 0 && this.provisional.instanceOf(nodeId) !== undefined) return undefined;
+    if (this.directory.instanceOf(nodeId) !== undefined) return undefined;
+    return this.claims.sharedEndpointOf(nodeId);
+  }
+
+  addressGroup(): AddressGroup | undefined {
+    if (!this.members.self.sharesAddress || !this.isConnected) return undefined;
+    const othersPeers: number[] = [];
+    let oldestHeartbeatAt = Infinity;
+    for (const instance of this.members.live()) {
+      if (instance.self || !instance.sharesAddress || instance.draining || instance.peers === undefined) continue;
+      othersPeers.push(instance.peers);
+      oldestHeartbeatAt = Math.min(oldestHeartbeatAt, instance.lastSeen);
+    }
+    return { othersPeers, changedAt: this.groupChangedAt, oldestHeartbeatAt };
+  }
+
   forward(instance: Instance, relay: BorrowedBytes): void {
     this.forwarder.forward(instance, relay);
   }
@@ -264,6 +317,12 @@ class NatsCluster implements ClusterNode {
     return this.directory.size + this.claims.size;
   }
 
+  drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    if (this.isConnected) this.heartbeat(); // the others hear it now, not at the next tick
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
@@ -286,15 +345,44 @@ class NatsCluster implements ClusterNode {
     this.epoch++;
     this.isConnected = false;
     this.watchStop?.();
-    const nc = this.nc;
+    const nc = this.nc ?? this.reserved;
     this.nc = undefined;
+    this.reserved = undefined;
     await nc?.close().catch(() => undefined);
   }
 
   // ---- connection ------------------------------------------------------------
 
+  async reserveInstanceId(): Promise<void> {
+    let nc: NatsConnection;
+    try {
+      nc = await connect(this.options);
+    } catch (err) {
+      const refused = refusal(err);
+      if (refused) throw refused;
+      return; // unreachable: start() says so, and the ID is checked when NATS comes
+    }
+    try {
+      await this.checkInstanceIdFree(nc);
+    } catch (err) {
+      await nc.close().catch(() => undefined);
+      throw err;
+    }
+    this.answerForInstanceId(nc);
+    this.reserved = nc;
+  }
+
   /** First connection: joins, or starts without NATS when it is unreachable; refused credentials throw. */
-  async start(): Promise<void> {
+  async start(sharedAddressKey: string | undefined): Promise<ClusterNode> {
+    this.sharedAddressKey = sharedAddressKey;
+    this.members.self.sharesAddress = sharedAddressKey !== undefined;
+    this.members.self.cameAt = Date.now();
+    this.groupChangedAt = this.members.self.cameAt;
+    await this.startJoining();
+    return this;
+  }
+
+  private async startJoining(): Promise<void> {
     const { log, config } = this.deps;
     this.reconcileTimer = setInterval(() => this.reconcileUdp(), UDP_RECONCILE_MS);
     this.reconcileTimer.unref();
@@ -329,26 +417,30 @@ class NatsCluster implements ClusterNode {
   }
 
   private async connectAndJoin(atStart: boolean): Promise<void> {
-    let nc: NatsConnection;
-    try {
-      nc = await connect(this.options);
-    } catch (err) {
-      throw refusal(err) ?? err;
-    }
-    if (this.closed) {
-      await nc.close();
-      return;
-    }
-    try {
-      await this.checkInstanceIdFree(nc);
-    } catch (err) {
-      await nc.close().catch(() => undefined);
-      if (!atStart && err instanceof StartError) {
-        this.deps.onFatal(err);
-        this.closed = true;
+    let nc = this.reserved;
+    this.reserved = undefined;
+    if (!nc) {
+      try {
+        nc = await connect(this.options);
+      } catch (err) {
+        throw refusal(err) ?? err;
+      }
+      if (this.closed) {
+        await nc.close();
         return;
       }
-      throw err;
+      try {
+        await this.checkInstanceIdFree(nc);
+      } catch (err) {
+        await nc.close().catch(() => undefined);
+        if (!atStart && err instanceof StartError) {
+          this.deps.onFatal(err);
+          this.closed = true;
+          return;
+        }
+        throw err;
+      }
+      this.answerForInstanceId(nc);
     }
     this.nc = nc;
     this.subscribe(nc);
@@ -372,12 +464,16 @@ class NatsCluster implements ClusterNode {
       + `already uses this ID; ${this.deps.instanceIdFix}`, 'EINSTANCEID');
   }
 
+  /** From the moment the ID is found free, this process answers for it: a later copy is refused. */
+  private answerForInstanceId(nc: NatsConnection): void {
+    nc.subscribe(this.subjects.who(this.instanceId), {
+      callback: (_err: Error | null, msg: Msg) => { msg.respond(this.incarnation); },
+    });
+  }
+
   private subscribe(nc: NatsConnection): void {
     // Kept by the connection; closing it ends them.
     const subscriptions: Subscription[] = [
-      nc.subscribe(this.subjects.who(this.instanceId), {
-        callback: (_err: Error | null, msg: Msg) => { msg.respond(this.incarnation); },
-      }),
       nc.subscribe(this.subjects.forward(this.instanceId), {
         callback: (_err: Error | null, msg: Msg) => this.onBatch(msg),
       }),
@@ -413,6 +509,7 @@ class NatsCluster implements ClusterNode {
         if (epoch !== this.epoch) return;
         this.isConnected = true;
         this.syncedAt = Date.now();
+        this.groupChangedAt = this.syncedAt; // the counts heard before the outage are stale
         this.lastTickAt = 0;
         this.members.graceAll(this.syncedAt);
         this.heartbeat();
@@ -721,6 +818,8 @@ class NatsCluster implements ClusterNode {
     const { log } = this.deps;
     for (const instance of this.members.expire(Date.now())) {
       log.warn({ instance: instance.id, deadAfterMs: this.deps.config.clusterDeadAfterMs }, 'cluster: instance silent; routes to it dropped');
+      if (instance.sharesAddress) this.groupChangedAt = Date.now();
+      this.adoptClaimsOf(instance);
     }
     // A newcomer has not heard every live instance's heartbeat yet: it must not take them for dead.
     if (Date.now() - this.syncedAt < this.deps.config.clusterDeadAfterMs) return;
@@ -734,7 +833,17 @@ class NatsCluster implements ClusterNode {
 
   private heartbeat(): void {
     this.lastHeartbeatAt = Date.now();
-    this.publish(this.subjects.heartbeat(this.instanceId), Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation)));
+    // Headers, so instances of an older version read the heartbeat as before.
+    const h = headers();
+    h.set(PEERS_HEADER, String(this.deps.peerCount()));
+    if (this.sharedAddressKey !== undefined) h.set(SHARED_ADDRESS_HEADER, this.sharedAddressKey);
+    if (this.draining) h.set(DRAINING_HEADER, '1');
+    const message = Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation));
+    try {
+      this.nc!.publish(this.subjects.heartbeat(this.instanceId), message, { headers: h });
+    } catch {
+      // Cut off: the next tick tries again.
+    }
   }
 
   /**
@@ -760,13 +869,24 @@ class NatsCluster implements ClusterNode {
     if (!bye || msg.subject !== this.subjects.goodbye(bye.instanceId)) return this.deps.stats.drop('cluster_malformed');
     const instance = this.members.left(bye.instanceId, bye.incarnation);
     if (!instance) return;
-    this.claims.forgetInstance(instance); // its claims went with it
     this.deps.log.info({ instance: instance.id }, 'cluster: instance left (stopped gracefully); routes to it dropped');
+    if (instance.sharesAddress) this.groupChangedAt = Date.now();
+    // Its UDP nodes' flows come to the instances sharing its address now: one of them adopts the nodes.
+    this.adoptClaimsOf(instance);
+    this.claims.forgetInstance(instance); // its claims went with it
   }
 
   private onHeartbeat(msg: Msg): void {
     const beat = decodeHeartbeat(msg.string());
     if (!beat || msg.subject !== this.subjects.heartbeat(beat.instanceId)) return this.deps.stats.drop('cluster_malformed');
+    // Older versions send neither header; a value that is not ours makes the heartbeat foreign.
+    const peersText = msg.headers?.get(PEERS_HEADER) ?? '';
+    const sharedKey = msg.headers?.get(SHARED_ADDRESS_HEADER) ?? '';
+    const drainingText = msg.headers?.get(DRAINING_HEADER) ?? '';
+    if ((peersText !== '' && !/^\d{1,9}$/.test(peersText)) || (sharedKey !== '' && !SHARED_ADDRESS_KEY.test(sharedKey))
+      || (drainingText !== '' && drainingText !== '1')) {
+      return this.deps.stats.drop('cluster_malformed');
+    }
     if (beat.instanceId === this.instanceId) {
       if (beat.incarnation !== this.incarnation) {
         this.deps.log.error({ instanceId: this.instanceId }, 'cluster: another process heartbeats with this instance ID; give each its own --instance-id');
@@ -776,6 +896,12 @@ class NatsCluster implements ClusterNode {
     const known = this.members.find(beat.instanceId);
     const restarted = known !== undefined && known.incarnation !== '' && known.incarnation !== beat.incarnation;
     const { instance, cameAlive } = this.members.heartbeat(beat.instanceId, beat.incarnation, Date.now());
+    instance.peers = peersText === '' ? undefined : Number(peersText);
+    const sharesAddress = sharedKey !== '' && sharedKey === this.sharedAddressKey;
+    const draining = drainingText === '1';
+    if (sharesAddress !== instance.sharesAddress || (sharesAddress && (cameAlive || draining !== instance.draining))) this.groupChangedAt = Date.now();
+    instance.sharesAddress = sharesAddress;
+    instance.draining = draining;
     // A restarted process holds none of its former claims.
     if (restarted) this.claims.forgetInstance(instance);
     if (cameAlive) {
@@ -846,6 +972,35 @@ class NatsCluster implements ClusterNode {
       if (this.deps.udpEndpointOf(nodeId) === undefined) this.claims.withdraw(nodeId);
       else if (this.isWssElsewhere(nodeId)) this.claims.yieldTo(nodeId);
     }
+  }
+
+  /**
+   * A dead instance that shared this address leaves UDP nodes whose NAT
+   * mappings are for this address too: rather than drop them until each
+   * Discovers again, one survivor (the live sharer with the lowest ID, the
+   * same on every survivor) records and claims them anew, a slice per turn.
+   * Only with a complete view: a claim is never taken before it can be
+   * checked against every WebSocket node (nothing is adopted over one).
+   */
+  private adoptClaimsOf(dead: Instance): void {
+    if (!dead.sharesAddress || !this.viewComplete || this.members.lowestLive((i) => i.sharesAddress) !== this.members.self) return;
+    const claims = this.claims.claimsOf(dead);
+    if (claims.length === 0) return;
+    const epoch = this.epoch;
+    let adopted = 0;
+    let at = 0;
+    const step = () => {
+      if (epoch !== this.epoch || this.closed) return;
+      for (const end = Math.min(claims.length, at + ADOPT_PER_TURN); at < end; at++) {
+        const { nodeId, endpoint } = claims[at]!;
+        if (!this.deps.adoptUdpEndpoint(nodeId, endpoint)) continue;
+        adopted++;
+        this.deps.stats.clusterUdpAdopted++;
+      }
+      if (at < claims.length) return void setImmediate(step);
+      this.deps.log.info({ instance: dead.id, nodes: claims.length, adopted }, 'cluster: adopted a dead instance\'s UDP nodes (it shared this address)');
+    };
+    step();
   }
 
   /** A UDP claim from another instance (udp-claims.ts). */

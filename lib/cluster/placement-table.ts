@@ -20,7 +20,9 @@
  * slots across turns that its walk is void; no walk starts while one runs.
  *
  * About 30 bytes per entry at the largest load (15 bytes a slot, at least
- * half the slots free), twice that while a rebuild runs.
+ * half the slots free), twice that while a rebuild runs. A table made
+ * `withPayloads` keeps one more number per slot for its owner (the UDP
+ * claims keep their endpoint there: udp-claims.ts), 8 bytes a slot more.
  *
  * A slot is the top bits of keyedHash(node), secret per process: strangers
  * choose node IDs (a UDP Discover at any instance lands here), and under a
@@ -53,15 +55,18 @@ class Slots {
   readonly states: Uint8Array;
   readonly revs: Float64Array;
   readonly instanceIndexes: Uint16Array;
+  /** The owner's number for each slot (withPayloads), else undefined. */
+  readonly payloads: Float64Array | undefined;
   /** Slot of a node: the top log2(capacity) bits of its hash. */
   readonly shift: number;
   readonly mask: number;
 
-  constructor(readonly capacity: number) {
+  constructor(readonly capacity: number, withPayloads: boolean) {
     this.keys = new Uint32Array(capacity);
     this.states = new Uint8Array(capacity);
     this.revs = new Float64Array(capacity);
     this.instanceIndexes = new Uint16Array(capacity);
+    this.payloads = withPayloads ? new Float64Array(capacity) : undefined;
     this.shift = 32 - Math.log2(capacity);
     this.mask = capacity - 1;
   }
@@ -108,10 +113,13 @@ export class PlacementTable<I extends { readonly id: string }> {
   /** Bumped when a rebuild starts and ends: slot numbers from before mean nothing after. */
   generation = 0;
 
-  /** `minCapacity`: a power of two; tests use small ones to meet rebuilds often. */
-  constructor(private readonly minCapacity = MIN_CAPACITY) {
+  /**
+   * `minCapacity`: a power of two; tests use small ones to meet rebuilds
+   * often. `withPayloads`: keep a number per entry (payloadAt, set's last argument).
+   */
+  constructor(private readonly minCapacity = MIN_CAPACITY, private readonly withPayloads = false) {
     if (minCapacity < 8 || (minCapacity & (minCapacity - 1)) !== 0) throw new RangeError('minCapacity must be a power of two, at least 8');
-    this.slots = new Slots(minCapacity);
+    this.slots = new Slots(minCapacity, withPayloads);
   }
 
   get size(): number {
@@ -168,7 +176,12 @@ export class PlacementTable<I extends { readonly id: string }> {
     return this.slots.revs[slot]!;
   }
 
-  set(nodeId: NodeId, instance: I, kind: AttachKind, rev: number): void {
+  /** The number kept with the entry in `slot` (a table made withPayloads; 0 otherwise). */
+  payloadAt(slot: number): number {
+    return this.slots.payloads?.[slot] ?? 0;
+  }
+
+  set(nodeId: NodeId, instance: I, kind: AttachKind, rev: number, payload = 0): void {
     let slot = this.find(nodeId);
     if (slot < 0) {
       if (this.old === undefined && this.entries + 1 + this.tombstones > this.slots.capacity * MAX_LOAD) this.startRebuild(this.entries + 1);
@@ -180,6 +193,7 @@ export class PlacementTable<I extends { readonly id: string }> {
     this.slots.states[slot] = KIND_CODE[kind];
     this.slots.revs[slot] = rev;
     this.slots.instanceIndexes[slot] = this.indexFor(instance);
+    if (this.slots.payloads) this.slots.payloads[slot] = payload;
     this.moveSome(MOVE_PER_CHANGE);
   }
 
@@ -231,7 +245,7 @@ export class PlacementTable<I extends { readonly id: string }> {
     while (capacity * 0.5 < count) capacity *= 2;
     this.old = this.slots;
     this.moved = 0;
-    this.slots = new Slots(capacity);
+    this.slots = new Slots(capacity, this.withPayloads);
     this.tombstones = 0;
     this.generation++;
   }
@@ -260,6 +274,7 @@ export class PlacementTable<I extends { readonly id: string }> {
     this.slots.states[slot] = old.states[oldSlot]!;
     this.slots.revs[slot] = old.revs[oldSlot]!;
     this.slots.instanceIndexes[slot] = old.instanceIndexes[oldSlot]!;
+    if (this.slots.payloads) this.slots.payloads[slot] = old.payloads![oldSlot]!;
     old.states[oldSlot] = TOMBSTONE; // keeps the old probe chains whole
     return slot;
   }

@@ -10,6 +10,7 @@ import type { NodeId } from '../protocol/packets';
 import type { ClusterInstance } from '../relay/router';
 import type { UdpEndpoint } from '../udp/endpoints';
 import type { BorrowedBytes } from '../udp/transport';
+import type { AddressGroup } from './rebalance';
 import type { AttachKind } from './wire';
 
 export type { AttachKind };
@@ -28,6 +29,14 @@ export interface ClusterDeps {
   evict(nodeId: NodeId, kind: AttachKind): void;
   /** This instance's UDP endpoint for the node, if it still has one (they expire silently). */
   udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
+  /** WebSocket peers attached here now (heartbeats carry it, for rebalancing). */
+  peerCount(): number;
+  /**
+   * Takes over a UDP node of a dead instance that shared this address: its
+   * endpoint is recorded here as a Discover would record it (within the
+   * endpoint table's limits, never over a WebSocket) and claimed anew; false when refused.
+   */
+  adoptUdpEndpoint(nodeId: NodeId, endpoint: UdpEndpoint): boolean;
   /**
    * The instance's view of the cluster is complete (directory current,
    * every live instance heard): from now on a UDP relay's sender can be
@@ -43,6 +52,19 @@ export interface ClusterNode extends ClusterGauges {
   instanceOf(nodeId: NodeId): ClusterInstance | undefined;
   /** Queues a relay for `instance`; it is copied, so a borrowed one may be passed. */
   forward(instance: ClusterInstance, relay: BorrowedBytes): void;
+  /**
+   * The endpoint of a UDP node that another live instance sharing this
+   * address claims, when no WebSocket holds it anywhere: this instance
+   * sends to it from its own socket. Lent until the next call.
+   */
+  sharedUdpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
+  /**
+   * The live instances sharing this one's address, for rebalancing;
+   * undefined when it shares none or is cut off from NATS (the counts would be stale).
+   */
+  addressGroup(): AddressGroup | undefined;
+  /** This instance begins a graceful stop: its heartbeats say so from now on (it leaves the rebalancing group). */
+  drain(): void;
   /** Attached over WebSocket to another live instance. */
   isWssElsewhere(nodeId: NodeId): boolean;
   /** A daemon authenticated here over WebSocket (auth_ok). */

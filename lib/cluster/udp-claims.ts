@@ -24,17 +24,25 @@
  *   CLAIMS_ROTATE_MS, so one not heard again for two swaps is forgotten.
  *   At most MAX_REMOTE_CLAIMS are held; beyond, new ones are refused and
  *   counted (`cluster_claims_full`).
- * - The endpoint rides along (issue 21: any instance sharing the port may
- *   send to it); here only the owner sends to its own endpoints.
+ * - The endpoint rides along, and the others' claims keep it: an instance
+ *   that shares this one's address (--reuse-port on one machine,
+ *   `Instance.sharesAddress`) has the same source address and port, so the
+ *   node's NAT mapping holds for both and this instance sends to the
+ *   endpoint from its own socket (`sharedEndpointOf`), with no NATS hop. A
+ *   claim of an instance elsewhere is only ever forwarded to.
+ * - A dead instance that shared this address leaves its claims behind: the
+ *   survivor chosen to adopt them (nats-cluster.ts) takes them from
+ *   `claimsOf` and claims them anew, so its daemons stay reachable.
  *
  * Wire: `u8 version (1)`, then records `u8 op (1 claim, 2 withdraw) | u32
  * node | f64 stamp | u16 port | u8 address length | address (ASCII, as the
  * socket reported it)`; a withdrawal has port 0 and no address.
  */
+import { isIP } from 'node:net';
 import type { BeaconStats } from '../metrics';
 import type { NodeId } from '../protocol/packets';
 import { MAX_NODE_ID } from '../protocol/packets';
-import type { UdpEndpoint } from '../udp/endpoints';
+import { udpEndpoint, type UdpEndpoint } from '../udp/endpoints';
 import type { Instance } from './instances';
 import { PlacementTable } from './placement-table';
 
@@ -48,6 +56,13 @@ export const CLAIMS_ROTATE_MS = 45_000;
  * this is ten instances' worth.
  */
 export const MAX_REMOTE_CLAIMS = 1_048_576;
+/**
+ * Distinct endpoint addresses one generation of the others' claims keeps
+ * (each claim names one, so never more than the claims themselves).
+ */
+const MAX_GENERATION_ADDRESSES = MAX_REMOTE_CLAIMS;
+/** A claim's payload in the tables: index of its address * PORT_SPAN + port. */
+const PORT_SPAN = 65_536;
 /** A stamp further ahead of our clock than this is refused (a broken clock must not pin a node for ever). */
 const MAX_AHEAD_MS = 60_000;
 /** Bytes per claims message: NATS's default max_payload is 1 MiB; small messages interleave with relays. */
@@ -154,6 +169,43 @@ export function encodeClaims(records: readonly ClaimRecord[]): Buffer[] {
   return messages;
 }
 
+/**
+ * One generation of the others' claims: node → (instance, stamp) in a
+ * placement table, and each claim's endpoint as its payload: the port, and
+ * the address by index into the generation's own list of addresses (many
+ * nodes behind one NAT share an address, and a claim announced again every
+ * 20 s names the same one: no string per claim). The list goes with the
+ * generation, so it is bounded like the claims.
+ */
+class ClaimGeneration {
+  readonly table = new PlacementTable<Instance>(undefined, true);
+  private readonly addresses: UdpEndpoint[] = [];
+  private readonly indexOf = new Map<string, number>();
+
+  /** Records `from`'s claim; false when the address is not an IP or the generation holds as many addresses as it keeps. */
+  set(nodeId: NodeId, from: Instance, stamp: number, endpoint: { address: string; port: number }): boolean {
+    let index = this.indexOf.get(endpoint.address);
+    if (index === undefined) {
+      if (this.addresses.length >= MAX_GENERATION_ADDRESSES || isIP(endpoint.address) === 0) return false;
+      index = this.addresses.length;
+      this.addresses.push(udpEndpoint(endpoint.address, 0));
+      this.indexOf.set(endpoint.address, index);
+    }
+    this.table.set(nodeId, from, 'udp', stamp, index * PORT_SPAN + endpoint.port);
+    return true;
+  }
+
+  /** The endpoint of the claim in `slot`, written into `into`. */
+  endpointAt(slot: number, into: UdpEndpoint): UdpEndpoint {
+    const payload = this.table.payloadAt(slot);
+    const { address, ip } = this.addresses[Math.floor(payload / PORT_SPAN)]!;
+    into.address = address;
+    into.ip = ip;
+    into.port = payload % PORT_SPAN;
+    return into;
+  }
+}
+
 export interface UdpClaimsDeps {
   self: Instance;
   stats: BeaconStats;
@@ -179,9 +231,11 @@ function newer(aStamp: number, a: Instance, bStamp: number, b: Instance): boolea
 export class UdpClaims {
   /** Our claims: node → stamp (instance: ourselves). */
   private readonly own = new PlacementTable<Instance>();
-  /** The others' claims, this generation and the one before: node → (instance, stamp). */
-  private current = new PlacementTable<Instance>();
-  private previous = new PlacementTable<Instance>();
+  /** The others' claims, this generation and the one before: node → (instance, stamp, endpoint). */
+  private current = new ClaimGeneration();
+  private previous = new ClaimGeneration();
+  /** What sharedEndpointOf lends: one object, rewritten by each call (no allocation per relay). */
+  private readonly lent: UdpEndpoint = { address: '', port: 0, ip: '' };
   /** The hybrid clock: past every stamp issued or seen. */
   private lastStamp = 0;
   private readonly writer: ClaimsWriter;
@@ -199,7 +253,7 @@ export class UdpClaims {
 
   /** Our claims plus the others'. */
   get size(): number {
-    return this.own.size + this.current.size + this.previous.size;
+    return this.own.size + this.current.table.size + this.previous.table.size;
   }
 
   get ownCount(): number {
@@ -212,15 +266,45 @@ export class UdpClaims {
 
   /** The live instance, other than this one, whose claim for `nodeId` stands. Hot path: one or two lookups. */
   instanceOf(nodeId: NodeId): Instance | undefined {
-    let table = this.current;
+    let table = this.current.table;
     let slot = table.find(nodeId);
     if (slot < 0) {
-      table = this.previous;
+      table = this.previous.table;
       slot = table.find(nodeId);
       if (slot < 0) return undefined;
     }
     const instance = table.instanceAt(slot);
     return instance.live ? instance : undefined;
+  }
+
+  /**
+   * The endpoint of `nodeId` when a live instance sharing this one's
+   * address claims it: this instance may send to it from its own socket.
+   * Hot path: one or two lookups, no allocation. The object is lent: it is
+   * rewritten by the next call, so use it at once (a send) and keep none of it.
+   */
+  sharedEndpointOf(nodeId: NodeId): UdpEndpoint | undefined {
+    let generation = this.current;
+    let slot = generation.table.find(nodeId);
+    if (slot < 0) {
+      generation = this.previous;
+      slot = generation.table.find(nodeId);
+      if (slot < 0) return undefined;
+    }
+    const instance = generation.table.instanceAt(slot);
+    return instance.live && instance.sharesAddress ? generation.endpointAt(slot, this.lent) : undefined;
+  }
+
+  /** The claims `instance` holds, each with its endpoint (a dead instance's, for the survivor that adopts them). */
+  claimsOf(instance: Instance): Array<{ nodeId: NodeId; endpoint: UdpEndpoint }> {
+    const claims: Array<{ nodeId: NodeId; endpoint: UdpEndpoint }> = [];
+    for (const generation of [this.current, this.previous]) {
+      for (const [nodeId, slot] of generation.table) {
+        if (generation.table.instanceAt(slot) !== instance) continue;
+        claims.push({ nodeId, endpoint: generation.endpointAt(slot, { address: '', port: 0, ip: '' }) });
+      }
+    }
+    return claims;
   }
 
   /**
@@ -265,14 +349,15 @@ export class UdpClaims {
         continue;
       }
       if (record.stamp > this.lastStamp) this.lastStamp = record.stamp;
-      if (record.op === 'claim') this.applyClaim(from, record.nodeId, record.stamp);
+      if (record.op === 'claim') this.applyClaim(from, record.nodeId, record.stamp, record.endpoint!);
       else this.applyWithdraw(from, record.nodeId, record.stamp);
     }
   }
 
   /** @internal Slots looked at to find `nodeId` among the others' claims (tests bound it for IDs chosen to collide). */
   probes(nodeId: NodeId): number {
-    return this.current.probes(nodeId) + (this.current.find(nodeId) >= 0 ? 0 : this.previous.probes(nodeId));
+    const { current, previous } = this;
+    return current.table.probes(nodeId) + (current.table.find(nodeId) >= 0 ? 0 : previous.table.probes(nodeId));
   }
 
   /** Our claims, for reconciling against the endpoint table (endpoints expire silently). */
@@ -304,12 +389,12 @@ export class UdpClaims {
   /** Swaps the generations of the others' claims: those not heard since the last swap are forgotten. */
   rotate(): void {
     this.previous = this.current;
-    this.current = new PlacementTable();
+    this.current = new ClaimGeneration();
   }
 
   /** An instance restarted (a new incarnation) or was declared dead and removed: its claims are void. */
   forgetInstance(instance: Instance): void {
-    for (const table of [this.current, this.previous]) {
+    for (const { table } of [this.current, this.previous]) {
       const stale: NodeId[] = [];
       for (const [nodeId, slot] of table) if (table.instanceAt(slot) === instance) stale.push(nodeId);
       for (const nodeId of stale) table.delete(nodeId);
@@ -319,11 +404,11 @@ export class UdpClaims {
   /** Forgets everything (closing). */
   clear(): void {
     this.reannounceQueue = [];
-    this.current = new PlacementTable();
-    this.previous = new PlacementTable();
+    this.current = new ClaimGeneration();
+    this.previous = new ClaimGeneration();
   }
 
-  private applyClaim(from: Instance, nodeId: NodeId, stamp: number): void {
+  private applyClaim(from: Instance, nodeId: NodeId, stamp: number, endpoint: { address: string; port: number }): void {
     // Trust only goes up: a node on a WebSocket here is not taken by a UDP claim.
     if (this.deps.isWssHere(nodeId)) return;
     const ownSlot = this.own.find(nodeId);
@@ -341,35 +426,39 @@ export class UdpClaims {
       this.own.delete(nodeId);
       this.deps.evict(nodeId);
     }
-    let table = this.current;
+    let table = this.current.table;
     let slot = table.find(nodeId);
     if (slot < 0) {
-      const old = this.previous.find(nodeId);
+      const old = this.previous.table.find(nodeId);
       if (old >= 0) {
-        table = this.previous;
+        table = this.previous.table;
         slot = old;
       }
     }
     if (slot >= 0) {
       if (newer(table.revAt(slot), table.instanceAt(slot), stamp, from)) return;
-      if (table === this.previous) this.previous.delete(nodeId);
-    } else if (this.current.size + this.previous.size >= (this.deps.maxRemoteClaims ?? MAX_REMOTE_CLAIMS)) {
+    } else if (this.current.table.size + this.previous.table.size >= (this.deps.maxRemoteClaims ?? MAX_REMOTE_CLAIMS)) {
       this.deps.stats.drop('cluster_claims_full');
       return;
     }
-    this.current.set(nodeId, from, 'udp', stamp);
+    if (!this.current.set(nodeId, from, stamp, endpoint)) {
+      // Not an address, or as many addresses as a generation keeps: refused like a claim past the cap.
+      this.deps.stats.drop(isIP(endpoint.address) === 0 ? 'cluster_malformed' : 'cluster_claims_full');
+      return;
+    }
+    if (table === this.previous.table) this.previous.table.delete(nodeId);
   }
 
   private applyWithdraw(from: Instance, nodeId: NodeId, stamp: number): void {
-    for (const table of [this.current, this.previous]) {
+    for (const { table } of [this.current, this.previous]) {
       const slot = table.find(nodeId);
       if (slot >= 0 && table.instanceAt(slot) === from && table.revAt(slot) <= stamp) table.delete(nodeId);
     }
   }
 
   private forgetRemote(nodeId: NodeId): void {
-    this.current.delete(nodeId);
-    this.previous.delete(nodeId);
+    this.current.table.delete(nodeId);
+    this.previous.table.delete(nodeId);
   }
 
   private nextStamp(): number {

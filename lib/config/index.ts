@@ -107,6 +107,15 @@ export interface BeaconConfig {
   instanceId?: string;
   /** An instance silent this long is dead to the others (its routes go, a survivor removes its entries). */
   clusterDeadAfterMs: number;
+  /**
+   * --reuse-port: peers per second an instance holding more than its share
+   * asks to reconnect (lib/cluster/rebalance.ts); 0 turns rebalancing off.
+   */
+  rebalanceRate: number;
+  /** How far above its share an instance may be before it rebalances, as a fraction (0.1: 10 %). */
+  rebalanceSlack: number;
+  /** No instance may have joined or left the shared address for this long before an instance rebalances. */
+  rebalanceDelayMs: number;
 }
 
 export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
@@ -186,6 +195,16 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   instanceId: undefined,
   // Five heartbeats (one per second): a lost datagram or a GC pause is not a death.
   clusterDeadAfterMs: 5_000,
+  // "A few per second": a reconnect costs a daemon about a second of its
+  // WebSocket, so ten a second moves a few thousand daemons in minutes.
+  rebalanceRate: 10,
+  // Kernel placement is random: within 10 % (and MIN_EXCESS peers) of the
+  // share is balanced enough, and leaves nothing to chase.
+  rebalanceSlack: 0.1,
+  // Longer than one step of a rolling restart (drain, start, readiness)
+  // and than the restart notice's window (3 s, then up to 5 s), so the
+  // daemons of the last restarted instance are back before anyone counts.
+  rebalanceDelayMs: 20_000,
 });
 
 /** Cluster names become NATS subject tokens and a KV bucket name. */
@@ -211,7 +230,7 @@ export function validateConfig(config: BeaconConfig): void {
     'peerRateBytesPerSec', 'peerBurstBytes', 'peerFrameRate', 'udpRatePerIp', 'udpByteRatePerIp',
     'syncIntervalMs', 'keyCacheTtlMs', 'keyCacheNegativeTtlMs', 'keyCacheMaxEntries',
     'udpEndpointTtlMs', 'maxUdpEndpoints', 'maxUdpEndpointsPerIp', 'shutdownGraceMs', 'restartDelayMs', 'restartWindowMs',
-    'clusterDeadAfterMs',
+    'clusterDeadAfterMs', 'rebalanceDelayMs',
   ];
   for (const field of positive) {
     const value = config[field];
@@ -236,6 +255,12 @@ export function validateConfig(config: BeaconConfig): void {
   }
   if (config.opsBind && config.opsBind.port !== 0 && config.opsBind.port === config.bind.port && config.opsBind.host === config.bind.host) {
     throw new ConfigError(`--ops-bind ${formatHostPort(config.opsBind)} is --bind's address: give /health and /metrics an address of their own, e.g. 127.0.0.1:9101`);
+  }
+  if (!Number.isInteger(config.rebalanceRate) || config.rebalanceRate < 0 || config.rebalanceRate > 10_000) {
+    throw new ConfigError(`rebalanceRate must be an integer from 0 to 10000 peers a second, got ${String(config.rebalanceRate)}`);
+  }
+  if (!Number.isFinite(config.rebalanceSlack) || config.rebalanceSlack < 0 || config.rebalanceSlack > 10) {
+    throw new ConfigError(`rebalanceSlack must be a fraction from 0 to 10 (0% to 1000%), got ${String(config.rebalanceSlack)}`);
   }
   validateClusterConfig(config);
 }

@@ -46,6 +46,24 @@ export function parseByteRate(text: string): number {
   }
 }
 
+/** `10` or `10/s`: whole peers per second, 0 (off) to 10,000. */
+export function parsePeerRate(text: string): number {
+  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
+  if (!match) throw new Error(`"${text}" is not a rate: use peers per second, e.g. 10/s (0 turns it off)`);
+  const n = Number(match[1]);
+  if (n > 10_000) throw new Error(`"${text}" is out of range: use 0/s to 10000/s`);
+  return n;
+}
+
+/** `10%`: a share, as a fraction (0.1); 0% to 1000%. */
+export function parsePercent(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(text);
+  if (!match) throw new Error(`"${text}" is not a percentage: use e.g. 10%`);
+  const percent = Number(match[1]);
+  if (percent > 1000) throw new Error(`"${text}" is out of range: use 0% to 1000%`);
+  return percent / 100;
+}
+
 /** `10000` or `10000/s`: whole packets per second. */
 export function parsePacketRate(text: string): number {
   const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);

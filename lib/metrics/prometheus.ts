@@ -129,4 +129,10 @@ function registerClusterMetrics(r: Registry, stats: BeaconStats, cluster: Cluste
   mirroredCounter(r, 'beacon_cluster_udp_claims_total',
     'New UDP claims this instance announced to the others (out), and claims heard from them, new or announced again (in); never stored in NATS.',
     ['direction'], () => [[{ direction: 'out' }, stats.clusterUdpClaims.out], [{ direction: 'in' }, stats.clusterUdpClaims.in]]);
+  mirroredCounter(r, 'beacon_cluster_udp_adopted_total',
+    'UDP nodes of a dead instance that shared this address (--reuse-port), taken over by this one rather than dropped.',
+    [], () => [[{}, stats.clusterUdpAdopted]]);
+  mirroredCounter(r, 'beacon_cluster_rebalanced_total',
+    'Peers this instance asked to reconnect (restarting notice) because it held more than its share of the instances sharing its address.',
+    [], () => [[{}, stats.clusterRebalanced]]);
 }

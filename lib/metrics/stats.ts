@@ -117,7 +117,11 @@ export type ConnectionCloseReason = (typeof CONNECTION_CLOSE_REASONS)[number];
 export const UDP_PACKET_TYPES = ['discover', 'punch_request', 'relay', 'sync', 'other'] as const;
 export type UdpPacketType = (typeof UDP_PACKET_TYPES)[number];
 
-export const RELAY_ROUTES = ['wss', 'udp', 'cluster', 'beacon', 'unknown'] as const;
+/**
+ * `udp_shared`: a UDP node that another instance sharing this address
+ * (--reuse-port) claims, sent to from this instance's socket (no NATS hop).
+ */
+export const RELAY_ROUTES = ['wss', 'udp', 'udp_shared', 'cluster', 'beacon', 'unknown'] as const;
 export type RelayRoute = (typeof RELAY_ROUTES)[number];
 
 /** Where an address query (a Discover for node 0) came from. */
@@ -167,6 +171,10 @@ export class BeaconStats {
   clusterEvictions = { wss: 0, udp: 0 };
   /** New UDP claims this instance announced (out: each a write a source caused), claims heard from others (in: new or announced again). */
   clusterUdpClaims = { out: 0, in: 0 };
+  /** UDP nodes of a dead instance that shared this address, taken over here (claimed anew) rather than dropped. */
+  clusterUdpAdopted = 0;
+  /** Peers asked to reconnect (the `restarting` notice) because this instance held more than its share (--rebalance-rate). */
+  clusterRebalanced = 0;
 
   drop(reason: DropReason): void {
     this.dropped[reason]++;

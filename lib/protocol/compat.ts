@@ -40,6 +40,8 @@ export const CloseReason = {
   idleTimeout: 'idle timeout',
   replaced: 'replaced by a newer connection',
   atCapacity: 'beacon at capacity',
+  /** (ours) This instance holds more than its share of the instances sharing its address (--reuse-port). */
+  rebalancing: 'rebalancing',
 } as const;
 
 export interface AuthChallenge {
@@ -54,11 +56,17 @@ export interface AuthReply {
   sig: string;
 }
 
-/** (ours) Sent before a graceful shutdown closes the socket with 1001. */
+/** (ours) Sent before a graceful shutdown closes the socket with 1001, and before a rebalancing one. */
 export interface RestartingNotice {
   type: 'restarting';
   reconnect_in_ms: number;
   try_for_ms: number;
+  /**
+   * "rebalance": the beacon at this address goes on; only this process
+   * holds more than its share, so come back to the same URL (another
+   * process there takes the connection). Absent for a restart.
+   */
+  reason?: 'rebalance';
 }
 
 export function authChallengeMessage(nonce: string): string {
@@ -136,9 +144,11 @@ export function parseBeaconControl(text: string): BeaconControlMessage | undefin
       const wait = msg.reconnect_in_ms;
       const tryFor = msg.try_for_ms;
       const okNumber = (n: unknown): n is number => typeof n === 'number' && Number.isFinite(n) && n >= 0;
-      return okNumber(wait) && okNumber(tryFor)
-        ? { type: 'restarting', reconnect_in_ms: wait, try_for_ms: tryFor }
-        : undefined;
+      if (!okNumber(wait) || !okNumber(tryFor)) return undefined;
+      // Another reason is a newer beacon's: read as a restart, the safe reading.
+      return msg.reason === 'rebalance'
+        ? { type: 'restarting', reconnect_in_ms: wait, try_for_ms: tryFor, reason: 'rebalance' }
+        : { type: 'restarting', reconnect_in_ms: wait, try_for_ms: tryFor };
     }
     default:
       return undefined;

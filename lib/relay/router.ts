@@ -3,16 +3,20 @@
  * goes and hand it to that transport (docs/protocol.md §1, §2).
  *
  * - Order: attached over WebSocket -> RelayDeliver via writeFrame; else a
- *   UDP endpoint -> RelayDeliver datagram; else attached to another live
- *   instance of the cluster -> the original Relay, unchanged, handed to the
- *   forwarder for that instance; else a node announced by a beacon peer ->
- *   the original Relay, unchanged, to that beacon; else drop, counted as
- *   unknown.
+ *   UDP endpoint -> RelayDeliver datagram; else (cluster, --reuse-port) a
+ *   UDP node that another instance sharing this address claims, on no
+ *   WebSocket anywhere -> RelayDeliver datagram from this socket
+ *   (`udp_shared`: its NAT mapping is for this address too); else attached
+ *   to another live instance of the cluster -> the original Relay,
+ *   unchanged, handed to the forwarder for that instance; else a node
+ *   announced by a beacon peer -> the original Relay, unchanged, to that
+ *   beacon; else drop, counted as unknown.
  * - A Relay that came from a beacon peer is never forwarded to a beacon
  *   again, and one that another instance forwarded is delivered here or
  *   dropped, never forwarded again (no loops).
- * - Decisions are a pure function; the router never touches sockets, it
- *   calls the transports through `RelayPorts`.
+ * - Decisions read only the tables behind `RelayPorts`, each asked once per
+ *   relay; the router never touches sockets, it calls the transports
+ *   through the same ports.
  * - The RelayDeliver is the Relay rewritten in place: no copy per packet.
  *   A relay is borrowed (`BorrowedBytes`: a datagram's bytes are a slot of
  *   the batched receive area): every port sends it or copies it within the
@@ -26,7 +30,7 @@ import type { UdpEndpoint } from '../udp/endpoints';
 import type { BorrowedBytes } from '../udp/transport';
 
 export type RelayOrigin = 'wss' | 'udp' | 'beacon' | 'cluster';
-export type Route = 'wss' | 'udp' | 'cluster' | 'beacon' | 'unknown';
+export type Route = 'wss' | 'udp' | 'udp_shared' | 'cluster' | 'beacon' | 'unknown';
 
 /** Another instance of the cluster, as the router sees it: something to hand frames to. */
 export interface ClusterInstance {
@@ -43,6 +47,12 @@ export interface RelayPorts {
    */
   writeFrame(nodeId: NodeId, packet: BorrowedBytes, atTurnEnd: boolean): boolean;
   udpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
+  /**
+   * The endpoint of a UDP node that another instance sharing this one's
+   * address claims, when no WebSocket holds the node anywhere; undefined
+   * otherwise (and always without --reuse-port). Lent: valid until the next call.
+   */
+  sharedUdpEndpointOf(nodeId: NodeId): UdpEndpoint | undefined;
   beaconFor(nodeId: NodeId): UdpEndpoint | undefined;
   sendDatagram(packet: BorrowedBytes, to: UdpEndpoint): void;
   /** The live instance of the cluster the node is attached to; undefined when none (or no cluster). */
@@ -51,46 +61,52 @@ export interface RelayPorts {
   forwardToInstance(instance: ClusterInstance, relay: BorrowedBytes): void;
 }
 
-/** Where a Relay to `dest` goes; pure. */
-export function chooseRoute(
-  dest: NodeId, origin: RelayOrigin,
-  ports: Pick<RelayPorts, 'isAttachedOverWss' | 'udpEndpointOf' | 'beaconFor' | 'instanceOf'>,
-): Route {
-  if (ports.isAttachedOverWss(dest)) return 'wss';
-  if (ports.udpEndpointOf(dest)) return 'udp';
-  if (origin === 'cluster') return 'unknown';
-  if (ports.instanceOf(dest)) return 'cluster';
-  if (origin !== 'beacon' && ports.beaconFor(dest)) return 'beacon';
-  return 'unknown';
-}
-
 export class RelayRouter {
   constructor(private readonly ports: RelayPorts, private readonly stats: BeaconStats) {}
 
-  /** Routes a well-formed Relay (checked by the transport). Consumes `relay`: it may be rewritten in place. */
+  /**
+   * Routes a well-formed Relay (checked by the transport). Consumes `relay`:
+   * it may be rewritten in place. Each lookup is made once: the endpoint or
+   * instance found decides the route and is the one used.
+   */
   route(relay: BorrowedBytes, origin: RelayOrigin): Route {
     const { ports, stats } = this;
     const dest = relayDest(relay);
-    const route = chooseRoute(dest, origin, ports);
-    stats.relay[route]++;
-    switch (route) {
-      case 'wss':
-        ports.writeFrame(dest, relayToDeliverInPlace(relay), origin !== 'wss');
-        break;
-      case 'udp':
-        ports.sendDatagram(relayToDeliverInPlace(relay), ports.udpEndpointOf(dest)!);
-        break;
-      case 'cluster':
-        ports.forwardToInstance(ports.instanceOf(dest)!, relay);
-        break;
-      case 'beacon':
-        ports.sendDatagram(relay, ports.beaconFor(dest)!);
-        break;
-      case 'unknown':
-        // Forwarded by another instance for a node that left here since: not a stranger's relay.
-        stats.drop(origin === 'cluster' ? 'cluster_moved' : 'unknown_dest');
-        break;
+    if (ports.isAttachedOverWss(dest)) {
+      stats.relay.wss++;
+      ports.writeFrame(dest, relayToDeliverInPlace(relay), origin !== 'wss');
+      return 'wss';
     }
-    return route;
+    const endpoint = ports.udpEndpointOf(dest);
+    if (endpoint) {
+      stats.relay.udp++;
+      ports.sendDatagram(relayToDeliverInPlace(relay), endpoint);
+      return 'udp';
+    }
+    const shared = ports.sharedUdpEndpointOf(dest);
+    if (shared) {
+      stats.relay.udp_shared++;
+      ports.sendDatagram(relayToDeliverInPlace(relay), shared);
+      return 'udp_shared';
+    }
+    // No loops: a relay another instance forwarded goes no further, nor one from a beacon peer to a beacon.
+    if (origin !== 'cluster') {
+      const instance = ports.instanceOf(dest);
+      if (instance) {
+        stats.relay.cluster++;
+        ports.forwardToInstance(instance, relay);
+        return 'cluster';
+      }
+      const beacon = origin === 'beacon' ? undefined : ports.beaconFor(dest);
+      if (beacon) {
+        stats.relay.beacon++;
+        ports.sendDatagram(relay, beacon);
+        return 'beacon';
+      }
+    }
+    stats.relay.unknown++;
+    // Forwarded by another instance for a node that left here since: not a stranger's relay.
+    stats.drop(origin === 'cluster' ? 'cluster_moved' : 'unknown_dest');
+    return 'unknown';
   }
 }

@@ -13,6 +13,10 @@
  * - The socket is a DatagramTransport (transport.ts): dgram, or the batched
  *   addon, which calls `receive` for each datagram of a batch and sends the
  *   batch's replies and relays together when `receive` has seen them all.
+ * - Cluster mode with --reuse-port: a PunchRequest's target may be a UDP
+ *   node another instance sharing this address claims (its NAT mapping is
+ *   for this socket's address too), and a dead sharer's nodes are adopted
+ *   here (`adoptEndpoint`) within the table's limits.
  * - A source address over --udp-rate-per-ip or --udp-byte-rate-per-ip has
  *   its packets dropped and counted (rate_limited, byte_rate_limited) before
  *   anything else is done with them; configured beacon peers are exempt
@@ -52,6 +56,12 @@ export interface UdpServerDeps {
   admitNewEndpoint?: (nodeId: NodeId, address: string) => DropReason | undefined;
   /** A node's endpoint was recorded (`isNew`) or refreshed here (cluster mode announces a new one). */
   onEndpointRecorded?: (nodeId: NodeId, endpoint: UdpEndpoint, isNew: boolean) => void;
+  /**
+   * Cluster mode with --reuse-port: the endpoint of a UDP node another
+   * instance sharing this address claims (lent until the next call), so a
+   * PunchRequest can name it and send to it from this socket.
+   */
+  sharedEndpointOf?: (nodeId: NodeId) => UdpEndpoint | undefined;
   /** Which transport: 'batched' needs `addon`. */
   io: UdpIo;
   addon?: UdpBatchAddon;
@@ -174,7 +184,8 @@ export class UdpServer {
     if (isAttachedOverWss(packet.requester)) return stats.drop('wss_node_over_udp');
     if (!this.recordEndpoint(packet.requester, address, port)) return;
     const requester = this.endpoints.get(packet.requester)!;
-    const target = isAttachedOverWss(packet.target) ? undefined : this.endpoints.get(packet.target);
+    const target = isAttachedOverWss(packet.target) ? undefined
+      : this.endpoints.get(packet.target) ?? this.deps.sharedEndpointOf?.(packet.target);
     if (!target) return stats.drop('punch_unavailable');
     this.send(encodePunchCommand(target), requester);
     this.send(encodePunchCommand(requester), target);
@@ -207,6 +218,29 @@ export class UdpServer {
         break;
     }
     this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, isNew);
+    return true;
+  }
+
+  /**
+   * Records the endpoint of a UDP node that a dead instance sharing this
+   * address held (cluster mode adopts it): as a Discover from there would,
+   * within the table's limits (per source, in all) and never for a node on
+   * a WebSocket; not counted against the source's claim budget, since the
+   * dead instance took it within its own. False when refused or already known here.
+   */
+  adoptEndpoint(nodeId: NodeId, address: string, port: number): boolean {
+    if (this.endpoints.get(nodeId) !== undefined || this.deps.isAttachedOverWss(nodeId)) return false;
+    switch (this.endpoints.record(nodeId, address, port)) {
+      case 'source_full':
+        this.deps.stats.drop('endpoint_source_full');
+        return false;
+      case 'evicted_oldest':
+        this.deps.stats.udpEndpointsEvicted++;
+        break;
+      case 'recorded':
+        break;
+    }
+    this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, true);
     return true;
   }
 

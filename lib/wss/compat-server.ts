@@ -138,6 +138,7 @@ export class CompatServer {
   private readonly replacedElsewhereLog: RateLimitedLog;
   private readonly revokedLog: RateLimitedLog;
   private readonly idleLog: RateLimitedLog;
+  private readonly rebalancedLog: RateLimitedLog;
   private idleSweep: NodeJS.Timeout | undefined;
 
   /** Shared by all peers; `this` is the peer's socket. */
@@ -161,6 +162,7 @@ export class CompatServer {
     this.replacedElsewhereLog = new RateLimitedLog(deps.log, 'peer replaced by a newer connection on another instance');
     this.revokedLog = new RateLimitedLog(deps.log, 'peer disconnected: key revoked');
     this.idleLog = new RateLimitedLog(deps.log, 'peer disconnected: idle timeout');
+    this.rebalancedLog = new RateLimitedLog(deps.log, 'peer asked to reconnect: this instance holds more than its share');
     this.pacing = new ReadPacing({
       rateBytesPerSec: deps.config.peerRateBytesPerSec, burstBytes: deps.config.peerBurstBytes, frameRate: deps.config.peerFrameRate,
     }, deps.stats);
@@ -256,6 +258,26 @@ export class CompatServer {
     this.peers.detach(peer);
     this.replacedElsewhereLog.info({ nodeId });
     closeWithGrace(peer.ws, CloseCode.Replaced, CloseReason.replaced);
+  }
+
+  /**
+   * Asks up to `count` peers, oldest first, to reconnect (rebalancing,
+   * lib/cluster/rebalance.ts): `notice`, then close 1001 `rebalancing`.
+   * Returns how many were asked; peers already closing are skipped.
+   */
+  rebalance(count: number, notice: string): number {
+    let asked = 0;
+    for (const peer of this.peers.values()) {
+      if (asked === count) break;
+      if (peer.ws.readyState !== 1) continue;
+      asked++;
+      this.deps.stats.clusterRebalanced++;
+      this.rebalancedLog.info({ nodeId: peer.nodeId });
+      prepareClose(peer.ws);
+      peer.ws.send(notice);
+      closeWithGrace(peer.ws, CloseCode.GoingAway, CloseReason.rebalancing);
+    }
+    return asked;
   }
 
   startIdleSweep(): void {

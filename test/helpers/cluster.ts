@@ -50,6 +50,8 @@ export class Instance {
   url = '';
   httpBase = '';
   udpPort = 0;
+  /** Its ID in the cluster, as it logged it (set by sharedInstance). */
+  instanceId = '';
   private readonly waiters = new Set<() => void>();
 
   constructor(readonly name: string, args: string[], env: Record<string, string> = {}) {
@@ -192,3 +194,33 @@ export async function relayUntilDelivered(from: WsPeer, sender: TestIdentity, to
 }
 
 export { eventually };
+
+/** The --bind and --udp ports instances share (--reuse-port); 0 until the first one bound them. */
+export interface SharedAddress {
+  bindPort: number;
+  udpPort: number;
+}
+
+/**
+ * Spawns an instance on the shared address (--reuse-port, port 0 for the
+ * first, whose ports are then written into `address`) with an --ops-bind
+ * of its own, where its metrics are read; waits until it takes UDP claims.
+ * Every daemon of a test comes from 127.0.0.1: --max-per-ip is raised for them.
+ */
+export async function sharedInstance(name: string, address: SharedAddress, options: InstanceOptions): Promise<Instance> {
+  const instance = new Instance(name, [
+    '--bind', `127.0.0.1:${address.bindPort}`, '--udp', `127.0.0.1:${address.udpPort}`, '--reuse-port', '--ops-bind', '127.0.0.1:0',
+    '--auth-timeout', '2s', '--shutdown-grace', '300ms', '--max-per-ip', '1000', '--keys', options.keys, '--cluster', options.nats,
+    '--cluster-dead-after', options.deadAfter ?? '1s', ...(options.extra ?? []),
+  ]);
+  const listening = await instance.waitForLog((l) => l.msg === 'beacon listening', "'beacon listening'");
+  address.bindPort = Number(String(listening.bind).split(':').pop());
+  address.udpPort = Number(String(listening.udp).split(':').pop());
+  instance.url = `ws://127.0.0.1:${address.bindPort}${COMPAT_PATH}`;
+  instance.httpBase = `http://${String(listening.opsBind)}`;
+  instance.udpPort = address.udpPort;
+  instance.instanceId = String(listening.instanceId);
+  await instance.waitForLog((l) => l.msg === 'cluster joined', "'cluster joined'");
+  await instance.waitForLog((l) => l.msg === VIEW_COMPLETE, `'${VIEW_COMPLETE}'`);
+  return instance;
+}

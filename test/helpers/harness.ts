@@ -118,14 +118,14 @@ export async function connectPeer(url: string, id: TestIdentity, options: WebSoc
 /** A real UDP socket on 127.0.0.1 with a queue of received datagrams. */
 export class UdpClient {
   readonly socket = dgram.createSocket('udp4');
-  private readonly queue: Buffer[] = [];
-  private waiter: ((msg: Buffer) => void) | undefined;
+  private readonly queue: Array<{ msg: Buffer; from: dgram.RemoteInfo }> = [];
+  private waiter: ((got: { msg: Buffer; from: dgram.RemoteInfo }) => void) | undefined;
 
   static async open(): Promise<UdpClient> {
     const client = new UdpClient();
     await new Promise<void>((resolve) => client.socket.bind(0, '127.0.0.1', resolve));
-    client.socket.on('message', (msg) => {
-      if (client.waiter) { const w = client.waiter; client.waiter = undefined; w(msg); } else client.queue.push(msg);
+    client.socket.on('message', (msg, from) => {
+      if (client.waiter) { const w = client.waiter; client.waiter = undefined; w({ msg, from }); } else client.queue.push({ msg, from });
     });
     return client;
   }
@@ -138,17 +138,22 @@ export class UdpClient {
     this.socket.send(packet, port, '127.0.0.1');
   }
 
-  next(ms = 3_000): Promise<Buffer> {
+  async next(ms = 3_000): Promise<Buffer> {
+    return (await this.nextFrom(ms)).msg;
+  }
+
+  /** The next datagram and where it came from. */
+  nextFrom(ms = 3_000): Promise<{ msg: Buffer; from: dgram.RemoteInfo }> {
     const queued = this.queue.shift();
     if (queued) return Promise.resolve(queued);
-    return withTimeout(new Promise<Buffer>((resolve) => { this.waiter = resolve; }), ms, 'a datagram');
+    return withTimeout(new Promise<{ msg: Buffer; from: dgram.RemoteInfo }>((resolve) => { this.waiter = resolve; }), ms, 'a datagram');
   }
 
   /** Asserts nothing arrives within `ms` (for negative cases only). */
   async expectNothing(ms = 200): Promise<void> {
-    const msg = await this.next(ms).catch(() => undefined);
+    const got = await this.nextFrom(ms).catch(() => undefined);
     this.waiter = undefined;
-    if (msg) throw new Error(`unexpected datagram ${msg.toString('hex')}`);
+    if (got) throw new Error(`unexpected datagram ${got.msg.toString('hex')}`);
   }
 
   close(): void {
