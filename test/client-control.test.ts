@@ -89,6 +89,33 @@ test('the jitter on a notice never exceeds half of try_for_ms', async () => {
   assert.equal(r.delayMs, 300);
 });
 
+test('a rebalance notice with several URLs: back to the same URL after reconnect_in_ms and jitter; a restart notice moves to the next', async () => {
+  const first = await fake();
+  const second = await fake();
+  const c = new CompatClient({ url: [first.url, second.url], nodeId: alice.nodeId, identity: alice, initialDelayMs: 10, maxDelayMs: 80, restartJitterMs: 100 });
+  cleanups.push(() => c.close());
+  const firstPeer = first.nextPeer();
+  await c.connect({ failFast: true, timeoutMs: 3_000 });
+  const peer = await firstPeer;
+
+  const rebalanced = nextEvent(c, 'reconnecting');
+  const back = first.nextPeer(5_000);
+  peer.ws.send(restartingMessage({ reconnect_in_ms: 150, try_for_ms: 1_000, reason: 'rebalance' }));
+  peer.ws.close(1001, 'rebalancing');
+  const r = await rebalanced;
+  assert.deepEqual([r.cause, r.url], ['restarting', first.url], 'the same URL: the beacon there goes on');
+  assert.ok(r.delayMs >= 150 && r.delayMs <= 250, `waits reconnect_in_ms plus at most the jitter, got ${r.delayMs}`);
+  const again = await back;
+  assert.equal(second.connections, 0);
+
+  const restarted = nextEvent(c, 'reconnecting');
+  const moved = second.nextPeer(5_000);
+  again.ws.send(restartingMessage({ reconnect_in_ms: 150, try_for_ms: 1_000 }));
+  again.ws.close(1001, 'shutting down');
+  assert.equal((await restarted).url, second.url, 'a restart: the next URL');
+  await moved;
+});
+
 test('the client pings on its interval, and drops a connection that stops answering', async () => {
   const answering = await fake();
   const c = client(answering.url, { pingIntervalMs: 30 });
