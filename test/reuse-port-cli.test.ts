@@ -11,7 +11,7 @@ import net from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, test, type TestContext } from 'node:test';
-import { chooseInstanceId } from '../lib/cluster/instance-id';
+import { chooseInstanceId, instanceIdFromFlags } from '../lib/cluster/instance-id';
 import { makeConfig } from '../lib/config';
 import { nodeHasReusePort, reusePortProblem } from '../lib/reuse-port';
 import { addressBytes, loadUdpBatchAddon } from '../lib/native/udp-batch-addon';
@@ -145,8 +145,15 @@ test('which Node has reusePort, and what --reuse-port needs here', () => {
 test('the default instance ID: host name and the --ops-bind port, else the --bind port; --instance-id wins; each hint names the fix', () => {
   const cluster = { clusterServers: ['nats://127.0.0.1:4222'] };
   assert.deepEqual(chooseInstanceId(makeConfig({ ...cluster, instanceId: 'x' }), 8443, 9101, 'h'),
-    { id: 'x', fix: 'give each process its own --instance-id' });
+    { id: 'x', fix: 'if it is a second copy of this instance, stop one of them; otherwise give each process its own --instance-id' });
   assert.equal(chooseInstanceId(makeConfig({ ...cluster, reusePort: true }), 8443, 9101, 'h').id, 'h:9101');
+  assert.match(chooseInstanceId(makeConfig({ ...cluster, reusePort: true }), 8443, 9101, 'h').fix,
+    /^if it is a second copy of this instance, stop one of them; otherwise give each its own --ops-bind \(the default ID is the host name and the --ops-bind port/);
+  // Before anything is bound (--reuse-port checks the ID first): from the flags, unless a port is still to be chosen.
+  assert.equal(instanceIdFromFlags(makeConfig({ ...cluster, reusePort: true, opsBind: { host: '127.0.0.1', port: 9103 } }), 'h')?.id, 'h:9103');
+  assert.equal(instanceIdFromFlags(makeConfig({ ...cluster, reusePort: true, opsBind: { host: '127.0.0.1', port: 0 } }), 'h'), undefined);
+  assert.equal(instanceIdFromFlags(makeConfig({ ...cluster, reusePort: true, bind: { host: '127.0.0.1', port: 0 } }), 'h'), undefined);
+  assert.equal(instanceIdFromFlags(makeConfig({ ...cluster, instanceId: 'x', bind: { host: '127.0.0.1', port: 0 } }), 'h')?.id, 'x');
   assert.equal(chooseInstanceId(makeConfig(cluster), 8443, 9102, 'h').id, 'h:9102');
   const shared = chooseInstanceId(makeConfig({ ...cluster, reusePort: true }), 8443, undefined, 'h');
   assert.equal(shared.id, 'h:8443');

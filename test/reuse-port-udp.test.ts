@@ -186,6 +186,8 @@ test('SIGKILL of one instance: the survivor adopts its UDP nodes (reachable at o
 });
 
 test('a restarted instance on the address takes new daemons and its share of new UDP flows, still without NATS hops', async () => {
+  // (Test 1's last relay may have crossed NATS to reach a WebSocket daemon on b: count from here.)
+  const forwardedBefore = await gauge(a, 'beacon_cluster_frames_total', { direction: 'out' });
   const c = await start('c');
   await allSee([a, c], 2);
   const fresh = await Promise.all(wsIds.slice(DAEMONS).map((id) => WsPeer.connect(a.url, id)));
@@ -201,5 +203,5 @@ test('a restarted instance on the address takes new daemons and its share of new
   }
   await udpRing(more, UDP_NODE + FLOWS, 'with c');
   await wsToUdp(fresh, wsIds.slice(DAEMONS), more, UDP_NODE + FLOWS, 'new daemons to udp');
-  assert.equal(await sum([a, c], 'beacon_cluster_frames_total', { direction: 'out' }), 0, 'nothing crossed NATS');
+  assert.equal(await sum([a, c], 'beacon_cluster_frames_total', { direction: 'out' }), forwardedBefore, 'nothing crossed NATS');
 });
