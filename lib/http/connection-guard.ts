@@ -14,12 +14,15 @@
  *   connection carries many clients, whose forwarded addresses the upgrade's
  *   admission counts once the headers are read.
  * - Sockets only: no HTTP parsing. Handlers are shared by all sockets
- *   (memory per peer); the state a socket needs rides on it.
+ *   (memory per peer); the state a socket needs rides on it. The headers
+ *   deadlines are one queue on one timer (lib/deadline-queue.ts), not a
+ *   timer per connection.
  */
 import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { BeaconStats } from '../metrics';
 import { canonicalIp } from '../protocol';
+import { DeadlineQueue, NO_DEADLINE } from '../deadline-queue';
 import { perIpKey } from '../net/client-address';
 
 export interface ConnectionGuardOptions {
@@ -33,7 +36,7 @@ export interface ConnectionGuardOptions {
 
 const DEADLINE = Symbol('headersDeadline');
 const IP_KEY = Symbol('perIpKey');
-type GuardedSocket = Socket & { [DEADLINE]?: NodeJS.Timeout | undefined; [IP_KEY]?: string };
+type GuardedSocket = Socket & { [DEADLINE]?: number; [IP_KEY]?: string };
 
 export class ConnectionGuard {
   private readonly perIp = new Map<string, number>();
@@ -41,23 +44,23 @@ export class ConnectionGuard {
   private readonly onHeaders: (req: { socket: Socket }) => void;
   /** `this` is the socket that closed. */
   private readonly onClose: (this: Socket) => void;
-  private readonly onDeadline: (socket: Socket) => void;
+  private readonly deadlines: DeadlineQueue<GuardedSocket>;
 
   constructor(private readonly options: ConnectionGuardOptions) {
     const guard = this;
     this.onConnection = (socket) => this.accept(socket as GuardedSocket);
-    this.onHeaders = (req) => clearDeadline(req.socket as GuardedSocket);
+    this.onHeaders = (req) => this.clearDeadline(req.socket as GuardedSocket);
     this.onClose = function onClose() {
       const socket = this as GuardedSocket;
-      clearDeadline(socket);
+      guard.clearDeadline(socket);
       const key = socket[IP_KEY];
       if (key !== undefined) guard.release(key);
     };
-    this.onDeadline = (socket) => {
-      (socket as GuardedSocket)[DEADLINE] = undefined;
+    this.deadlines = new DeadlineQueue<GuardedSocket>(options.headersDeadlineMs, (socket) => {
+      socket[DEADLINE] = NO_DEADLINE;
       options.stats.connectionsClosed.headers_timeout++;
       socket.destroy();
-    };
+    });
   }
 
   /** Guards every connection `server` accepts from now on. */
@@ -71,19 +74,26 @@ export class ConnectionGuard {
   private accept(socket: GuardedSocket): void {
     const { options } = this;
     const ip = canonicalIp(socket.remoteAddress ?? '');
-    if (!options.isTrustedProxy(ip)) {
-      const key = perIpKey(ip, options.ipv6PrefixBits);
-      const count = this.perIp.get(key) ?? 0;
-      if (count >= options.maxPerIp) {
-        options.stats.connectionsClosed.max_per_ip++;
-        socket.destroy();
-        return;
-      }
+    const key = perIpKey(ip, options.ipv6PrefixBits);
+    const count = this.perIp.get(key) ?? 0;
+    // Whether the address is a trusted proxy (a parse of it) is asked only at the cap: proxies are never capped.
+    if (count < options.maxPerIp) {
       this.perIp.set(key, count + 1);
       socket[IP_KEY] = key;
+    } else if (!options.isTrustedProxy(ip)) {
+      options.stats.connectionsClosed.max_per_ip++;
+      socket.destroy();
+      return;
     }
-    socket[DEADLINE] = setTimeout(this.onDeadline, options.headersDeadlineMs, socket);
+    socket[DEADLINE] = this.deadlines.add(socket);
     socket.on('close', this.onClose); // 'close' comes once; `once` would wrap it per socket
+  }
+
+  private clearDeadline(socket: GuardedSocket): void {
+    const ticket = socket[DEADLINE];
+    if (ticket === undefined || ticket === NO_DEADLINE) return;
+    this.deadlines.cancel(ticket);
+    socket[DEADLINE] = NO_DEADLINE;
   }
 
   private release(key: string): void {
@@ -91,11 +101,4 @@ export class ConnectionGuard {
     if (left === 0) this.perIp.delete(key);
     else this.perIp.set(key, left);
   }
-}
-
-function clearDeadline(socket: GuardedSocket): void {
-  const timer = socket[DEADLINE];
-  if (timer === undefined) return;
-  clearTimeout(timer);
-  socket[DEADLINE] = undefined;
 }
