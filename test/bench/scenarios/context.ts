@@ -79,7 +79,8 @@ export function isBeaconBuild(settings: BenchSettings, kind: ServerKind): boolea
 }
 
 export async function startServer(settings: BenchSettings, kind: ServerKind, overrides: Record<string, unknown> = {}): Promise<Server> {
-  const nodeFlags = ['--expose-gc'];
+  // BENCH_SERVER_NODE_FLAGS (e.g. --trace-gc) adds flags to the server processes, for a diagnosis.
+  const nodeFlags = ['--expose-gc', ...(process.env.BENCH_SERVER_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])];
   const profile = settings.profileDir !== undefined && kind === 'beacon';
   const dist = kind === 'beacon' ? settings.beaconDist : settings.baselineDist;
   const script = dist

@@ -75,7 +75,11 @@ interface StormWindow {
   errors: Record<string, number>;
   stormMs: number;
   serverCpuShare: number;
+  /** The server's own view of its loop during the storm (servers/loop-watch.ts); NaN from a build without it. */
+  loop: { maxStallMs: number; p99StallMs: number; maxBusyMs: number };
 }
+
+const NO_LOOP_WATCH = { maxStallMs: NaN, p99StallMs: NaN, maxBusyMs: NaN };
 
 async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
   const { worker } = r.steady;
@@ -85,12 +89,14 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   }, MAX_STORM_MS + 15_000);
   await sleep(LEAD_MS);
   await worker.request('latencyReset');
+  const watching = await r.server.child.request('loopWatchStart', { resolutionMs: 1 }).then(() => true, () => false);
   const cpu0 = r.server.child.cpuSeconds();
   const storm = await r.storm.request<{ ok: number; failed: number; errors: Record<string, number>; ms: number }>('wssConnect', {
     port: r.server.http, path: COMPAT_PATH, nodeIds, concurrency: plan.concurrency, localAddresses: LOOPBACK_SOURCES, timeoutMs: 30_000,
   }, MAX_STORM_MS);
   const duringStorm = await worker.request<RecvReport>('recvReport');
   const serverCpuShare = (r.server.child.cpuSeconds() - cpu0) / (storm.ms / 1000);
+  const loop = watching ? { ...NO_LOOP_WATCH, ...await r.server.child.request<Partial<StormWindow['loop']>>('loopWatchStop') } : NO_LOOP_WATCH;
   await worker.request('stopRun');
   const sent = (await running).sent;
   // Drain: until everything sent arrived or nothing moved for 300 ms, bounded.
@@ -105,7 +111,7 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   }
   return {
     latency: duringStorm.latency, lost: sent - received, sent, handshakes: storm.ok, failed: storm.failed, errors: storm.errors,
-    stormMs: storm.ms, serverCpuShare,
+    stormMs: storm.ms, serverCpuShare, loop,
   };
 }
 
@@ -130,6 +136,8 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
   figures.define('established frames lost (quiet + storm)', 'frames', 'lower', (b) => ({ text: 'beacon 0 in every run', met: b.max === 0 }));
   figures.define('storm handshakes/s', 'per s', 'higher');
   figures.define('server CPU during the storm', '% core', 'higher');
+  figures.define('server loop: p99 stretch between turns, storm', 'ms', 'lower');
+  figures.define('server loop: longest own run between turns, storm', 'ms', 'lower');
   const rigs: Partial<Record<ServerKind, Rig>> = {};
   try {
     Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
@@ -151,10 +159,13 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         figures.add('established frames lost (quiet + storm)', kind, Math.max(0, quiet.lost) + Math.max(0, storm.lost));
         figures.add('storm handshakes/s', kind, storm.handshakes / (storm.stormMs / 1000));
         figures.add('server CPU during the storm', kind, 100 * storm.serverCpuShare);
+        figures.add('server loop: p99 stretch between turns, storm', kind, storm.loop.p99StallMs);
+        figures.add('server loop: longest own run between turns, storm', kind, storm.loop.maxBusyMs);
         const failed = Object.entries(storm.errors).map(([c, n]) => `${c}: ${n}`).join(', ');
         settings.log(`  reconnect storm run ${run + 1} ${kind}: ${storm.handshakes} daemons in ${fmt(storm.stormMs)} ms` +
           ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
-          ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent}`);
+          ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent};` +
+          ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms, max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms)`);
       }
     }
   } finally {

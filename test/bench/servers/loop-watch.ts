@@ -2,9 +2,9 @@
  * How long the beacon's event loop went without turning, for the keys-file
  * scenario: two views of the same stretch.
  *
- * - `maxStallMs`: the longest stretch of wall time between two turns
- *   (perf_hooks.monitorEventLoopDelay), whatever the cause, including
- *   other processes on a shared core.
+ * - `maxStallMs` (and `p99StallMs`): the longest stretch of wall time
+ *   between two turns (perf_hooks.monitorEventLoopDelay), whatever the
+ *   cause, including other processes on a shared core.
  * - `maxBusyMs`: the longest time the main thread itself ran on a CPU
  *   between two turns (Linux scheduler statistics), so the beacon's own
  *   work, not the machine's other load; NaN where /proc has no schedstat.
@@ -39,9 +39,13 @@ export class LoopWatch {
     }, resolutionMs);
   }
 
-  stop(): { maxStallMs: number; maxBusyMs: number } {
+  stop(): { maxStallMs: number; p99StallMs: number; maxBusyMs: number } {
     this.histogram.disable();
     clearInterval(this.timer);
-    return { maxStallMs: Math.max(0, this.histogram.max / 1e6 - this.resolutionMs), maxBusyMs: this.maxBusyMs };
+    return {
+      maxStallMs: Math.max(0, this.histogram.max / 1e6 - this.resolutionMs),
+      p99StallMs: Math.max(0, this.histogram.percentile(99) / 1e6 - this.resolutionMs),
+      maxBusyMs: this.maxBusyMs,
+    };
   }
 }
