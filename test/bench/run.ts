@@ -24,6 +24,8 @@
  *                                     a reconnect storm of 12,000 fresh daemons felt by 16 relaying pairs
  *   npm run bench -- --only caddy     the deployed path: handshakes/s and relay frames/s through Caddy with TLS
  *                                     and direct (needs caddy)
+ *   npm run bench -- --only shared    UDP relays: two instances sharing one port (--reuse-port) vs one
+ *                                     instance, and the share of cross-instance relays over NATS (needs nats-server)
  *   npm run bench -- --keys-count N   keys in the keys-file scenario (9/keys; default 1,000,000, quick 100,000)
  *   npm run bench -- --only cluster --cluster-parts convergence,move
  *                                     only these parts of scenario 8 (hop, zeroloss, convergence, move,
@@ -62,6 +64,7 @@ import { handshakeRate } from './scenarios/handshake-rate';
 import { idleMemory } from './scenarios/idle-memory';
 import { reconnectStorm } from './scenarios/reconnect-storm';
 import { deployedPath } from './scenarios/deployed-path';
+import { sharedPort } from './scenarios/shared-port';
 
 interface Scenario {
   id: string;
@@ -156,6 +159,7 @@ async function main(): Promise<void> {
     { id: '13', name: 'idle-memory', run: (s) => idleMemory(s, idle), identities: (fdHardLimit > idle.projectTo ? idle.projectTo : Math.max(...idle.counts)) + 1 },
     { id: '14', name: 'reconnect', run: (s) => reconnectStorm(s, reconnect), identities: reconnect.stormFirst + args.runs * reconnect.stormSize },
     { id: '15', name: 'caddy', run: (s) => deployedPath(s, deployed), identities: deployed.handshakeFirst + deployed.handshakePool },
+    { id: '16', name: 'shared', run: (s) => sharedPort(s, { pairs: 32, payload: 64, windowMs: quick ? 300 : 1_000 }) },
   ];
   const selected = scenarios.filter((s) => !args.only || args.only.includes(s.id) || args.only.includes(s.name)
     || (args.only.includes('6') && s.id === '1'));

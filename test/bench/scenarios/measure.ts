@@ -69,7 +69,12 @@ function sum(values: readonly number[]): number {
   return values.reduce((a, b) => a + b, 0);
 }
 
-export async function measure(server: Server, senders: readonly Sender[], receivers: readonly Child[], options: MeasureOptions): Promise<Window> {
+/** Whose CPU a window is charged to: a server, or several processes summed (scenario 16's instances). */
+export interface CpuSource {
+  child: Pick<Child, 'cpuSeconds'>;
+}
+
+export async function measure(server: CpuSource, senders: readonly Sender[], receivers: readonly Child[], options: MeasureOptions): Promise<Window> {
   await Promise.all(receivers.map((r) => r.request('recvReset')));
   const cpu0 = server.child.cpuSeconds();
   const t0 = performance.now();
