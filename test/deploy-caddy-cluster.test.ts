@@ -1,50 +1,58 @@
 /**
- * deploy/Caddyfile.cluster in front of real beacons, through a real Caddy:
- * it adapts as shipped (the four instances of beacon@1..4, least_conn,
- * health checks on /health); daemons connecting through it are spread over
- * the instances; when one instance stops, its daemons come back through
- * Caddy to the others and new ones go there too; /metrics stays closed.
+ * deploy/Caddyfile.cluster in front of real instances, through a real Caddy
+ * and a real nats-server: it adapts as shipped (one upstream, the address
+ * every instance shares, retries, no active health checks); daemons
+ * connecting through it are spread over two instances sharing that address
+ * (--reuse-port: the kernel spreads Caddy's upstream connections); when one
+ * instance stops, its daemons come back through Caddy to the other and new
+ * ones go there too; /metrics stays closed.
  *
- * The beacons here are independent processes (no NATS): what is under test
- * is Caddy's spreading and failover, not the cluster behind it.
- *
- * Needs Debian's caddy (.ci/install-deps); fails, never skips, without it.
+ * Needs Debian's caddy and nats-server (.ci/install-deps); fails, never
+ * skips, without them.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { CompatClient } from '../lib/client';
-import type { BeaconConfig } from '../lib/config';
 import { COMPAT_PATH } from '../lib/protocol';
 import {
   SHIPPED_CLUSTER_CADDYFILE, adaptClusterCaddyfile, isolatedCaddyEnv, startCaddy, type RunningCaddy,
 } from './helpers/caddy';
-import { nextEvent } from './helpers/client-events';
+import { nextEvent, until } from './helpers/client-events';
+import { allSee, sharedInstance, writeKeys, type Instance, type SharedAddress } from './helpers/cluster';
 import { get, requireTool, run, tempDir } from './helpers/deploy';
-import { eventually, startTestBeacon, type TestBeacon } from './helpers/harness';
+import { withTimeout } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
+import { NatsServer } from './helpers/nats';
 import { parseEnvFile } from './helpers/systemd';
 
-const ids = [1001, 1002, 1003, 1004, 1005].map((n) => makeIdentity(n));
-/** A stopping beacon asks its daemons back within a few hundred ms, not 3 s. */
-const QUICK_RESTART = { restartDelayMs: 100, restartWindowMs: 200 } as Partial<BeaconConfig>;
-
-let first: TestBeacon;
-let second: TestBeacon;
+/** Daemons through Caddy: all on one of two instances has odds 2^-19. */
+const DAEMONS = 20;
+const ids = Array.from({ length: DAEMONS + 1 }, (_, i) => makeIdentity(1001 + i));
+const keys = writeKeys(ids);
+const address: SharedAddress = { bindPort: 0, udpPort: 0 };
+let nats: NatsServer;
+let first: Instance;
+let second: Instance;
 let caddy: RunningCaddy | undefined;
 const clients: CompatClient[] = [];
 
 before(async () => {
   requireTool('caddy');
-  first = await startTestBeacon(ids, QUICK_RESTART);
-  second = await startTestBeacon(ids, QUICK_RESTART);
-  caddy = await startCaddy(adaptClusterCaddyfile([first.beacon.httpAddress.port, second.beacon.httpAddress.port]));
+  nats = await NatsServer.start();
+  // A stopping instance asks its daemons back within a few hundred ms, not 3 s; rebalancing stays out of the way.
+  const extra = ['--restart-delay', '100ms', '--restart-window', '200ms', '--rebalance-rate', '0'];
+  first = await sharedInstance('first', address, { nats: nats.url(), keys, extra });
+  second = await sharedInstance('second', address, { nats: nats.url(), keys, extra });
+  await allSee([first, second], 2);
+  caddy = await startCaddy(adaptClusterCaddyfile(address.bindPort));
 });
 
 after(async () => {
   for (const c of clients) await c.close();
   await caddy?.stop();
-  await first?.close();
-  await second?.close();
+  await first?.stop();
+  await second?.stop();
+  await nats?.close();
 });
 
 function client(id: TestIdentity): CompatClient {
@@ -54,43 +62,46 @@ function client(id: TestIdentity): CompatClient {
   return c;
 }
 
-test('the shipped cluster Caddyfile adapts as is: beacon@1..4 on the ports beacon-instance gives them, least_conn, /health checks, retries', async () => {
+async function peers(instance: Instance): Promise<number> {
+  return (await instance.metric('beacon_wss_peers')) ?? -1;
+}
+
+test('the shipped cluster Caddyfile adapts as is: one upstream, the --bind of beacon.env every instance shares, retries, no active health checks', async () => {
   const dir = tempDir('caddy-cluster-adapt');
   const adapted = await run(requireTool('caddy'), ['adapt', '--config', SHIPPED_CLUSTER_CADDYFILE, '--adapter', 'caddyfile', '--validate'],
     { env: isolatedCaddyEnv(dir), timeoutMs: 20_000 });
   assert.equal(adapted.code, 0, `caddy adapt failed:\n${adapted.stderr}`);
-  const json = JSON.parse(adapted.stdout) as unknown;
-  const text = JSON.stringify(json);
+  const text = JSON.stringify(JSON.parse(adapted.stdout) as unknown);
   const proxy = /"handler":"reverse_proxy".*?"upstreams":(\[[^\]]*\])/.exec(text);
   assert.ok(proxy, text);
   const dials = (JSON.parse(proxy[1]!) as { dial: string }[]).map((u) => u.dial);
-
-  // beacon@N listens on BEACON_BIND's port + N - 1 (deploy/beacon-instance).
   const env = Object.fromEntries(parseEnvFile().filter((e) => !e.commented).map((e) => [e.name, e.value]));
-  const [host, base] = env.BEACON_BIND!.split(':');
-  assert.deepEqual(dials, [1, 2, 3, 4].map((n) => `${host}:${Number(base) + n - 1}`));
-  assert.match(text, /"selection_policy":\{"policy":"least_conn"\}/);
-  assert.match(text, /"active":\{[^}]*"uri":"\/health"/);
+  assert.deepEqual(dials, [env.BEACON_BIND], 'the one address of beacon.env');
   assert.match(text, /"try_duration":5000000000/);
+  assert.doesNotMatch(text, /"health_checks"/, 'with one upstream, a check meeting a draining instance would take them all out');
   assert.match(text, /"path":\["\/v1\/compat","\/health"\]/);
   assert.match(text, /"host":\["beacon\.example\.com"\]/);
 });
 
-test('daemons through Caddy are spread over the instances; when one stops, its daemons and new ones land on the other', async () => {
-  const four = ids.slice(0, 4).map(client);
-  for (const c of four) await c.connect({ failFast: true, timeoutMs: 10_000 });
-  assert.equal(first.beacon.peerCount() + second.beacon.peerCount(), 4);
-  assert.deepEqual([first.beacon.peerCount(), second.beacon.peerCount()], [2, 2], 'least_conn puts two on each');
+test('daemons through Caddy are spread over the instances sharing the address; when one stops, its daemons and new ones land on the other', async () => {
+  const daemons = ids.slice(0, DAEMONS).map(client);
+  for (const c of daemons) await c.connect({ failFast: true, timeoutMs: 10_000 });
+  const [onFirst, onSecond] = [await peers(first), await peers(second)];
+  assert.equal(onFirst + onSecond, DAEMONS);
+  assert.ok(onFirst > 0 && onSecond > 0, `the kernel spread Caddy's connections: ${onFirst} / ${onSecond}`);
 
-  const onFirst = four.filter((c) => first.beacon.isConnected(c.nodeId));
-  const back = onFirst.map((c) => nextEvent(c, 'connected', 15_000, (e) => e.attempt > 1));
-  await first.close();
+  const back = daemons.filter((c) => first.logs.some((l) => l.msg === 'peer connected' && l.nodeId === c.nodeId))
+    .map((c) => nextEvent(c, 'connected', 15_000, (e) => e.attempt > 1));
+  assert.equal(back.length, onFirst);
+  first.kill('SIGTERM');
+  assert.deepEqual(await withTimeout(first.exited, 15_000, 'the first instance to exit'), { code: 0, signal: null });
   await Promise.all(back);
-  await eventually(() => second.beacon.peerCount() === 4, 5_000, 'all four daemons on the remaining instance');
+  await until(() => daemons.every((c) => c.state === 'connected'), 10_000, 'every daemon connected');
+  assert.equal(await peers(second), DAEMONS, 'all on the remaining instance');
 
-  const late = client(ids[4]!);
+  const late = client(ids[DAEMONS]!);
   await late.connect({ failFast: true, timeoutMs: 10_000 });
-  assert.ok(second.beacon.isConnected(late.nodeId), 'a new daemon goes to the instance that is up');
+  assert.equal(await peers(second), DAEMONS + 1, 'a new daemon goes to the instance that is up');
 });
 
 test('through the cluster Caddyfile /health answers and /metrics is refused', async () => {

@@ -3,11 +3,13 @@
  * shipped: `systemd-analyze verify` and the offline security review pass
  * for an instance; the template keeps every setting of beacon.service but
  * the few that make it a template; cluster.env holds only variables of the
- * cluster flags; beacon-instance derives each instance's ports and ID and
- * refuses what it cannot use; the unit's own ExecStart runs two instances
- * side by side on their derived ports, each sending READY=1 from its own
- * process, and the wait-ready drop-in (for builds without the addon)
- * verifies and waits for each on its own port.
+ * cluster flags, sharing the address (--reuse-port) with a base --ops-bind;
+ * beacon-instance gives each instance its --ops-bind (and, without
+ * --reuse-port, ports of its own) and refuses what it cannot use; the
+ * unit's own ExecStart runs two instances side by side on the one address,
+ * each on its own --ops-bind and sending READY=1 from its own process, and
+ * the wait-ready drop-in (for builds without the addon) verifies and waits
+ * for each on its own --ops-bind.
  *
  * Needs Debian's systemd (for systemd-analyze; .ci/install-deps); fails,
  * never skips, without it.
@@ -19,6 +21,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { freeTcpPort, get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
+import { freeUdpPort } from './helpers/wire';
 import { keysFileJson, makeIdentity } from './helpers/identity';
 import { FakeNotifySocket } from './helpers/notify-socket';
 import { Child, parseEnvFile, parseUnit, setting, unitCommand, UNIT_PATH, type Unit } from './helpers/systemd';
@@ -35,6 +38,8 @@ const INSTANCE = join(REPO_ROOT, 'deploy', 'beacon-instance');
 const CLUSTER_VARIABLES = [
   'BEACON_CLUSTER', 'BEACON_CLUSTER_CREDS', 'BEACON_CLUSTER_TLS_CA', 'BEACON_CLUSTER_NAME',
   'BEACON_INSTANCE_ID', 'BEACON_CLUSTER_DEAD_AFTER',
+  // Issue 21: one address for every instance, /health and /metrics of each on its own, rebalancing.
+  'BEACON_REUSE_PORT', 'BEACON_OPS_BIND', 'BEACON_REBALANCE_RATE', 'BEACON_REBALANCE_SLACK', 'BEACON_REBALANCE_DELAY',
 ];
 
 const template = parseUnit(readFileSync(TEMPLATE_PATH, 'utf8'));
@@ -142,8 +147,10 @@ test('cluster.env sets only the cluster flags\' variables (each one the CLI read
   }
   const vars = active(clusterEnv);
   assert.match(vars.BEACON_CLUSTER ?? '', /^nats:\/\/[^@]+@127\.0\.0\.1:4222$/, 'one machine: its own NATS, with the beacon user');
-  for (const derived of ['BEACON_BIND', 'BEACON_UDP']) assert.ok(!(derived in vars), `${derived} is derived per instance, not set in cluster.env`);
-  assert.ok(!('BEACON_INSTANCE_ID' in vars), 'one BEACON_INSTANCE_ID for every instance would be refused: it is derived');
+  for (const shared of ['BEACON_BIND', 'BEACON_UDP']) assert.ok(!(shared in vars), `${shared} is beacon.env's, the one address of every instance`);
+  assert.ok(!('BEACON_INSTANCE_ID' in vars), 'the default ID (host name and --ops-bind port) differs per instance already');
+  assert.equal(vars.BEACON_REUSE_PORT, '1', 'the instances share beacon.env\'s address');
+  assert.equal(vars.BEACON_OPS_BIND, '127.0.0.1:9101', 'the base --ops-bind, on loopback');
 });
 
 /** A port P with P + 1 free too (instances 1 and 2), each checked by binding it. */
@@ -167,22 +174,31 @@ function canListen(port: number): Promise<boolean> {
 async function derive(instance: string, env: Record<string, string>) {
   const dir = tempDir('instance');
   const script = join(dir, 'show.js');
-  writeFileSync(script, 'process.stdout.write(JSON.stringify({ argv: process.argv.slice(2), bind: process.env.BEACON_BIND, udp: process.env.BEACON_UDP, id: process.env.BEACON_INSTANCE_ID }));\n');
+  writeFileSync(script, 'process.stdout.write(JSON.stringify({ argv: process.argv.slice(2), bind: process.env.BEACON_BIND, udp: process.env.BEACON_UDP, '
+    + 'ops: process.env.BEACON_OPS_BIND, id: process.env.BEACON_INSTANCE_ID }));\n');
   const result = await run(process.execPath, [INSTANCE, instance, script, 'a', '--b'], { env: { PATH: process.env.PATH, ...env }, timeoutMs: 10_000 });
-  return { ...result, shown: result.code === 0 ? JSON.parse(result.stdout) as { argv: string[]; bind: string; udp: string; id: string } : undefined };
+  return { ...result, shown: result.code === 0 ? JSON.parse(result.stdout) as { argv: string[]; bind?: string; udp?: string; ops: string; id?: string } : undefined };
 }
 
-test('beacon-instance: instance N gets the base ports plus N - 1 and the ID <prefix or host>-N, and runs the script with its arguments', async () => {
-  const base = { BEACON_CLUSTER: 'nats://127.0.0.1:4222', BEACON_BIND: '127.0.0.1:8443', BEACON_UDP: '0.0.0.0:9001' };
+test('beacon-instance: instance N shares the address and gets the --ops-bind port plus N - 1 (its default ID follows), and runs the script with its arguments', async () => {
+  const base = { BEACON_CLUSTER: 'nats://127.0.0.1:4222', BEACON_BIND: '127.0.0.1:8443', BEACON_UDP: '0.0.0.0:9001', BEACON_REUSE_PORT: '1', BEACON_OPS_BIND: '127.0.0.1:9101' };
   const third = await derive('3', base);
   assert.equal(third.code, 0, third.stderr);
-  assert.deepEqual(third.shown, { argv: ['a', '--b'], bind: '127.0.0.1:8445', udp: '0.0.0.0:9003', id: `${hostname()}-3` });
-  const first = await derive('1', { ...base, BEACON_INSTANCE_ID: 'relay-eu', BEACON_UDP: '[::]:9001' });
-  assert.deepEqual(first.shown, { argv: ['a', '--b'], bind: '127.0.0.1:8443', udp: '[::]:9001', id: 'relay-eu-1' });
-  // Defaults (the beacon's own) when beacon.env leaves them out; port 0 stays "any free port".
-  const bare = await derive('2', { BEACON_CLUSTER: 'nats://127.0.0.1:4222', BEACON_UDP: '127.0.0.1:0' });
-  assert.deepEqual(bare.shown?.bind, '127.0.0.1:8444');
-  assert.deepEqual(bare.shown?.udp, '127.0.0.1:0');
+  assert.deepEqual(third.shown, { argv: ['a', '--b'], bind: '127.0.0.1:8443', udp: '0.0.0.0:9001', ops: '127.0.0.1:9103' },
+    'the same address for all; no ID set: the beacon\'s default, host name and --ops-bind port');
+  const first = await derive('1', { ...base, BEACON_INSTANCE_ID: 'relay-eu', BEACON_REUSE_PORT: 'yes' });
+  assert.deepEqual(first.shown, { argv: ['a', '--b'], bind: '127.0.0.1:8443', udp: '0.0.0.0:9001', ops: '127.0.0.1:9101', id: 'relay-eu-1' });
+  // Defaults (the beacon's own, and the shipped base --ops-bind) when the env files leave them out; port 0 stays "any free port".
+  const bare = await derive('2', { BEACON_CLUSTER: 'nats://127.0.0.1:4222', BEACON_REUSE_PORT: 'true', BEACON_UDP: '127.0.0.1:0' });
+  assert.deepEqual(bare.shown, { argv: ['a', '--b'], udp: '127.0.0.1:0', ops: '127.0.0.1:9102' });
+});
+
+test('beacon-instance without --reuse-port (a build without the addon): instance N also takes the ports of beacon.env plus N - 1', async () => {
+  const base = { BEACON_CLUSTER: 'nats://127.0.0.1:4222', BEACON_BIND: '127.0.0.1:8443', BEACON_UDP: '[::]:9001', BEACON_OPS_BIND: '127.0.0.1:9101' };
+  for (const off of [{ BEACON_REUSE_PORT: '0' }, { BEACON_REUSE_PORT: 'no' }, {}] as Array<Record<string, string>>) {
+    const third = await derive('3', { ...base, ...off });
+    assert.deepEqual(third.shown, { argv: ['a', '--b'], bind: '127.0.0.1:8445', udp: '[::]:9003', ops: '127.0.0.1:9103' }, JSON.stringify(off));
+  }
 });
 
 test('beacon-instance refuses, with exit 2 and one line naming the fix: no BEACON_CLUSTER, a bad instance number, a port past 65535', async () => {
@@ -194,6 +210,8 @@ test('beacon-instance refuses, with exit 2 and one line naming the fix: no BEACO
     ['x', base, /"x" is not an instance number/],
     ['2', { ...base, BEACON_BIND: '127.0.0.1:65535' }, /BEACON_BIND="127\.0\.0\.1:65535": instance 2 would listen on port 65536/],
     ['2', { ...base, BEACON_UDP: 'localhost' }, /BEACON_UDP="localhost" is not HOST:PORT/],
+    ['2', { ...base, BEACON_REUSE_PORT: '1', BEACON_OPS_BIND: '127.0.0.1:65535' }, /BEACON_OPS_BIND="127\.0\.0\.1:65535": instance 2 would listen on port 65536/],
+    ['2', { ...base, BEACON_REUSE_PORT: '1', BEACON_OPS_BIND: '9101' }, /BEACON_OPS_BIND="9101" is not HOST:PORT/],
   ];
   for (const [instance, env, message] of cases) {
     const result = await derive(instance, env);
@@ -205,26 +223,29 @@ test('beacon-instance refuses, with exit 2 and one line naming the fix: no BEACO
   }
 });
 
-test('the unit\'s ExecStart runs instances 1 and 2 side by side on their derived ports, each sending READY=1 itself, and the drop-in\'s ExecStartPost waits for each on its own port', async (t) => {
+test('the unit\'s ExecStart runs instances 1 and 2 side by side on the one address, each on its own --ops-bind and sending READY=1 itself, and the drop-in\'s ExecStartPost waits for each there', async (t) => {
   const dir = tempDir('instances');
   const keys = join(dir, 'keys.json');
   writeFileSync(keys, keysFileJson([makeIdentity(7777)]));
-  const httpBase = await twoFreePorts();
+  const [bindPort, opsBase] = [await freeTcpPort(), await twoFreePorts()];
   const shared = {
     PATH: process.env.PATH,
     ...active(parseEnvFile()),
     ...active(clusterEnv),
-    BEACON_BIND: `127.0.0.1:${httpBase}`,
+    BEACON_BIND: `127.0.0.1:${bindPort}`,
     BEACON_UDP: '127.0.0.1:0',
+    BEACON_OPS_BIND: `127.0.0.1:${opsBase}`,
     BEACON_KEYS: keys,
     // No NATS listens here: an instance starts anyway (issue 14, "NATS unreachable at start").
     BEACON_CLUSTER: `nats://127.0.0.1:${await freeTcpPort()}`,
     BEACON_LOG_LEVEL: 'info',
   };
+  // Port 0 for --udp would give each instance a port of its own: one fixed port, as in production.
+  shared.BEACON_UDP = `127.0.0.1:${await freeUdpPort()}`;
   const command = (unit: Unit, key: 'ExecStart' | 'ExecStartPost', n: number) =>
     unitCommand(setting(unit, 'Service', key).replace(/%i/g, String(n)));
   for (const n of [1, 2]) {
-    const port = httpBase + n - 1;
+    const ops = opsBase + n - 1;
     const wait = command(dropIn, 'ExecStartPost', n);
     wait[wait.length - 1] = '20';
     const waiting = spawnChild(wait, shared);
@@ -232,12 +253,14 @@ test('the unit\'s ExecStart runs instances 1 and 2 side by side on their derived
     t.after(() => notify.close());
     const beacon = spawnChild(command(template, 'ExecStart', n), { ...shared, NOTIFY_SOCKET: notify.address }, dir);
     const listening = await beacon.waitForLog('beacon listening', 15_000);
-    assert.equal(listening.bind, `127.0.0.1:${port}`, `instance ${n} listens on the base port + ${n - 1}`);
+    assert.deepEqual([listening.bind, listening.udp, listening.opsBind], [shared.BEACON_BIND, shared.BEACON_UDP, `127.0.0.1:${ops}`],
+      `instance ${n}: the shared address, and the base --ops-bind port + ${n - 1}`);
+    assert.equal(listening.instanceId, `${hostname()}:${ops}`, 'the default ID: host name and --ops-bind port');
     const ready = await notify.waitFor((m) => m.fields.READY === '1', `READY=1 from instance ${n}`);
     assert.equal(ready.pid, beacon.pid, 'MAINPID is the beacon itself: beacon-instance runs it in its own process');
-    assert.match(ready.fields.STATUS ?? '', new RegExp(`^serving on 127\\.0\\.0\\.1:${port} `));
+    assert.match(ready.fields.STATUS ?? '', new RegExp(`^serving on 127\\.0\\.0\\.1:${bindPort} `));
     assert.deepEqual(await waiting.exit, { code: 0, signal: null }, `wait-ready for instance ${n}: ${waiting.output}`);
-    assert.equal((await get(`http://127.0.0.1:${port}`, '/health')).status, 200);
+    assert.equal((await get(`http://127.0.0.1:${ops}`, '/health')).status, 200);
   }
   for (const child of children.splice(0)) {
     const exit = await child.stop(10_000);

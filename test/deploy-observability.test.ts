@@ -33,6 +33,8 @@ const PROMETHEUS_OWN = new Set(['up']);
 const CLUSTER_ONLY = new Set([
   'beacon_cluster_connected', 'beacon_cluster_instances', 'beacon_cluster_directory_entries',
   'beacon_cluster_frames_total', 'beacon_cluster_batches_total',
+  // Issue 21: instances sharing one address.
+  'beacon_cluster_rebalanced_total', 'beacon_cluster_udp_adopted_total',
 ]);
 
 let tb: TestBeacon;
@@ -230,6 +232,65 @@ test('every metric named in the alerts and the dashboard is one the running beac
   }
   assert.ok(used.size >= 20, `only ${used.size} metric names found: is the parsing right?`);
 });
+
+test('several machines are told apart: every target has a machine label, every aggregation keeps it, every alert and legend names it, every query can filter by it', () => {
+  const config = readFileSync(PROMETHEUS_CONFIG_PATH, 'utf8');
+  const targets = [...config.matchAll(/^\s*- targets: .*$/gm)].length;
+  assert.ok(targets >= 1);
+  assert.equal([...config.matchAll(/^\s*labels:\n\s*(?:#.*\n\s*)*machine: \S+$/gm)].length, targets, 'each static_configs entry has a machine label');
+  assert.match(config, /targets: \['127\.0\.0\.1:9101', '127\.0\.0\.1:9102'/, 'the instances\' --ops-bind addresses');
+  const text = readFileSync(ALERTS_PATH, 'utf8');
+  for (const { alert, expr } of readAlertRules(text)) {
+    for (const [clause] of expr.matchAll(/\b(?:by|on) \(([^)]*)\)/g)) assert.match(clause, /machine/, `${alert}: ${clause} drops the machine label`);
+  }
+  const summaries = [...text.matchAll(/summary: "([^"]*)"/g)].map((m) => m[1]!);
+  assert.equal(summaries.length, readAlertRules(text).length);
+  for (const summary of summaries.filter((s) => s.includes('$labels.instance'))) assert.match(summary, /\$labels\.machine/, summary);
+  const dashboard = JSON.parse(readFileSync(DASHBOARD_PATH, 'utf8')) as { templating: { list: { name: string }[] } };
+  assert.deepEqual(dashboard.templating.list.map((v) => v.name), ['datasource', 'machine', 'instance']);
+  for (const { where, expr } of dashboardQueries(dashboard)) {
+    if (!expr.includes('$instance')) continue;
+    for (const selector of expr.match(/\{[^}]*\$instance[^}]*\}/g) ?? []) assert.match(selector, /machine=~"\$machine"/, `${where}: ${expr}`);
+  }
+});
+
+test('the same instance address on two machines: an alert fires for the one in trouble, under its machine, not for both summed', async () => {
+  const promtool = requireTool('promtool');
+  const instance = '127.0.0.1:9101';
+  const series = (machine: string, failing: number) => ({
+    [`beacon_wss_auth_total{job="beacon",machine="${machine}",instance="${instance}",result="fail",reason="bad_signature"}`]: `0+${failing}x40`,
+    [`beacon_wss_auth_total{job="beacon",machine="${machine}",instance="${instance}",result="ok",reason=""}`]: '0+100x40',
+  });
+  const tests = [{
+    interval: '1m',
+    // Machine a fails 120 a minute of 220 (over half), b none: summed over "instance" alone they would be 120 of 320.
+    input_series: inputSeries(series('a', 120), series('b', 0)),
+    alert_rule_test: [{
+      eval_time: '40m', alertname: 'BeaconAuthFailureSpike',
+      exp_alerts: [{
+        exp_labels: { severity: 'warning', machine: 'a', instance },
+        exp_annotations: {
+          summary: `Most compat handshakes on a ${instance} fail`,
+          description: readAlertDescription('BeaconAuthFailureSpike'),
+        },
+      }],
+    }],
+  }];
+  const dir = tempDir('promtool-machines');
+  const file = join(dir, 'machines.test.yml');
+  writeFileSync(file, JSON.stringify({ rule_files: [ALERTS_PATH], evaluation_interval: '1m', tests }, null, 2));
+  const result = await run(promtool, ['test', 'rules', file], { timeoutMs: 60_000 });
+  assert.equal(result.code, 0, `promtool test rules failed:\n${result.stdout}${result.stderr}`);
+});
+
+/** An alert's description as Prometheus renders it (alerts.yml writes it as a folded `>-` block without templates). */
+function readAlertDescription(alert: string): string {
+  const text = readFileSync(ALERTS_PATH, 'utf8');
+  const at = text.indexOf(`- alert: ${alert}\n`);
+  const block = /description: >-\n((?:\s{12}.*\n)+)/.exec(text.slice(at));
+  assert.ok(block, `no description for ${alert}`);
+  return block[1]!.split('\n').map((line) => line.trim()).filter(Boolean).join(' ');
+}
 
 test('the metric-name reader finds names and nothing else', () => {
   assert.deepEqual([...metricNamesIn('sum by (instance, reason) (rate(beacon_dropped_total{reason!~"a|b"}[5m] offset 1h)) > 0.05 * on (instance) group_left beacon_x / 1e3')].sort(),

@@ -34,14 +34,13 @@ export function adaptShippedCaddyfile(upstreamPort: number, shipped = readFileSy
   return forTestMachine(text);
 }
 
-/** deploy/Caddyfile.cluster: spreads over beacon@1..4. */
+/** deploy/Caddyfile.cluster: one upstream, the address every instance shares (--reuse-port). */
 export const SHIPPED_CLUSTER_CADDYFILE = join(REPO_ROOT, 'deploy', 'Caddyfile.cluster');
-export const SHIPPED_CLUSTER_UPSTREAMS = 'reverse_proxy 127.0.0.1:8443 127.0.0.1:8444 127.0.0.1:8445 127.0.0.1:8446 {';
+export const SHIPPED_CLUSTER_UPSTREAM = 'reverse_proxy 127.0.0.1:8443 {';
 
-/** The shipped cluster Caddyfile, adapted for a test machine, its four upstreams replaced by `upstreamPorts`. */
-export function adaptClusterCaddyfile(upstreamPorts: number[], shipped = readFileSync(SHIPPED_CLUSTER_CADDYFILE, 'utf8')): string {
-  const upstreams = upstreamPorts.map((port) => `127.0.0.1:${port}`).join(' ');
-  const text = replaceOnce(shipped, SHIPPED_CLUSTER_UPSTREAMS, `reverse_proxy ${upstreams} {`, `"${SHIPPED_CLUSTER_UPSTREAMS}"`);
+/** The shipped cluster Caddyfile, adapted for a test machine, its upstream the instances' shared port. */
+export function adaptClusterCaddyfile(sharedPort: number, shipped = readFileSync(SHIPPED_CLUSTER_CADDYFILE, 'utf8')): string {
+  const text = replaceOnce(shipped, SHIPPED_CLUSTER_UPSTREAM, `reverse_proxy 127.0.0.1:${sharedPort} {`, `"${SHIPPED_CLUSTER_UPSTREAM}"`);
   return forTestMachine(text);
 }
 

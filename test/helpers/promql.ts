@@ -62,8 +62,8 @@ export function dashboardQueries(dashboard: unknown): { where: string; expr: str
   for (const v of d.templating?.list ?? []) {
     if (v.type !== 'query') continue;
     const query = typeof v.query === 'string' ? v.query : (v.query as { query?: string } | undefined)?.query ?? v.definition ?? '';
-    // Grafana's label_values(metric, label) is not PromQL: its metric is the first argument.
-    const labelValues = /^\s*label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*,\s*[a-zA-Z_][a-zA-Z0-9_]*\s*\)\s*$/.exec(query);
+    // Grafana's label_values(series, label) is not PromQL: its series (a metric, or a selector) is the first argument.
+    const labelValues = /^\s*label_values\(\s*([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?)\s*,\s*[a-zA-Z_][a-zA-Z0-9_]*\s*\)\s*$/.exec(query);
     out.push({ where: `variable "${v.name}"`, expr: labelValues ? labelValues[1]! : query });
   }
   return out;
