@@ -11,6 +11,8 @@
  * skips, without them.
  */
 import assert from 'node:assert/strict';
+import { copyFileSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { CompatClient } from '../lib/client';
 import { COMPAT_PATH } from '../lib/protocol';
@@ -19,7 +21,7 @@ import {
 } from './helpers/caddy';
 import { nextEvent, until } from './helpers/client-events';
 import { allSee, sharedInstance, writeKeys, type Instance, type SharedAddress } from './helpers/cluster';
-import { get, requireTool, run, tempDir } from './helpers/deploy';
+import { REPO_ROOT, get, requireTool, run, tempDir } from './helpers/deploy';
 import { withTimeout } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { NatsServer } from './helpers/nats';
@@ -102,6 +104,29 @@ test('daemons through Caddy are spread over the instances sharing the address; w
   const late = client(ids[DAEMONS]!);
   await late.connect({ failFast: true, timeoutMs: 10_000 });
   assert.equal(await peers(second), DAEMONS + 1, 'a new daemon goes to the instance that is up');
+});
+
+test('the cluster guide\'s local TLS recipe (1.5): its sed turns the shipped file into a localhost site with tls internal, and keeps Caddy\'s admin endpoint and ports', async () => {
+  const guide = readFileSync(join(REPO_ROOT, 'docs', 'cluster-deploy.md'), 'utf8');
+  const recipe = guide.slice(guide.indexOf('**Trying it on a machine without a public name.**'), guide.indexOf('### 1.6'));
+  const command = /^sed -i '([^']+)' \/etc\/caddy\/Caddyfile$/m.exec(recipe);
+  assert.ok(command, 'the recipe edits /etc/caddy/Caddyfile with one sed expression');
+  assert.match(recipe, /^systemctl reload caddy$/m, 'through the system Caddy\'s reload');
+  assert.doesNotMatch(recipe.replace(/do not add `admin off`/, ''), /admin off|https_port|http_port/, 'nothing that breaks the reload or moves Caddy\'s ports');
+  const dir = tempDir('caddy-tls-recipe');
+  const file = join(dir, 'Caddyfile');
+  copyFileSync(SHIPPED_CLUSTER_CADDYFILE, file);
+  const edited = await run('sed', ['-i', command[1]!, file], { timeoutMs: 10_000 });
+  assert.equal(edited.code, 0, edited.stderr);
+  const text = readFileSync(file, 'utf8');
+  assert.match(text, /^localhost \{\n\ttls internal\n/m);
+  const adapted = await run(requireTool('caddy'), ['adapt', '--config', file, '--adapter', 'caddyfile', '--validate'], { env: isolatedCaddyEnv(dir), timeoutMs: 20_000 });
+  assert.equal(adapted.code, 0, `caddy adapt failed:\n${adapted.stderr}`);
+  const json = JSON.stringify(JSON.parse(adapted.stdout) as unknown);
+  assert.match(json, /"host":\["localhost"\]/);
+  assert.match(json, /"issuers":\[\{"module":"internal"\}\]/);
+  assert.doesNotMatch(json, /"admin":\{"disabled":true/);
+  assert.match(json, /"listen":\[":443"\]/);
 });
 
 test('through the cluster Caddyfile /health answers and /metrics is refused', async () => {

@@ -35,14 +35,19 @@ export interface Step {
 
 /** The numbered steps of the README's walkthrough section. */
 export function readWalkthrough(readme: string): Step[] {
-  const start = readme.indexOf('\n## Walkthrough');
-  if (start < 0) throw new Error('README has no "## Walkthrough" section');
-  const end = readme.indexOf('\n## ', start + 1);
-  const section = readme.slice(start, end < 0 ? undefined : end);
+  return readSteps(readme, 'Walkthrough');
+}
+
+/** The numbered steps (`### N. title`) of the `## <title…>` section of a page, with their code blocks. */
+export function readSteps(page: string, section: string): Step[] {
+  const start = page.indexOf(`\n## ${section}`);
+  if (start < 0) throw new Error(`the page has no "## ${section}" section`);
+  const end = page.indexOf('\n## ', start + 1);
+  const text = page.slice(start, end < 0 ? undefined : end);
   const steps: Step[] = [];
   let current: Step | undefined;
   let block: CodeBlock | undefined;
-  for (const line of section.split('\n')) {
+  for (const line of text.split('\n')) {
     if (block) {
       if (line.startsWith('```')) {
         current?.blocks.push(block);
@@ -190,7 +195,7 @@ export class Terminal {
 }
 
 /** Waits, bounded, for `ready()`. */
-async function until(ready: () => boolean, what: string): Promise<void> {
+export async function until(ready: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + WAIT_MS;
   while (!ready()) {
     if (Date.now() > deadline) throw new Error(`no ${what} within ${WAIT_MS} ms`);
@@ -199,7 +204,7 @@ async function until(ready: () => boolean, what: string): Promise<void> {
 }
 
 /** Runs a command to its end; it must exit 0. */
-async function runToEnd(t: Terminal): Promise<Terminal> {
+export async function runToEnd(t: Terminal): Promise<Terminal> {
   const code = await t.finished();
   if (code !== 0) throw new Error(`"${t.command}" exited ${code}; stdout: ${t.stdout}\nstderr: ${t.stderr}`);
   return t;
