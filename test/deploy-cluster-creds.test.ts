@@ -165,13 +165,15 @@ test('the unit\'s ExecStart with the drop-in\'s variable and a credentials direc
   const template = parseUnit(readFileSync(TEMPLATE_PATH, 'utf8'));
   const httpPort = await freeTcpPort();
   // systemd's order: Environment= first, then the EnvironmentFile=s override it.
-  const unitEnv = (withDropIn: boolean, port: number) => ({
+  const unitEnv = (withDropIn: boolean, port: number, opsPort: number) => ({
     PATH: process.env.PATH,
     ...(withDropIn ? { ...dropInEnvironment(credentialsDirectory), CREDENTIALS_DIRECTORY: credentialsDirectory } : {}),
     ...active(join(REPO_ROOT, 'deploy', 'beacon.env')),
     ...active(CLUSTER_ENV_PATH),
     BEACON_BIND: `127.0.0.1:${port}`,
     BEACON_UDP: '127.0.0.1:0',
+    // beacon@1's --ops-bind is the base port: a free one here, not the shipped 9101.
+    BEACON_OPS_BIND: `127.0.0.1:${opsPort}`,
     BEACON_KEYS: keys,
     BEACON_CLUSTER: `nats://127.0.0.1:${nats.ports.client}`,
     BEACON_LOG_LEVEL: 'info',
@@ -183,17 +185,18 @@ test('the unit\'s ExecStart with the drop-in\'s variable and a credentials direc
     return child;
   };
 
-  const beacon = spawnChild(unitEnv(true, httpPort));
+  const opsPort = await freeTcpPort();
+  const beacon = spawnChild(unitEnv(true, httpPort, opsPort));
   await beacon.waitForLog('cluster joined', 15_000);
   const metrics = await get(`http://127.0.0.1:${httpPort}`, '/metrics');
   assert.equal(promValue(metrics.body, 'beacon_cluster_connected'), 1);
   // The server let it in as the nkey user of the seed in the credentials directory.
   const connz = await nats.monitor('/connz?auth=true');
-  const ours = ((connz.connections ?? []) as { name?: string; authorized_user?: string }[]).find((c) => c.name === `beacon ${hostname()}-1`);
+  const ours = ((connz.connections ?? []) as { name?: string; authorized_user?: string }[]).find((c) => c.name === `beacon ${hostname()}:${opsPort}`);
   assert.equal(ours?.authorized_user, user.getPublicKey(), JSON.stringify(connz.connections));
 
   // The same unit without the drop-in: no credentials, so this NATS refuses it (exit 2: systemd does not retry).
-  const bare = spawnChild(unitEnv(false, await freeTcpPort()));
+  const bare = spawnChild(unitEnv(false, await freeTcpPort(), await freeTcpPort()));
   const exit = await withTimeout(bare.exit, 15_000, "the beacon without credentials to exit");
   assert.deepEqual(exit, { code: 2, signal: null }, bare.output);
   assert.match(bare.output, /NATS refused this beacon's credentials/);
