@@ -212,30 +212,48 @@ test('a reload of a big keys file leaves the event loop free: /health answers an
   const b = await connectPeer(`ws://${base}${COMPAT_PATH}`, bob);
   t.after(() => { a.terminate(); b.terminate(); });
 
-  writeKeysFileAtomic(keysPath, withIdentities(big, [alice, bob, carol]));
-  let turns = 0;
-  let reloading = true;
-  const countTurns = () => {
-    turns++;
-    if (reloading) setImmediate(countTurns);
+  /**
+   * One reload, probed: /health and a relay, round after round, while it runs. A round that ends after the
+   * swap is no evidence either way; on a loaded machine the first round can outlast a whole reload, so the
+   * test reloads again (the file with and without carol, in turn: identical content is not reloaded).
+   */
+  const probedReload = async (ids: readonly TestIdentity[]) => {
+    writeKeysFileAtomic(keysPath, withIdentities(big, ids));
+    let turns = 0;
+    let reloading = true;
+    const countTurns = () => {
+      turns++;
+      if (reloading) setImmediate(countTurns);
+    };
+    setImmediate(countTurns);
+    const reload = beacon.reloadKeys().finally(() => { reloading = false; });
+    let healthAnswers = 0;
+    let relayed = 0;
+    while (reloading) {
+      const got = nextMessage(b);
+      a.send(encodeRelay(7777, 8888, Buffer.from(`frame ${relayed}`)));
+      const [health, frame] = await Promise.all([fetch(`http://${base}/health`), got]);
+      if (!reloading) break; // answered after the swap: not evidence of anything
+      if (health.status === 200) healthAnswers++;
+      const packet = decodePacket(frame.data);
+      if (packet?.type === PacketType.RelayDeliver && packet.payload.toString() === `frame ${relayed}`) relayed++;
+    }
+    assert.equal(await reload, true);
+    return { healthAnswers, relayed, turns };
   };
-  setImmediate(countTurns);
-  const reload = beacon.reloadKeys().finally(() => { reloading = false; });
-  let healthAnswers = 0;
-  let relayed = 0;
-  while (reloading) {
-    const got = nextMessage(b);
-    a.send(encodeRelay(7777, 8888, Buffer.from(`frame ${relayed}`)));
-    const [health, frame] = await Promise.all([fetch(`http://${base}/health`), got]);
-    if (!reloading) break; // answered after the swap: not evidence of anything
-    if (health.status === 200) healthAnswers++;
-    const packet = decodePacket(frame.data);
-    if (packet?.type === PacketType.RelayDeliver && packet.payload.toString() === `frame ${relayed}`) relayed++;
+  let probe = { healthAnswers: 0, relayed: 0, turns: 0 };
+  let withCarol = true;
+  for (let attempt = 0; attempt < 6 && (probe.healthAnswers === 0 || probe.relayed === 0); attempt++) {
+    withCarol = attempt % 2 === 0;
+    probe = await probedReload(withCarol ? [alice, bob, carol] : [alice, bob]);
   }
-  assert.equal(await reload, true);
-  assert.ok(healthAnswers >= 1, `/health answered ${healthAnswers} times during the reload`);
-  assert.ok(relayed >= 1, `${relayed} relays crossed during the reload`);
-  assert.ok(turns > healthAnswers, `the loop turned ${turns} times during the reload`);
+  assert.ok(probe.healthAnswers >= 1, `/health answered ${probe.healthAnswers} times during the reload`);
+  assert.ok(probe.relayed >= 1, `${probe.relayed} relays crossed during the reload`);
+  assert.ok(probe.turns > probe.healthAnswers, `the loop turned ${probe.turns} times during the reload`);
+  if (!withCarol) {
+    writeKeysFileAtomic(keysPath, withIdentities(big, [alice, bob, carol]));
+    assert.equal(await beacon.reloadKeys(), true);
+  }
 
   // The new keys are in, and the peers whose key did not change are still there.
   assert.equal(await keysLoaded(beacon), 100_003);
