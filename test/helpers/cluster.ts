@@ -206,11 +206,13 @@ export interface SharedAddress {
  * first, whose ports are then written into `address`) with an --ops-bind
  * of its own, where its metrics are read; waits until it takes UDP claims.
  * Every daemon of a test comes from 127.0.0.1: --max-per-ip is raised for them.
+ * The auth timeout is the production one (10 s), as the test helpers' waits.
  */
 export async function sharedInstance(name: string, address: SharedAddress, options: InstanceOptions): Promise<Instance> {
   const instance = new Instance(name, [
     '--bind', `127.0.0.1:${address.bindPort}`, '--udp', `127.0.0.1:${address.udpPort}`, '--reuse-port', '--ops-bind', '127.0.0.1:0',
-    '--auth-timeout', '2s', '--shutdown-grace', '300ms', '--max-per-ip', '1000', '--keys', options.keys, '--cluster', options.nats,
+    // Tests connect a few dozen daemons at once: on a loaded machine their handshakes took over 2 s (closed 1008).
+    '--auth-timeout', '10s', '--shutdown-grace', '300ms', '--max-per-ip', '1000', '--keys', options.keys, '--cluster', options.nats,
     '--cluster-dead-after', options.deadAfter ?? '1s', ...(options.extra ?? []),
   ]);
   const listening = await instance.waitForLog((l) => l.msg === 'beacon listening', "'beacon listening'");
