@@ -895,6 +895,8 @@ class NatsCluster implements ClusterNode, ClusterStarter {
     }
     const known = this.members.find(beat.instanceId);
     const restarted = known !== undefined && known.incarnation !== '' && known.incarnation !== beat.incarnation;
+    // Whether its former process shared our address: its UDP nodes are adopted if so (a crash restarted within dead-after).
+    const formerShared = known?.sharesAddress === true;
     const { instance, cameAlive } = this.members.heartbeat(beat.instanceId, beat.incarnation, Date.now());
     instance.peers = peersText === '' ? undefined : Number(peersText);
     const sharesAddress = sharedKey !== '' && sharedKey === this.sharedAddressKey;
@@ -902,8 +904,11 @@ class NatsCluster implements ClusterNode, ClusterStarter {
     if (sharesAddress !== instance.sharesAddress || (sharesAddress && (cameAlive || draining !== instance.draining))) this.groupChangedAt = Date.now();
     instance.sharesAddress = sharesAddress;
     instance.draining = draining;
-    // A restarted process holds none of its former claims.
-    if (restarted) this.claims.forgetInstance(instance);
+    // A restarted process holds none of its former claims: adopted if it shared our address, else forgotten.
+    if (restarted) {
+      this.adoptClaimsOf(instance, formerShared);
+      this.claims.forgetInstance(instance);
+    }
     if (cameAlive) {
       this.deps.log.info({ instance: beat.instanceId }, 'cluster: instance live');
       if (this.isConnected) this.answerNewcomer();
@@ -975,15 +980,18 @@ class NatsCluster implements ClusterNode, ClusterStarter {
   }
 
   /**
-   * A dead instance that shared this address leaves UDP nodes whose NAT
-   * mappings are for this address too: rather than drop them until each
-   * Discovers again, one survivor (the live sharer with the lowest ID, the
-   * same on every survivor) records and claims them anew, a slice per turn.
+   * A dead instance that shared this address (silent past dead-after, gone
+   * with a goodbye, or restarted: a new process under its ID) leaves UDP
+   * nodes whose NAT mappings are for this address too: rather than drop
+   * them until each Discovers again, one survivor (the live sharer with the
+   * lowest ID, the same on every survivor) records and claims them anew, a
+   * slice per turn.
    * Only with a complete view: a claim is never taken before it can be
    * checked against every WebSocket node (nothing is adopted over one).
    */
-  private adoptClaimsOf(dead: Instance): void {
-    if (!dead.sharesAddress || !this.viewComplete || this.members.lowestLive((i) => i.sharesAddress) !== this.members.self) return;
+  private adoptClaimsOf(dead: Instance, sharedAddress = dead.sharesAddress): void {
+    // The adopter is the lowest live sharer other than the instance itself (restarted, it is live again, and remembers nothing).
+    if (!sharedAddress || !this.viewComplete || this.members.lowestLive((i) => i.sharesAddress && i !== dead) !== this.members.self) return;
     const claims = this.claims.claimsOf(dead);
     if (claims.length === 0) return;
     const epoch = this.epoch;

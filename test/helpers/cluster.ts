@@ -138,6 +138,8 @@ export interface InstanceOptions {
   id?: string;
   deadAfter?: string;
   extra?: string[];
+  /** sharedInstance: the --ops-bind port (default 0, any): a fixed one keeps the default ID across a restart. */
+  opsPort?: number;
 }
 
 /** Spawns an instance and waits for it to listen (it may or may not have joined yet). */
@@ -210,7 +212,7 @@ export interface SharedAddress {
  */
 export async function sharedInstance(name: string, address: SharedAddress, options: InstanceOptions): Promise<Instance> {
   const instance = new Instance(name, [
-    '--bind', `127.0.0.1:${address.bindPort}`, '--udp', `127.0.0.1:${address.udpPort}`, '--reuse-port', '--ops-bind', '127.0.0.1:0',
+    '--bind', `127.0.0.1:${address.bindPort}`, '--udp', `127.0.0.1:${address.udpPort}`, '--reuse-port', '--ops-bind', `127.0.0.1:${options.opsPort ?? 0}`,
     // Tests connect a few dozen daemons at once: on a loaded machine their handshakes took over 2 s (closed 1008).
     '--auth-timeout', '10s', '--shutdown-grace', '300ms', '--max-per-ip', '1000', '--keys', options.keys, '--cluster', options.nats,
     '--cluster-dead-after', options.deadAfter ?? '1s', ...(options.extra ?? []),
