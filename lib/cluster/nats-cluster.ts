@@ -833,14 +833,19 @@ class NatsCluster implements ClusterNode, ClusterStarter {
 
   private heartbeat(): void {
     this.lastHeartbeatAt = Date.now();
-    // Headers, so instances of an older version read the heartbeat as before.
+    const message = Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation));
+    // Headers, so instances of an older version read the heartbeat as before. A NATS server without
+    // headers (before 2.2) refuses them: the heartbeat goes bare there (no sharing, no rebalancing).
+    if (this.nc?.info?.headers !== true) {
+      this.publish(this.subjects.heartbeat(this.instanceId), message);
+      return;
+    }
     const h = headers();
     h.set(PEERS_HEADER, String(this.deps.peerCount()));
     if (this.sharedAddressKey !== undefined) h.set(SHARED_ADDRESS_HEADER, this.sharedAddressKey);
     if (this.draining) h.set(DRAINING_HEADER, '1');
-    const message = Buffer.from(encodeHeartbeat(this.instanceId, this.incarnation));
     try {
-      this.nc!.publish(this.subjects.heartbeat(this.instanceId), message, { headers: h });
+      this.nc.publish(this.subjects.heartbeat(this.instanceId), message, { headers: h });
     } catch {
       // Cut off: the next tick tries again.
     }
