@@ -30,8 +30,8 @@ import { keysFileJson, makeIdentity } from './helpers/identity';
 import { NATS_SINGLE_CONF, adaptNatsConfig, readShipped, startNats, type RunningNats } from './helpers/nats-deploy';
 import { Child, parseEnvFile, parseUnit, setting, unitCommand } from './helpers/systemd';
 
-/** Daemons through Caddy: all on one of the two instances has odds 2^-11. */
-const DAEMONS = 12;
+/** Daemons through Caddy: all on one of the two instances has odds 2^-19. */
+const DAEMONS = 20;
 const daemons = Array.from({ length: DAEMONS }, (_, i) => makeIdentity(7000 + i));
 const UDP_NODE = 9999;
 const template = parseUnit(readFileSync(join(REPO_ROOT, 'deploy', 'beacon@.service'), 'utf8'));
