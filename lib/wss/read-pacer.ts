@@ -20,13 +20,12 @@
  *   event loop stops reading until the next turn, so a full receive window
  *   (libuv reads a ready socket up to 32 times in a row) does not hold the
  *   loop while other peers wait.
- * - Pausing stops reading the peer's TCP socket (WsConnection's
- *   pause()/resume()); a pacer exists from a peer's first read after
- *   auth_ok, so an idle peer holds none (memory per peer).
+ * - Pausing uses ws's own pause()/resume(), which ws's backpressure
+ *   respects.
  * - Pure bookkeeping besides pause/resume and one timer per paused socket:
  *   no allocation per read.
  */
-import type { WsConnection } from './ws-connection';
+import type WebSocket from 'ws';
 import type { NodeId } from '../protocol';
 
 /**
@@ -138,7 +137,7 @@ export class ReadPacer {
   private frameExtra = 0;
   private released = false;
 
-  constructor(private readonly ws: Pick<WsConnection, 'readyState' | 'pause' | 'resume'>, private readonly pacing: ReadPacing, nodeId: NodeId) {
+  constructor(private readonly ws: WebSocket, private readonly pacing: ReadPacing, nodeId: NodeId) {
     this.budget = pacing.budgetFor(nodeId);
     this.budget.users++;
   }
@@ -183,8 +182,8 @@ export class ReadPacer {
   /**
    * A frame of `payloadBytes` was parsed: what it costs beyond its bytes,
    * when it is smaller than the least a frame costs. Settled by the
-   * onRead of the read that held it (a read is parsed before it is
-   * charged), so a frame costs no clock read of its own.
+   * onRead of the read that held it (ws parses a read before its other
+   * listeners see it), so a frame costs no clock read of its own.
    */
   onFrame(payloadBytes: number): void {
     const extra = this.pacing.minFrameBytes - payloadBytes - clientHeaderBytes(payloadBytes);
