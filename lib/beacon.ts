@@ -460,7 +460,8 @@ function listenError(err: unknown, at: HostPort, flag: string, shared?: boolean)
 export async function startBeacon(config: BeaconConfig, options: BeaconOptions = {}): Promise<Beacon> {
   validateConfig(config);
   const keysFile = config.keysFile
-    ? KeysFile.open(config.keysFile, { mayBeMissing: config.keysFileMayBeMissing === true })
+    // The daemons that can reconnect are at most the ones it takes: their keys may stay cached.
+    ? KeysFile.open(config.keysFile, { mayBeMissing: config.keysFileMayBeMissing === true, returningKeys: config.maxPeers })
     : undefined;
   const beacon = new Beacon(config, keysFile, options);
   try {

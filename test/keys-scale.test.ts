@@ -171,6 +171,30 @@ test('verify-ready keys: built once, reused while the key is the same, bounded, 
   assert.equal(cache.lookup(keys.without(7), 7), undefined, 'a removed key is not answered from the cache');
 });
 
+test('verify-ready keys of nodes that reconnect stay cached past the recent table; nodes that connect once cost no more than it', () => {
+  const withMany = randomKeySet(300, 100); // nodes 100..399
+  // 300 nodes connecting once each: the recent table's 4 keys, nothing else.
+  const once = new VerifyKeyCache(4, 8);
+  for (let id = 100; id < 400; id++) assert.ok(once.lookup(withMany, id));
+  assert.equal(once.size, 4);
+  assert.equal(once.returningSize, 0);
+
+  // Six nodes reconnecting in turn, more than the recent table holds: from their second round on, every key is a hit.
+  const cache = new VerifyKeyCache(2, 8);
+  const round = () => [100, 101, 102, 103, 104, 105].map((id) => cache.lookup(withMany, id));
+  round();
+  const second = round();
+  const third = round();
+  third.forEach((key, i) => assert.equal(key, second[i], `node ${100 + i}: the same key object`));
+  assert.ok(cache.size <= 2 + 8);
+
+  // Bounded too: 20 reconnecting nodes hold at most the returning table's 8 keys beside the recent 2.
+  const busy = new VerifyKeyCache(2, 8);
+  for (let pass = 0; pass < 3; pass++) for (let id = 100; id < 120; id++) busy.lookup(withMany, id);
+  assert.equal(busy.returningSize, 8);
+  assert.equal(busy.size, 10);
+});
+
 test('a reload of a big keys file leaves the event loop free: /health answers and relays go through while it runs', async (t) => {
   const alice = makeIdentity(7777);
   const bob = makeIdentity(8888);

@@ -43,12 +43,22 @@ export { KeySet } from './key-set';
 export const KEYS_FILE_DEBOUNCE_MS = 100;
 
 /**
- * Verify-ready keys kept for recently seen nodes. A miss costs ~8 µs on the
- * event loop (a tenth of the signature check it precedes), and attached
- * peers hold their own key, so this only has to cover nodes that reconnect
- * soon after leaving; at ~1 KB a key, 4,096 stay under 5 MB.
+ * Verify-ready keys kept for recently seen nodes (VerifyKeyCache): a node's
+ * key through its handshake and a quick retry. A miss costs ~8-12 µs on the
+ * event loop (a tenth of the signature check it precedes); at ~1.6 KB a
+ * key, 4,096 stay under 7 MB.
  */
 export const VERIFY_KEY_CACHE_ENTRIES = 4_096;
+
+/** The most keys kept for nodes that reconnect, whatever the beacon's --max-peers (~52 MB at ~1.6 KB a key). */
+export const MAX_RETURNING_KEYS = 32_768;
+
+export interface KeysFileOptions {
+  /** A missing file is no error: the beacon starts with no keys and waits for it. */
+  mayBeMissing?: boolean;
+  /** Keys kept for nodes that reconnect (VerifyKeyCache): the beacon gives --max-peers, up to MAX_RETURNING_KEYS. */
+  returningKeys?: number;
+}
 
 /**
  * Files up to this size are parsed on the event loop (under ~3 ms, about
@@ -81,7 +91,7 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
   readonly path: string;
   #keys: KeySet;
   #digest: Buffer;
-  readonly #verifyKeys = new VerifyKeyCache(VERIFY_KEY_CACHE_ENTRIES);
+  readonly #verifyKeys: VerifyKeyCache;
   #watcher: FileWatch | undefined;
   /** False while a file opened with `mayBeMissing` has not appeared yet. */
   #exists: boolean;
@@ -90,8 +100,9 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
   #worker: Worker | undefined;
   #closed = false;
 
-  private constructor(file: string, digest: Buffer, keys: KeySet, exists: boolean) {
+  private constructor(file: string, digest: Buffer, keys: KeySet, exists: boolean, returningKeys: number) {
     super();
+    this.#verifyKeys = new VerifyKeyCache(VERIFY_KEY_CACHE_ENTRIES, Math.min(returningKeys, MAX_RETURNING_KEYS));
     this.path = file;
     this.#digest = digest;
     this.#keys = keys;
@@ -103,10 +114,11 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
    * KeysFileError when it is invalid, or missing unless `mayBeMissing` (then
    * it starts with no keys and `exists` is false until the file appears).
    */
-  static open(file: string, options: { mayBeMissing?: boolean } = {}): KeysFile {
-    if (options.mayBeMissing && !fs.existsSync(file)) return new KeysFile(file, Buffer.alloc(0), KeySet.EMPTY, false);
+  static open(file: string, options: KeysFileOptions = {}): KeysFile {
+    const returning = options.returningKeys ?? 0;
+    if (options.mayBeMissing && !fs.existsSync(file)) return new KeysFile(file, Buffer.alloc(0), KeySet.EMPTY, false, returning);
     const bytes = readKeysFileBytes(file);
-    return new KeysFile(file, keysFileDigest(bytes), parseKeysFile(file, bytes), true);
+    return new KeysFile(file, keysFileDigest(bytes), parseKeysFile(file, bytes), true, returning);
   }
 
   /** False while a file opened with `mayBeMissing` has not appeared yet. */
