@@ -391,7 +391,7 @@ export class Beacon extends EventEmitter {
     // Tell daemons when to come back, so a restart is not a reconnect storm
     // (Go daemons ignore unknown text messages, so this is safe for them).
     const notice = restartingMessage({ reconnect_in_ms: this.config.restartDelayMs, try_for_ms: this.config.restartWindowMs });
-    await this.compat.shutdown(this.config.shutdownGraceMs, (ws) => ws.send(notice));
+    await this.compat.shutdown(this.config.shutdownGraceMs, (peer) => peer.sendText(notice));
     await this.cluster?.close();
     await this.udp.close();
     this.keysFile?.close();

@@ -45,7 +45,7 @@ test('every required metric is exported and moves with what happens', async () =
     'beacon_wss_upgrades_total{result="ok"}', 'beacon_wss_upgrades_total{result="fail"}',
     'beacon_wss_auth_total{result="ok",reason=""}', 'beacon_wss_auth_total{result="fail",reason="timeout"}',
     'beacon_wss_frames_total{direction="in"}', 'beacon_wss_frames_total{direction="out"}',
-    'beacon_wss_idle_disconnects_total', 'beacon_wss_peers',
+    'beacon_wss_idle_disconnects_total', 'beacon_wss_disconnects_total', 'beacon_wss_handshake_turns_deferred_total', 'beacon_wss_peers',
     'beacon_udp_packets_total{type="discover"}', 'beacon_udp_packets_total{type="relay"}',
     'beacon_relay_total{route="wss"}', 'beacon_relay_total{route="udp"}',
     'beacon_relay_total{route="beacon"}', 'beacon_relay_total{route="unknown"}',
@@ -78,6 +78,7 @@ test('every required metric is exported and moves with what happens', async () =
   assert.equal((await silentClosed).code, 1008);
   await eventually(() => tb.beacon.metrics().stats.idleDisconnects === 1, 3_000, 'Bob to be idled out');
   await eventually(() => tb.beacon.metrics().peers === 1, 3_000, 'the peer gauge');
+  await eventually(() => tb.beacon.metrics().stats.peerDisconnects === 1, 3_000, 'Bob\'s connection to end');
 
   const after = await scrape();
   const moved = (name: string) => value(after, name) - value(before, name);
@@ -87,6 +88,7 @@ test('every required metric is exported and moves with what happens', async () =
   assert.equal(moved('beacon_wss_frames_total{direction="in"}'), 3);
   assert.equal(moved('beacon_wss_frames_total{direction="out"}'), 1);
   assert.equal(moved('beacon_wss_idle_disconnects_total'), 1);
+  assert.equal(moved('beacon_wss_disconnects_total'), 1);
   assert.equal(value(after, 'beacon_wss_peers'), 1);
   assert.equal(moved('beacon_udp_packets_total{type="discover"}'), 1);
   assert.equal(moved('beacon_relay_total{route="wss"}'), 1);

@@ -3,17 +3,30 @@
  *
  * - A challenge is 32 random bytes sent as 64 lowercase hex chars.
  * - Verification uses Node's native Ed25519 (about 100× faster than pure
- *   JS) on libuv's thread pool, so the ~0.12 ms of a verify is not spent
- *   on the event loop that moves every relay.
+ *   JS). The beacon checks on its event loop (`verifyAuthSignatureNow`),
+ *   a bounded number per turn (lib/wss/handshake-work.ts): on the pool one
+ *   at a time, each check waited for a turn of the loop to be collected,
+ *   which held a storm to about one check per turn (issue 22).
  * - The key is always the one registered for the node ID, never the one the
  *   daemon sent.
  */
-import { randomBytes, verify } from 'node:crypto';
+import { randomFillSync, verify } from 'node:crypto';
 import { NONCE_BYTES, authSignedMessage, type NodeId } from '../protocol';
 import type { RegisteredKey } from './keys';
 
+/** Random bytes drawn from the CSPRNG at once, for this many challenges: one call instead of one per handshake. */
+const NONCES_PER_DRAW = 128;
+const nonceBytes = Buffer.alloc(NONCE_BYTES * NONCES_PER_DRAW);
+let noncesLeft = 0;
+
+/** A fresh challenge: 32 bytes no one has seen (each bytes are used once), as 64 hex chars. */
 export function newNonce(): string {
-  return randomBytes(NONCE_BYTES).toString('hex');
+  if (noncesLeft === 0) {
+    randomFillSync(nonceBytes);
+    noncesLeft = NONCES_PER_DRAW;
+  }
+  const at = --noncesLeft * NONCE_BYTES;
+  return nonceBytes.toString('hex', at, at + NONCE_BYTES);
 }
 
 /** Resolves true only for a valid signature by `key` over this node ID and nonce; never rejects. */
@@ -28,57 +41,12 @@ export function verifyAuthSignature(key: RegisteredKey, nodeId: NodeId, nonce: s
   });
 }
 
-interface PendingVerify {
-  key: RegisteredKey;
-  nodeId: NodeId;
-  nonce: string;
-  sig: Buffer;
-  stillWanted: () => boolean;
-  resolve: (valid: boolean) => void;
-}
-
-/**
- * Runs signature checks one at a time on the thread pool, in arrival order.
- *
- * One at a time because a handshake storm would otherwise keep every pool
- * thread busy: on a one-core machine they would take four fifths of the
- * core from the event loop. With one, the loop keeps at least half, and on
- * more cores one thread still checks ~8,000 signatures/s, several times what
- * the upgrade path admits. A check whose handshake has ended (the socket
- * closed, the deadline passed) is skipped when its turn comes, so the queue
- * holds at most one live check per handshake, within the handshake cap.
- */
-export class SignatureVerifier {
-  private readonly waiting: PendingVerify[] = [];
-  private running = false;
-
-  /** Resolves false without checking if `stillWanted` says no when the check's turn comes. */
-  verify(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer, stillWanted: () => boolean = () => true): Promise<boolean> {
-    return new Promise((resolve) => {
-      this.waiting.push({ key, nodeId, nonce, sig, stillWanted, resolve });
-      if (!this.running) this.next();
-    });
-  }
-
-  /** Checks waiting to start. */
-  get queued(): number {
-    return this.waiting.length;
-  }
-
-  private next(): void {
-    let job = this.waiting.shift();
-    while (job && !job.stillWanted()) {
-      job.resolve(false);
-      job = this.waiting.shift();
-    }
-    if (!job) {
-      this.running = false;
-      return;
-    }
-    this.running = true;
-    void verifyAuthSignature(job.key, job.nodeId, job.nonce, job.sig).then((valid) => {
-      job.resolve(valid);
-      this.next();
-    });
+/** The same check, done now on the calling thread (~0.1-0.2 ms); false for anything but a valid signature, never throws. */
+export function verifyAuthSignatureNow(key: RegisteredKey, nodeId: NodeId, nonce: string, sig: Buffer): boolean {
+  if (key.nodeId !== nodeId) return false;
+  try {
+    return verify(null, authSignedMessage(nodeId, nonce), key.key, sig);
+  } catch {
+    return false;
   }
 }

@@ -13,7 +13,7 @@
 import type { HostPort, BeaconConfig } from '../config';
 import type { NodeId } from '../protocol';
 import type { BeaconStats } from '../metrics/stats';
-import type { KeyDirectory, KeyLookup, RegisteredKey } from './keys';
+import type { KeyDirectory, KeyLookup, KeySourceName } from './keys';
 import type { KeysFile } from './keys-file';
 import { RegistryClient } from './registry-client';
 import { CachedKeyLookup } from './key-cache';
@@ -42,9 +42,9 @@ export function createKeyDirectory(options: KeyDirectoryOptions): KeyDirectory {
       if (key) return Promise.resolve({ status: 'found', key });
       return cache ? cache.lookup(nodeId, timeoutMs) : Promise.resolve(UNKNOWN);
     },
-    isCurrent(nodeId: NodeId, key: RegisteredKey): boolean {
+    isCurrent(nodeId: NodeId, raw: Buffer, source: KeySourceName): boolean {
       const inFile = keysFile?.keys.rawOf(nodeId);
-      return inFile ? inFile.equals(key.raw) : key.source !== 'file';
+      return inFile ? inFile.equals(raw) : source !== 'file';
     },
     close(): void {
       cache?.close();

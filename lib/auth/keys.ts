@@ -30,11 +30,12 @@ export interface KeyDirectory {
   /** Resolves within `timeoutMs`; never rejects. */
   lookup(nodeId: NodeId, timeoutMs: number): Promise<KeyLookup>;
   /**
-   * Whether a key found earlier is still the one to trust, given the keys
-   * file as it is now (it may have been reloaded since): the file's key for
-   * the node, or a registry key for a node the file does not list.
+   * Whether a key found earlier (its raw bytes, and where it came from) is
+   * still the one to trust, given the keys file as it is now (it may have
+   * been reloaded since): the file's key for the node, or a registry key
+   * for a node the file does not list.
    */
-  isCurrent(nodeId: NodeId, key: RegisteredKey): boolean;
+  isCurrent(nodeId: NodeId, raw: Buffer, source: KeySourceName): boolean;
   close(): void;
 }
 

@@ -58,6 +58,10 @@ export function createPrometheusRegistry(
     () => [[{ direction: 'in' }, stats.framesIn], [{ direction: 'out' }, stats.framesOut]]);
   mirroredCounter(r, 'beacon_wss_idle_disconnects_total', 'Peers disconnected for silence past the idle timeout.', [],
     () => [[{}, stats.idleDisconnects]]);
+  mirroredCounter(r, 'beacon_wss_disconnects_total', 'Authenticated peers whose connection closed, for any reason.', [],
+    () => [[{}, stats.peerDisconnects]]);
+  mirroredCounter(r, 'beacon_wss_handshake_turns_deferred_total', 'Event-loop turns that ended with handshake work (upgrades to answer, signatures to check) left for the next: a storm held back so attached peers\' frames go first.', [],
+    () => [[{}, stats.handshakeTurnsDeferred]]);
   mirroredCounter(r, 'beacon_wss_replaced_total', 'Peers closed because a newer connection authenticated as the same node.', [],
     () => [[{}, stats.replacedPeers]]);
   mirroredCounter(r, 'beacon_wss_revoked_total', 'Peers closed because their key was removed or changed.', [],

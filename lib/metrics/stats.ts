@@ -142,6 +142,10 @@ export class BeaconStats {
   framesIn = 0;
   framesOut = 0;
   idleDisconnects = 0;
+  /** Attached peers whose connection closed, whatever the reason (replaced, revoked and idle ones too). */
+  peerDisconnects = 0;
+  /** Turns of the event loop that ended with handshake work still waiting: a storm held back so attached peers' frames go first. */
+  handshakeTurnsDeferred = 0;
   replacedPeers = 0;
   revokedPeers = 0;
   /** Times a peer's socket stopped being read because it was over its budget (--peer-rate). */

@@ -9,9 +9,9 @@
  *   /56 (HANDSHAKE_SHARES of `maxHandshakes`, HTTP 429): sixteen /64s of
  *   one /56 at `maxPerIp` each used to hold every handshake slot (issue 19).
  * - An admitted upgrade holds a slot until its TCP socket closes; the
- *   handshake slot is given back as soon as the handshake ends either way.
- *   Both are held by an AdmissionTicket: a small object with its methods on
- *   the prototype, not closures, since every peer keeps one for its life.
+ *   handshake slot (and its networks' shares) is given back as soon as the
+ *   handshake ends either way. The connection keeps what it was admitted
+ *   with (its per-IP key and networks) and gives each slot back once.
  * - Pure bookkeeping: no sockets, no timers.
  */
 import type { RefusalReason } from '../metrics';
@@ -66,26 +66,25 @@ export class Admission {
   }
 
   /** Takes a socket slot for the client's IP, a handshake slot, and one of its networks' handshake shares. */
-  admit(client: AdmissionClient): AdmissionTicket {
+  admit(client: AdmissionClient): void {
     this.handshakes++;
     this.socketsByIp.set(client.ipKey, (this.socketsByIp.get(client.ipKey) ?? 0) + 1);
     for (const network of client.networks) this.handshakesByNetwork.set(network, (this.handshakesByNetwork.get(network) ?? 0) + 1);
-    return new AdmissionTicket(this, client.ipKey, client.networks.length > 0 ? client.networks : undefined);
   }
 
   socketsFrom(ip: string): number {
     return this.socketsByIp.get(ip) ?? 0;
   }
 
-  /** @internal Called once per ticket, by the ticket. */
-  handshakeEnded(networks: readonly string[] | undefined): void {
+  /** The handshake of a connection admitted as `client` ended: its handshake slot and shares are free. Once per connection. */
+  handshakeEnded(client: AdmissionClient): void {
     this.handshakes--;
-    if (networks) for (const network of networks) decrement(this.handshakesByNetwork, network);
+    for (const network of client.networks) decrement(this.handshakesByNetwork, network);
   }
 
-  /** @internal Called once per ticket, by the ticket. */
-  socketClosed(ip: string): void {
-    decrement(this.socketsByIp, ip);
+  /** The socket of a connection admitted as `client` closed: its per-IP slot is free. Once per connection. */
+  socketClosed(client: AdmissionClient): void {
+    decrement(this.socketsByIp, client.ipKey);
   }
 }
 
@@ -93,28 +92,4 @@ function decrement(counts: Map<string, number>, key: string): void {
   const left = (counts.get(key) ?? 1) - 1;
   if (left === 0) counts.delete(key);
   else counts.set(key, left);
-}
-
-/** The slots one admitted socket holds; each is given back once, whatever is called twice. */
-export class AdmissionTicket {
-  private inHandshake = true;
-  private socketOpen = true;
-
-  /** `networks`: the IPv6 networks whose handshake shares it holds until the handshake ends. */
-  constructor(private readonly admission: Admission, readonly ip: string, private networks: readonly string[] | undefined) {}
-
-  endHandshake(): void {
-    if (!this.inHandshake) return;
-    this.inHandshake = false;
-    this.admission.handshakeEnded(this.networks);
-    this.networks = undefined;
-  }
-
-  /** The socket closed: both slots are free. */
-  release(): void {
-    this.endHandshake();
-    if (!this.socketOpen) return;
-    this.socketOpen = false;
-    this.admission.socketClosed(this.ip);
-  }
 }

@@ -6,12 +6,20 @@
  *   before any WebSocket work: draining, --max-peers, --max-handshakes
  *   (HTTP 503) and --max-per-ip (HTTP 429), each refusal counted. An
  *   upgrade to any other path (/health, /metrics, ...) is refused with 404
- *   before that.
- * - An upgrade ws rejects (HTTP 400) gives its slots back at once and its
- *   socket is destroyed once the answer is written.
- * - ws enforces the 64 KiB message limit from the first byte
- *   (`maxPayload`), so no socket, authenticated or not, can make the beacon
- *   buffer more; an oversized message closes the socket with 1009.
+ *   before that. ws checks the WebSocket headers when it answers the
+ *   upgrade; one it finds invalid is refused with 400 (its slots given back
+ *   at once).
+ * - Each admitted upgrade is one Peer (peer.ts) from then on: the
+ *   handshake (handshake.ts), then the node it authenticated as. The
+ *   handshakes' own work (ws answering the upgrade and the challenge, the
+ *   signature check) runs a bounded amount per turn of the event loop
+ *   (handshake-work.ts), so a reconnect storm does not starve the frames of
+ *   attached peers.
+ * - ws speaks WebSocket (framing, the upgrade's 101, client errors closed
+ *   with 1002/1007/1009). It enforces the 64 KiB message limit from a
+ *   frame's header (`maxPayload`), so no socket, authenticated or not, can
+ *   make the beacon buffer more; an oversized message closes the socket
+ *   with 1009, and is counted.
  * - After the handshake, peers live in a PeerMap (last writer wins); their
  *   binary messages go to `onPacket`, text messages are ignored.
  * - Reading is paced per node (read-pacer.ts): over --peer-rate/--peer-burst
@@ -21,32 +29,41 @@
  *   (`sender_closing`): a replaced, revoked or idle peer relays nothing more.
  * - Idle: any inbound data, ping or pong is activity; one sweep pings quiet
  *   peers and disconnects those silent past --idle-timeout.
+ * - Deadlines (auth, close grace) are queues of one timer each
+ *   (lib/deadline-queue.ts), not a timer per socket.
  * - This module never decides where a packet goes: that is the router's.
  */
 import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { isIP } from 'node:net';
-import type { Duplex } from 'node:stream';
 import type { FastifyBaseLogger } from 'fastify';
-import WebSocket, { WebSocketServer } from 'ws';
+import { WebSocketServer } from 'ws';
 import type { KeyDirectory } from '../auth/keys';
-import { SignatureVerifier } from '../auth/challenge';
 import type { BeaconConfig } from '../config';
+import { DeadlineQueue, NO_DEADLINE } from '../deadline-queue';
 import type { BeaconStats, RefusalReason } from '../metrics';
-import {
-  AUTH_OK_MESSAGE, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, type NodeId,
-} from '../protocol';
+import { AUTH_OK_MESSAGE, COMPAT_SUBPROTOCOL, CloseCode, CloseReason, MAX_MESSAGE_BYTES, type NodeId } from '../protocol';
 import { ipv6Networks, perIpKey } from '../net/client-address';
 import { RateLimitedLog } from '../log/rate-limited-log';
-import { Admission, type AdmissionTicket } from './admission';
-import { runHandshake } from './handshake';
-import { Peer } from './peer';
+import { Admission } from './admission';
+import { sendChallenge, type Handshake, type HandshakeResult } from './handshake';
+import { HandshakeWork } from './handshake-work';
+import { Peer, type PeerHost } from './peer';
 import { PeerMap, type PeerMapListener } from './peer-map';
-import { ReadPacing, type ReadPacer } from './read-pacer';
-import { clientAddress, isCompatUpgrade, refuseUpgrade, type ClientAddress, type TrustProxy } from './upgrade';
+import { ReadPacer, ReadPacing } from './read-pacer';
+import { clientAddress, isCompatUpgrade, refuseUpgrade, type TrustProxy } from './upgrade';
 
 /** How long a socket we closed may take to answer the close before it is destroyed. */
 const CLOSE_GRACE_MS = 2_000;
+
+/**
+ * The handshakes' own work per turn of the event loop: about five
+ * signature checks (0.1-0.2 ms each) or a few accepts. The frames of
+ * attached peers are read between turns, so this is about what a storm
+ * adds to their latency; a turn with nothing else to do is over at once
+ * and the next one takes the next steps, so a storm still has the core.
+ */
+const HANDSHAKE_WORK_PER_TURN_MS = 1;
 
 export interface CompatServerDeps {
   config: BeaconConfig;
@@ -55,48 +72,10 @@ export interface CompatServerDeps {
   log: FastifyBaseLogger;
   /** Called with each binary message of an authenticated peer. */
   onPacket: (peer: Peer, packet: Buffer) => void;
-  /** Called once a peer's socket has closed and its teardown ran. */
+  /** Called once an attached peer's socket has closed and its teardown ran. */
   onPeerClosed?: (peer: Peer, code: number) => void;
   /** Told when a node's current peer changes (attach, and detach of the current one only). */
   peerListener?: PeerMapListener;
-}
-
-/** An authenticated peer's socket carries its Peer, for the shared handlers. */
-const PEER = Symbol('peer');
-type PeerSocket = WebSocket & { [PEER]: Peer };
-
-function peerOf(ws: WebSocket): Peer {
-  return (ws as PeerSocket)[PEER];
-}
-
-/**
- * Frames accepted for a peer earlier in this turn are written when the turn
- * ends (Peer batches them); one the beacon closes now gets them first, so
- * they precede the close frame as they did when each frame was its own write.
- * Its reading stays paced: a peer over its budget has its close reply read
- * when the budget allows, or is ended by the close grace.
- */
-function prepareClose(ws: WebSocket): void {
-  (ws as Partial<PeerSocket>)[PEER]?.flush();
-}
-
-/** The TCP socket of a paced peer carries its pacer, for the shared read handler. */
-const PACER = Symbol('pacer');
-type PacedSocket = Socket & { [PACER]: ReadPacer };
-
-/**
- * Added after ws's own 'data' listener, so it runs once ws has handled the
- * chunk: every byte is charged, and a pause takes effect from the next read.
- */
-function chargeRead(this: Socket, chunk: Buffer): void {
-  (this as PacedSocket)[PACER].onRead(chunk.length);
-}
-
-/** A ping or pong from a peer: activity, and a frame its budget pays for. */
-function touchPeer(this: WebSocket, data: Buffer): void {
-  const peer = peerOf(this);
-  peer.active = true;
-  peer.pacer?.onFrame(data.length);
 }
 
 /** The HTTP status of each refusal: 503 means the beacon is full, the others are about the client. */
@@ -111,22 +90,32 @@ const REFUSAL_STATUS: Record<RefusalReason, number> = {
   invalid_upgrade: 400,
 };
 
-export class CompatServer {
+export class CompatServer implements PeerHost {
   readonly peers: PeerMap;
+  readonly stats: BeaconStats;
+  readonly keys: KeyDirectory;
+  readonly pacing: ReadPacing;
+  readonly work: HandshakeWork;
+  readonly authDeadlines: DeadlineQueue<Peer>;
+  readonly authTimeoutMs: number;
+  readonly sendBufferBytes: number;
+  private readonly closeGraces = new DeadlineQueue<Peer>(CLOSE_GRACE_MS, (peer) => peer.terminate());
   private readonly admission: Admission;
-  /** Keyed by the upgrade's TCP socket; released when it closes. */
-  private readonly tickets = new WeakMap<Socket, AdmissionTicket>();
-  /** Completes upgrades admission let through (headers checked, 101 written); no server of its own. */
+  /**
+   * Answers upgrades admission let through (headers checked, 101 written,
+   * the WebSocket made); no server of its own.
+   */
   private readonly wss = new WebSocketServer({
     noServer: true,
-    maxPayload: MAX_MESSAGE_BYTES,
-    perMessageDeflate: false,
     clientTracking: false,
+    perMessageDeflate: false,
+    maxPayload: MAX_MESSAGE_BYTES,
     handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
   });
-  private readonly sockets = new Set<WebSocket>();
-  private readonly verifier = new SignatureVerifier();
-  private readonly pacing: ReadPacing;
+  /** Every admitted connection until its socket closes (shutdown closes them all). */
+  private readonly connections = new Set<Peer>();
+  /** Resolves shutdown's wait once the last connection has closed. */
+  private allClosed: (() => void) | undefined;
   private draining = false;
   /** Lines any stranger (or one key, reconnecting in a loop) can cause, rate-limited (see RateLimitedLog). */
   private readonly refusedLog: RateLimitedLog;
@@ -140,59 +129,31 @@ export class CompatServer {
   private readonly idleLog: RateLimitedLog;
   private readonly rebalancedLog: RateLimitedLog;
   private idleSweep: NodeJS.Timeout | undefined;
-
-  /** Shared by all peers; `this` is the peer's socket. */
-  private readonly onPeerMessage: (this: WebSocket, data: WebSocket.RawData, isBinary: boolean) => void;
-  private readonly onPeerClose: (this: WebSocket, code: number) => void;
-  /** Shared by all sockets; `this` is the socket that failed, or closed. */
-  private readonly onWsError: (this: WebSocket, error: Error) => void;
-  private readonly forgetSocket: (this: WebSocket) => void;
-  /** Shared by all admitted TCP sockets; `this` is the socket that closed. */
-  private readonly releaseTicket: (this: Socket) => void;
+  private readonly startedAt = Date.now();
 
   constructor(private readonly deps: CompatServerDeps) {
+    const { config, log } = deps;
+    this.stats = deps.stats;
+    this.keys = deps.keys;
+    this.authTimeoutMs = config.authTimeoutMs;
+    this.sendBufferBytes = config.sendBufferBytes;
+    this.authDeadlines = new DeadlineQueue<Peer>(config.authTimeoutMs, (peer) => peer.authTimedOut());
+    this.work = new HandshakeWork(HANDSHAKE_WORK_PER_TURN_MS, deps.stats);
     this.peers = new PeerMap(deps.peerListener);
-    this.admission = new Admission(deps.config);
-    this.refusedLog = new RateLimitedLog(deps.log, 'upgrade refused');
-    this.authFailedLog = new RateLimitedLog(deps.log, 'auth failed');
-    this.atCapacityLog = new RateLimitedLog(deps.log, 'peer refused: beacon at capacity');
-    this.connectedLog = new RateLimitedLog(deps.log, 'peer connected');
-    this.disconnectedLog = new RateLimitedLog(deps.log, 'peer disconnected');
-    this.replacedLog = new RateLimitedLog(deps.log, 'peer replaced by a newer connection');
-    this.replacedElsewhereLog = new RateLimitedLog(deps.log, 'peer replaced by a newer connection on another instance');
-    this.revokedLog = new RateLimitedLog(deps.log, 'peer disconnected: key revoked');
-    this.idleLog = new RateLimitedLog(deps.log, 'peer disconnected: idle timeout');
-    this.rebalancedLog = new RateLimitedLog(deps.log, 'peer asked to reconnect: this instance holds more than its share');
+    this.admission = new Admission(config);
+    this.refusedLog = new RateLimitedLog(log, 'upgrade refused');
+    this.authFailedLog = new RateLimitedLog(log, 'auth failed');
+    this.atCapacityLog = new RateLimitedLog(log, 'peer refused: beacon at capacity');
+    this.connectedLog = new RateLimitedLog(log, 'peer connected');
+    this.disconnectedLog = new RateLimitedLog(log, 'peer disconnected');
+    this.replacedLog = new RateLimitedLog(log, 'peer replaced by a newer connection');
+    this.replacedElsewhereLog = new RateLimitedLog(log, 'peer replaced by a newer connection on another instance');
+    this.revokedLog = new RateLimitedLog(log, 'peer disconnected: key revoked');
+    this.idleLog = new RateLimitedLog(log, 'peer disconnected: idle timeout');
+    this.rebalancedLog = new RateLimitedLog(log, 'peer asked to reconnect: this instance holds more than its share');
     this.pacing = new ReadPacing({
-      rateBytesPerSec: deps.config.peerRateBytesPerSec, burstBytes: deps.config.peerBurstBytes, frameRate: deps.config.peerFrameRate,
+      rateBytesPerSec: config.peerRateBytesPerSec, burstBytes: config.peerBurstBytes, frameRate: config.peerFrameRate,
     }, deps.stats);
-    const { stats, onPacket } = deps;
-    const server = this;
-    this.onPeerMessage = function onPeerMessage(data, isBinary) {
-      const peer = peerOf(this);
-      peer.active = true;
-      peer.pacer?.onFrame((data as Buffer).length);
-      if (!isBinary) return; // reserved for control messages; ignored
-      stats.framesIn++;
-      // Detached (replaced, revoked, idle) or shutting down: it speaks for nobody now.
-      if (this.readyState !== 1) return stats.drop('sender_closing');
-      onPacket(peer, data as Buffer);
-    };
-    this.onPeerClose = function onPeerClose(code) {
-      const peer = peerOf(this);
-      peer.pacer?.release();
-      if (server.peers.detach(peer)) server.disconnectedLog.info({ nodeId: peer.nodeId, code });
-      server.deps.onPeerClosed?.(peer, code);
-    };
-    this.onWsError = function onWsError(error) {
-      server.onSocketError(error, this);
-    };
-    this.forgetSocket = function forgetSocket() {
-      server.sockets.delete(this);
-    };
-    this.releaseTicket = function releaseTicket() {
-      server.tickets.get(this)?.release();
-    };
   }
 
   /** Peers not being read right now because they are over their budget. */
@@ -209,7 +170,7 @@ export class CompatServer {
    * socket addresses are proxies whose X-Forwarded-For is believed.
    */
   listen(server: Server, trust: TrustProxy): void {
-    this.wss.on('wsClientError', (_error: Error, socket: Duplex) => this.refuseInvalidUpgrade(socket));
+    this.wss.on('wsClientError', (_error: Error, socket: Socket) => this.refuseInvalidUpgrade(socket));
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head, trust));
   }
 
@@ -225,10 +186,10 @@ export class CompatServer {
 
   sendToPeer(peer: Peer, packet: Buffer, atTurnEnd = false): boolean {
     if (!peer.send(packet, atTurnEnd)) {
-      this.deps.stats.drop(peer.ws.readyState === 1 ? 'send_buffer_full' : 'peer_closing');
+      this.stats.drop(peer.isOpen ? 'send_buffer_full' : 'peer_closing');
       return false;
     }
-    this.deps.stats.framesOut++;
+    this.stats.framesOut++;
     return true;
   }
 
@@ -236,12 +197,12 @@ export class CompatServer {
   revokeChangedKeys(): number {
     let revoked = 0;
     for (const peer of this.peers.values()) {
-      if (this.deps.keys.isCurrent(peer.nodeId, peer.key)) continue;
+      if (this.keys.isCurrent(peer.nodeId, Buffer.from(peer.keyLatin1!, 'latin1'), peer.keySource!)) continue;
       revoked++;
-      this.deps.stats.revokedPeers++;
-      this.peers.detach(peer);
+      this.stats.revokedPeers++;
+      this.detach(peer);
       this.revokedLog.info({ nodeId: peer.nodeId });
-      closeWithGrace(peer.ws, CloseCode.PolicyViolation, CloseReason.keyRevoked);
+      this.closeWithGrace(peer, CloseCode.PolicyViolation, CloseReason.keyRevoked);
     }
     return revoked;
   }
@@ -254,10 +215,10 @@ export class CompatServer {
     const peer = this.peers.get(nodeId);
     if (!peer) return;
     peer.replaced = true;
-    this.deps.stats.replacedPeers++;
-    this.peers.detach(peer);
+    this.stats.replacedPeers++;
+    this.detach(peer);
     this.replacedElsewhereLog.info({ nodeId });
-    closeWithGrace(peer.ws, CloseCode.Replaced, CloseReason.replaced);
+    this.closeWithGrace(peer, CloseCode.Replaced, CloseReason.replaced);
   }
 
   /**
@@ -269,13 +230,12 @@ export class CompatServer {
     let asked = 0;
     for (const peer of this.peers.values()) {
       if (asked === count) break;
-      if (peer.ws.readyState !== 1) continue;
+      if (!peer.isOpen) continue;
       asked++;
-      this.deps.stats.clusterRebalanced++;
+      this.stats.clusterRebalanced++;
       this.rebalancedLog.info({ nodeId: peer.nodeId });
-      prepareClose(peer.ws);
-      peer.ws.send(notice);
-      closeWithGrace(peer.ws, CloseCode.GoingAway, CloseReason.rebalancing);
+      peer.sendText(notice);
+      this.closeWithGrace(peer, CloseCode.GoingAway, CloseReason.rebalancing);
     }
     return asked;
   }
@@ -288,64 +248,51 @@ export class CompatServer {
   }
 
   /**
-   * Refuses new upgrades, calls `beforeClose` on each socket, closes it with
-   * 1001, and waits up to `graceMs` for the closes before destroying the rest.
+   * Refuses new upgrades, calls `beforeClose` on each open connection,
+   * closes each with 1001, and waits up to `graceMs` for the closes before
+   * destroying the rest.
    */
-  async shutdown(graceMs: number, beforeClose?: (ws: WebSocket) => void): Promise<void> {
+  async shutdown(graceMs: number, beforeClose?: (peer: Peer) => void): Promise<void> {
     this.draining = true;
     clearInterval(this.idleSweep);
-    const closing = [...this.sockets].map((ws) => new Promise<void>((resolve) => {
-      if (ws.readyState === 3) return resolve();
-      ws.once('close', () => resolve());
-      prepareClose(ws);
-      if (ws.readyState === 1) beforeClose?.(ws);
-      ws.close(CloseCode.GoingAway, CloseReason.shuttingDown);
-    }));
+    const closing = new Promise<void>((resolve) => {
+      this.allClosed = resolve;
+      if (this.connections.size === 0) resolve();
+    });
+    for (const peer of this.connections) {
+      if (peer.isOpen) {
+        peer.flush();
+        beforeClose?.(peer);
+      }
+      peer.close(CloseCode.GoingAway, CloseReason.shuttingDown);
+    }
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(closing), new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
+    await Promise.race([closing, new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
     clearTimeout(timer);
-    for (const ws of this.sockets) ws.terminate();
+    for (const peer of this.connections) peer.terminate();
+    this.authDeadlines.clear();
+    this.closeGraces.clear();
   }
 
   get isDraining(): boolean {
     return this.draining;
   }
 
-  // ---- admission and handshake -------------------------------------------
+  // ---- admission ------------------------------------------------------------------
 
   private onUpgrade(req: IncomingMessage, socket: Socket, head: Buffer, trust: TrustProxy): void {
-    const client = clientAddress(req, trust);
-    if (!isCompatUpgrade(req)) return this.refuse(socket, client.ip, 'not_compat_path');
-    const ticket = this.admit(socket, client.ip);
-    if (!ticket) return;
-    this.wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, client, ticket));
-  }
-
-  /** Takes the slots for an upgrade from `ip`, or refuses it (answered, counted) and returns undefined. */
-  private admit(socket: Socket, ip: string): AdmissionTicket | undefined {
+    const { ip, port } = clientAddress(req, trust);
+    if (!isCompatUpgrade(req)) return this.refuse(socket, ip, 'not_compat_path');
     // A trusted proxy can still forward garbage; the address ends up in DiscoverReply.
-    if (this.draining || isIP(ip) === 0) {
-      this.refuse(socket, ip, this.draining ? 'shutting_down' : 'bad_forwarded_address');
-      return undefined;
-    }
+    if (this.draining || isIP(ip) === 0) return this.refuse(socket, ip, this.draining ? 'shutting_down' : 'bad_forwarded_address');
     const client = { ipKey: perIpKey(ip, this.deps.config.ipv6PrefixBits), networks: ipv6Networks(ip) };
     const refusal = this.admission.check(client, this.peers.size);
-    if (refusal) {
-      this.refuse(socket, ip, refusal);
-      return undefined;
-    }
-    const ticket = this.admission.admit(client);
-    this.tickets.set(socket, ticket);
-    socket.on('close', this.releaseTicket); // 'close' comes once; `once` would wrap it per socket
-    return ticket;
-  }
-
-  private refuse(socket: Duplex, ip: string, refusal: RefusalReason): void {
-    const { stats } = this.deps;
-    stats.refused[refusal]++;
-    stats.upgradesFailed++;
-    this.refusedLog.info({ ip, reason: refusal });
-    refuseUpgrade(socket, REFUSAL_STATUS[refusal], refusal);
+    if (refusal) return this.refuse(socket, ip, refusal);
+    if (socket.destroyed) return;
+    this.admission.admit(client);
+    const peer = new Peer(socket, this, req, head, ip, port, client.ipKey, client.networks);
+    this.connections.add(peer);
+    this.work.add(peer);
   }
 
   /**
@@ -354,72 +301,140 @@ export class CompatServer {
    * the socket is destroyed once the 400 is written: ending it only
    * half-closes, which a client can hold open for ever.
    */
-  private refuseInvalidUpgrade(socket: Duplex): void {
-    const { stats } = this.deps;
+  private refuseInvalidUpgrade(socket: Socket): void {
+    const { stats } = this;
     stats.refused.invalid_upgrade++;
     stats.upgradesFailed++;
-    this.tickets.get(socket as Socket)?.release();
+    const peer = this.acceptingNow;
+    if (peer !== undefined && peer.socket === socket) {
+      const hs = peer.handshake;
+      if (hs !== undefined) hs.state = 'finished'; // not a handshake that failed: an upgrade refused
+      this.releaseSlots(peer);
+    }
     refuseUpgrade(socket, 400, 'invalid_upgrade');
   }
 
-  private onConnection(ws: WebSocket, client: ClientAddress, ticket: AdmissionTicket): void {
-    const { stats, config } = this.deps;
-    stats.upgradesOk++;
-    // ws emits socket errors on the WebSocket: a listener must be there from the start.
-    ws.on('error', this.onWsError);
-    this.sockets.add(ws);
-    ws.on('close', this.forgetSocket); // shared, not a closure per socket: memory per peer
-    const { ip, port } = client;
-
-    runHandshake(ws, { keys: this.deps.keys, verifier: this.verifier, stats, authTimeoutMs: config.authTimeoutMs }, (result) => {
-      ticket.endHandshake();
-      if (!result.ok) {
-        stats.authFailed[result.reason]++;
-        this.authFailedLog.info({ ip, reason: result.reason });
-        if (result.reason !== 'closed') closeWithGrace(ws, CloseCode.PolicyViolation, CloseReason.authFailed);
-        return;
-      }
-      if (this.draining) return closeWithGrace(ws, CloseCode.GoingAway, CloseReason.shuttingDown);
-      if (this.peers.size >= config.maxPeers && !this.peers.has(result.nodeId)) {
-        stats.refused.max_peers++;
-        this.atCapacityLog.info({ ip, nodeId: result.nodeId });
-        return closeWithGrace(ws, CloseCode.TryAgainLater, CloseReason.atCapacity);
-      }
-      this.attach(new Peer(result.nodeId, ws, result.key, ip, port, config.sendBufferBytes, this.pacing));
-    });
+  private refuse(socket: Socket, ip: string, refusal: RefusalReason): void {
+    const { stats } = this;
+    stats.refused[refusal]++;
+    stats.upgradesFailed++;
+    this.refusedLog.info({ ip, reason: refusal });
+    refuseUpgrade(socket, REFUSAL_STATUS[refusal], refusal);
   }
 
+  // ---- PeerHost ---------------------------------------------------------------------
+
+  /** The peer whose upgrade ws is answering right now (ws's refusal names only the socket). */
+  private acceptingNow: Peer | undefined;
+
+  accept(peer: Peer, hs: Handshake): void {
+    const { request, head } = hs;
+    hs.request = undefined;
+    hs.head = undefined;
+    if (request === undefined || head === undefined) return;
+    const socket = peer.socket;
+    this.acceptingNow = peer;
+    // The 101 and the challenge leave in one write.
+    socket.cork();
+    this.wss.handleUpgrade(request, socket, head, (ws) => {
+      this.stats.upgradesOk++;
+      peer.accepted(ws);
+      sendChallenge(peer, hs, this);
+    });
+    socket.uncork();
+    this.acceptingNow = undefined;
+  }
+
+  onPacket(peer: Peer, packet: Buffer): void {
+    this.deps.onPacket(peer, packet);
+  }
+
+  handshakeEnded(peer: Peer, result: HandshakeResult): void {
+    const { stats, config } = this.deps;
+    this.releaseHandshakeSlot(peer);
+    if (!result.ok) {
+      stats.authFailed[result.reason]++;
+      this.authFailedLog.info({ ip: peer.clientIp, reason: result.reason });
+      if (result.reason !== 'closed') this.closeWithGrace(peer, CloseCode.PolicyViolation, CloseReason.authFailed);
+      return;
+    }
+    if (this.draining) return this.closeWithGrace(peer, CloseCode.GoingAway, CloseReason.shuttingDown);
+    if (this.peers.size >= config.maxPeers && !this.peers.has(result.nodeId)) {
+      stats.refused.max_peers++;
+      this.atCapacityLog.info({ ip: peer.clientIp, nodeId: result.nodeId });
+      return this.closeWithGrace(peer, CloseCode.TryAgainLater, CloseReason.atCapacity);
+    }
+    peer.authenticated(result.nodeId, result.key.raw, result.key.source);
+    this.attach(peer);
+  }
+
+  socketError(peer: Peer, error: Error & { code?: string }): void {
+    if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.stats.drop('oversized');
+    this.deps.log.debug({ nodeId: peer.nodeId, err: error }, 'websocket error');
+    // ws has started the close with the right code (or the socket is gone); make sure it ends.
+    this.startCloseGrace(peer);
+  }
+
+  closed(peer: Peer, code: number): void {
+    this.connections.delete(peer);
+    this.releaseSlots(peer);
+    this.closeGraces.cancel(peer.closeGrace);
+    peer.closeGrace = NO_DEADLINE;
+    peer.pacer?.release();
+    if (peer.attached) {
+      peer.attached = false;
+      this.stats.peerDisconnects++;
+      if (this.peers.detach(peer)) this.disconnectedLog.info({ nodeId: peer.nodeId, code });
+      this.deps.onPeerClosed?.(peer, code);
+    }
+    if (this.connections.size === 0) this.allClosed?.();
+  }
+
+  private releaseHandshakeSlot(peer: Peer): void {
+    if (!peer.inHandshakeSlot) return;
+    peer.inHandshakeSlot = false;
+    this.admission.handshakeEnded(peer);
+  }
+
+  /** Both of a connection's admission slots, each once. */
+  private releaseSlots(peer: Peer): void {
+    this.releaseHandshakeSlot(peer);
+    if (!peer.inSocketSlot) return;
+    peer.inSocketSlot = false;
+    this.admission.socketClosed(peer);
+  }
+
+  // ---- peers ---------------------------------------------------------------------------
+
   private attach(peer: Peer): void {
-    const { stats } = this.deps;
-    const { ws } = peer;
+    const { stats } = this;
     const previous = this.peers.attach(peer);
+    peer.attached = true;
     if (previous) {
       // One budget per node: the old socket, still closing, and this one share it.
-      if (peer.pacer && previous.pacer) peer.pacer.shareBudgetOf(previous.pacer);
+      if (previous.pacer) {
+        const pacer = new ReadPacer(peer.ws!, this.pacing, peer.nodeId);
+        pacer.shareBudgetOf(previous.pacer);
+        peer.startPacing(pacer);
+      }
       previous.replaced = true;
       stats.replacedPeers++;
       this.replacedLog.info({ nodeId: peer.nodeId });
-      closeWithGrace(previous.ws, CloseCode.Replaced, CloseReason.replaced);
+      this.closeWithGrace(previous, CloseCode.Replaced, CloseReason.replaced);
     }
     stats.authOk++;
-    ws.send(AUTH_OK_MESSAGE);
-    // Memory per peer: the handlers are shared by all peers and find theirs
-    // on the socket, instead of closures per peer; 'close' fires once, so
-    // `on` spares the wrapper `once` would allocate.
-    (ws as PeerSocket)[PEER] = peer;
-    ws.on('message', this.onPeerMessage);
-    ws.on('ping', touchPeer);
-    ws.on('pong', touchPeer);
-    ws.on('close', this.onPeerClose);
-    if (peer.tcp && peer.pacer) {
-      (peer.tcp as PacedSocket)[PACER] = peer.pacer;
-      peer.tcp.on('data', chargeRead);
-    }
+    peer.ws!.send(AUTH_OK_MESSAGE);
     this.connectedLog.info({ nodeId: peer.nodeId, ip: peer.clientIp });
   }
 
+  /** Out of the peer map (it stays `attached` for its close to be reported). */
+  private detach(peer: Peer): void {
+    this.peers.detach(peer);
+  }
+
   private sweepIdle(idleMs: number, intervalMs: number): void {
-    const now = Date.now();
+    // Milliseconds since the listener started: a small integer a peer holds without a boxed number.
+    const now = Date.now() - this.startedAt;
     this.pacing.forgetRefilled();
     for (const peer of this.peers.values()) {
       // A peer paused for its budget has sent more than we read: busy, not idle.
@@ -430,32 +445,24 @@ export class CompatServer {
       }
       const quietFor = now - peer.quietSince;
       if (quietFor >= idleMs) {
-        this.deps.stats.idleDisconnects++;
-        this.peers.detach(peer);
+        this.stats.idleDisconnects++;
+        this.detach(peer);
         this.idleLog.info({ nodeId: peer.nodeId });
-        closeWithGrace(peer.ws, CloseCode.GoingAway, CloseReason.idleTimeout);
+        this.closeWithGrace(peer, CloseCode.GoingAway, CloseReason.idleTimeout);
       } else if (quietFor >= intervalMs) {
-        peer.ws.ping();
+        peer.ping();
       }
     }
   }
 
-  private onSocketError(error: Error & { code?: string }, ws: WebSocket): void {
-    if (error.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.deps.stats.drop('oversized');
-    this.deps.log.debug({ err: error }, 'websocket error');
-    // ws has already started the close with the right code; make sure it ends.
-    closeWithGrace(ws);
+  /** Closes with a code, and destroys the socket if the other side never answers. */
+  private closeWithGrace(peer: Peer, code: number, reason: string): void {
+    if (peer.isClosed) return;
+    peer.close(code, reason);
+    this.startCloseGrace(peer);
   }
-}
 
-/** Closes with a code, and destroys the socket if the other side never answers. */
-function closeWithGrace(ws: WebSocket, code?: number, reason?: string): void {
-  if (ws.readyState === 3) return;
-  if (code !== undefined) {
-    prepareClose(ws);
-    ws.close(code, reason);
+  private startCloseGrace(peer: Peer): void {
+    if (!peer.isClosed && peer.closeGrace === NO_DEADLINE) peer.closeGrace = this.closeGraces.add(peer);
   }
-  const timer = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
-  timer.unref();
-  ws.once('close', () => clearTimeout(timer));
 }

@@ -1,62 +1,235 @@
 /**
- * One daemon attached over the compat WebSocket, after authentication.
+ * One compat connection, from its upgrade to its close: the handshake
+ * first, then the daemon it authenticated as (issue 22: one object per
+ * connection). ws's WebSocket speaks the protocol on its TCP socket; the
+ * Peer holds it from the moment ws has answered the upgrade.
  *
- * - Holds the socket, the authenticated node ID and the key it proved.
+ * - Rarely used parts are their own objects, made when needed: the
+ *   handshake's state (dropped at auth_ok), the read pacer (made at the
+ *   first read after auth_ok, so an idle peer has none), a send batch
+ *   (only while frames wait).
+ * - After auth_ok it holds the authenticated node ID and the raw key it
+ *   proved as a 32-byte latin1 string (for revocation on a keys reload),
+ *   not a verify-ready KeyObject (~1.6 KB of native memory each).
+ * - Its WebSocket's events go to handlers shared by every peer (this
+ *   module's functions; each finds its Peer on the WebSocket), not to
+ *   closures per connection.
  * - `send` queues at most `sendBufferBytes`; beyond that the frame is
  *   refused (the caller counts the drop), so a slow reader never grows the
  *   beacon's memory or blocks other peers.
- * - A peer's frames leave in batches, one TCP write and one buffer each:
- *   they are framed here (binary, unmasked, RFC 6455 §5.2). Frames relayed
- *   from a WebSocket read are written right after that read's callback
- *   (nextTick): a read carries many frames, and a frame never waits for the
- *   rest of a long turn (a handshake storm makes turns long). Frames
- *   relayed from datagrams, which arrive one per callback, wait for the end
- *   of the turn (one setImmediate for all peers) so the turn's datagrams
- *   share a write. Per frame that spares ws.send's options, header
- *   allocation and two stream writes, and writev's iovec per chunk.
- *   Everything else (text, ping, close) still goes through ws; a batch is
- *   written only while the socket is open, and the beacon flushes it before
- *   closing a peer, so frames accepted before the close go out before it.
+ * - A peer's binary frames leave in batches, one TCP write and one buffer
+ *   each: their headers are written here (binary, unmasked, RFC 6455 §5.2).
+ *   Frames relayed from a WebSocket read are written right after that
+ *   read's callback (nextTick): a read carries many frames, and a frame
+ *   never waits for the rest of a long turn. Frames relayed from
+ *   datagrams, which arrive one per callback, wait for the end of the turn
+ *   (one setImmediate for all peers) so the turn's datagrams share a
+ *   write. Everything else (text, ping, pong, close) goes through ws; a
+ *   batch is written only while the socket is open, and the beacon flushes
+ *   it before closing a peer, so frames accepted before the close go out
+ *   before it.
  * - Its reading is paced (ReadPacer): its node's budget in bytes per second
  *   and a fair share of each turn of the event loop.
+ * - Decides nothing about routing or admission: binary messages go to the
+ *   host, and so do the ends of the handshake and of the socket.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
-import type WebSocket from 'ws';
-import type { RegisteredKey } from '../auth/keys';
+import WebSocket, { type RawData } from 'ws';
+import type { KeyDirectory, KeySourceName } from '../auth/keys';
+import type { DeadlineQueue } from '../deadline-queue';
+import { NO_DEADLINE } from '../deadline-queue';
+import type { BeaconStats } from '../metrics';
 import type { NodeId } from '../protocol';
+import type { AdmissionClient } from './admission';
+import {
+  Handshake, chargeHandshakeFrame, chargeHandshakeRead, checkSignature, finish, handshakeMessage, type HandshakeResult,
+} from './handshake';
+import type { HandshakeStep, HandshakeWork } from './handshake-work';
 import { ReadPacer, type ReadPacing } from './read-pacer';
 
-export class Peer {
+/** What every peer of one listener shares: limits, counters, queues, and where events go. */
+export interface PeerHost {
+  readonly stats: BeaconStats;
+  readonly keys: KeyDirectory;
+  readonly pacing: ReadPacing;
+  readonly work: HandshakeWork;
+  readonly authDeadlines: DeadlineQueue<Peer>;
+  readonly authTimeoutMs: number;
+  readonly sendBufferBytes: number;
+  /** The accept step: ws answers the upgrade, and the peer gets its WebSocket (or the upgrade is refused). */
+  accept(peer: Peer, hs: Handshake): void;
+  /** A binary message of an attached peer that is still open. */
+  onPacket(peer: Peer, packet: Buffer): void;
+  handshakeEnded(peer: Peer, result: HandshakeResult): void;
+  /** ws reported an error (a client's protocol error: ws has started the close with its code; or the socket's). */
+  socketError(peer: Peer, error: Error & { code?: string }): void;
+  /** The connection is over (after handshakeEnded, if the handshake was still running): its WebSocket closed, or its socket closed before ws took it. */
+  closed(peer: Peer, code: number): void;
+}
+
+const OPEN = WebSocket.OPEN;
+
+/** An accepted peer's WebSocket and TCP socket carry the Peer, for the shared handlers. */
+const PEER = Symbol('peer');
+type PeerWebSocket = WebSocket & { [PEER]: Peer };
+type PeerSocket = Socket & { [PEER]: Peer };
+
+export class Peer implements HandshakeStep, AdmissionClient {
+  /** Set once ws has answered the upgrade (the accept step). */
+  ws: WebSocket | undefined;
+  /** The authenticated node; 0 until auth_ok. */
+  nodeId: NodeId = 0;
+  /**
+   * The raw key the node proved, as a latin1 string (48 bytes of heap; a
+   * Buffer is 96 and pins a slab), and where it came from: for isCurrent
+   * after a reload.
+   */
+  keyLatin1: string | undefined;
+  keySource: KeySourceName | undefined;
+  /** Set while attached to the peer map (and so counted and announced). */
+  attached = false;
   /** Set by any inbound data, ping or pong; cleared by the idle sweep. */
   active = true;
-  /** When the idle sweep last found the peer active (ms since epoch). */
-  quietSince = Date.now();
+  /** When the idle sweep last found the peer active (ms since the listener started; `active` holds until the first sweep). */
+  quietSince = 0;
   /** Set when a newer connection for the same node took this one's place. */
   replaced = false;
-  /** Frames sent this turn, not yet written; undefined when none (memory per idle peer). */
+  /** Whether it still holds a handshake slot / a socket slot (admission). */
+  inHandshakeSlot = true;
+  inSocketSlot = true;
+  /** The close grace's ticket once the beacon closes it. */
+  closeGrace = NO_DEADLINE;
+  /** The handshake's state; undefined from auth_ok on. */
+  handshake: Handshake | undefined;
+  /** Made at the first read after auth_ok. */
+  pacer: ReadPacer | undefined;
+  /** Frames sent this turn, not yet written; undefined when none. */
   private batch: Buffer[] | undefined;
   /** Wire size of `batch`, headers included. */
   private batchBytes = 0;
   /** A flush is scheduled after the current I/O callback / at the end of the turn. */
   private afterCallbackFlushPending = false;
   private turnEndFlushPending = false;
-  /** The TCP socket under ws; undefined if ws ever stops exposing it (then nothing is batched or paced). */
-  readonly tcp: Socket | undefined;
-  readonly pacer: ReadPacer | undefined;
 
   constructor(
-    readonly nodeId: NodeId,
-    readonly ws: WebSocket,
-    readonly key: RegisteredKey,
+    /** The upgraded TCP socket (ws writes on it too; the batch goes to it directly). */
+    readonly socket: Socket,
+    readonly host: PeerHost,
+    request: IncomingMessage,
+    head: Buffer,
     readonly clientIp: string,
+    /** 0 when the address was forwarded by a proxy (its port is unknown). */
     readonly clientPort: number,
-    private readonly sendBufferBytes: number,
-    pacing: ReadPacing,
+    /** What admission counted it under (lib/wss/admission.ts): its per-IP key, and its IPv6 networks (none for IPv4). */
+    readonly ipKey: string,
+    readonly networks: readonly string[],
   ) {
-    // ws keeps the TCP socket private; the batch is written to it directly.
-    this.tcp = (ws as unknown as { _socket?: Socket })._socket;
-    this.pacer = this.tcp ? new ReadPacer(ws, pacing, nodeId) : undefined;
+    this.handshake = new Handshake(request, head);
+    // Nothing is read until ws has the socket (the accept step).
+    socket.pause();
+    (socket as PeerSocket)[PEER] = this;
+    socket.on('close', onSocketClosedBeforeAccept);
+    // The HTTP server's error listener went with the upgrade; until ws has the socket, an error just ends it.
+    socket.on('error', onSocketErrorBeforeAccept);
   }
+
+  /** Whether its WebSocket is open (not closing, not closed, and not still waiting for the accept). */
+  get isOpen(): boolean {
+    return this.ws !== undefined && this.ws.readyState === OPEN;
+  }
+
+  /** Whether the connection is over (its WebSocket, or before that its socket, has closed). */
+  get isClosed(): boolean {
+    return this.ws !== undefined ? this.ws.readyState === WebSocket.CLOSED : this.socket.destroyed;
+  }
+
+  /** Runs the handshake step that is due: the accept, or the signature check. */
+  runStep(): void {
+    const hs = this.handshake;
+    if (hs === undefined) return;
+    if (hs.state === 'accepting') {
+      if (!this.socket.destroyed) this.host.accept(this, hs);
+    } else if (hs.state === 'verifying' && hs.key !== undefined && this.isOpen) {
+      checkSignature(this, hs, this.host);
+    }
+  }
+
+  /** ws answered the upgrade: the peer's WebSocket from now on, its events to the shared handlers, and reading starts. */
+  accepted(ws: WebSocket): void {
+    this.ws = ws;
+    (ws as PeerWebSocket)[PEER] = this;
+    // ws emits socket errors on the WebSocket: a listener must be there from the start.
+    ws.on('error', onWsError);
+    ws.on('message', onWsMessage);
+    ws.on('ping', onWsPing);
+    ws.on('pong', onWsPong);
+    ws.on('close', onWsClose);
+    // After ws's own 'data' listener: a read is charged once ws has parsed it.
+    this.socket.on('data', onSocketData);
+    // From now on the WebSocket's close ends the connection.
+    this.socket.off('close', onSocketClosedBeforeAccept);
+    this.socket.off('error', onSocketErrorBeforeAccept);
+    this.socket.resume();
+  }
+
+  /** The auth deadline passed. */
+  authTimedOut(): void {
+    const hs = this.handshake;
+    if (hs !== undefined) finish(this, hs, this.host, { ok: false, reason: 'timeout' });
+  }
+
+  /** auth_ok: the handshake's state goes; from now on it is the node's peer. */
+  authenticated(nodeId: NodeId, keyRaw: Buffer, keySource: KeySourceName): void {
+    this.handshake = undefined;
+    this.nodeId = nodeId;
+    this.keyLatin1 = keyRaw.toString('latin1');
+    this.keySource = keySource;
+  }
+
+  /** Reading is paced from now on, by `pacer` (a replacement sharing its predecessor's budget). */
+  startPacing(pacer: ReadPacer): void {
+    this.pacer = pacer;
+  }
+
+  pacerNow(): ReadPacer {
+    return (this.pacer ??= new ReadPacer(this.ws!, this.host.pacing, this.nodeId));
+  }
+
+  /**
+   * Closes with `code` (after the frames waiting in its batch). Before ws
+   * has answered the upgrade there is no WebSocket to close: the socket
+   * just goes.
+   */
+  close(code: number, reason: string): void {
+    const ws = this.ws;
+    if (ws === undefined) {
+      this.socket.destroy();
+      return;
+    }
+    this.flush();
+    ws.close(code, reason);
+  }
+
+  /** Destroys the socket now (the close grace ran out, or shutdown's did). */
+  terminate(): void {
+    if (this.ws !== undefined) this.ws.terminate();
+    else this.socket.destroy();
+  }
+
+  /** A text message (rebalancing and restart notices), after the frames waiting in its batch. */
+  sendText(text: string): void {
+    if (!this.isOpen) return;
+    this.flush();
+    this.ws!.send(text);
+  }
+
+  /** An idle peer's ping. */
+  ping(): void {
+    if (this.isOpen) this.ws!.ping();
+  }
+
+  // ---- sending -----------------------------------------------------------------
 
   /**
    * Queues one binary message; false when the send buffer is full or the
@@ -65,14 +238,10 @@ export class Peer {
    */
   send(frame: Buffer, atTurnEnd = false): boolean {
     const ws = this.ws;
-    if (ws.readyState !== 1 || ws.bufferedAmount + this.batchBytes + frame.length > this.sendBufferBytes) return false;
-    if (!this.tcp) {
-      ws.send(frame);
-      return true;
-    }
+    if (ws === undefined || ws.readyState !== OPEN || ws.bufferedAmount + this.batchBytes + frame.length > this.host.sendBufferBytes) return false;
     (this.batch ??= []).push(frame);
     this.batchBytes += binaryHeaderBytes(frame.length) + frame.length;
-    if (this.batchBytes >= EARLY_WRITE_BYTES || this.batchBytes * 2 >= this.sendBufferBytes) {
+    if (this.batchBytes >= EARLY_WRITE_BYTES || this.batchBytes * 2 >= this.host.sendBufferBytes) {
       // A busy turn can bring a peer more than its send buffer: write early
       // rather than refuse frames a fast reader would take at once.
       this.flush();
@@ -98,7 +267,7 @@ export class Peer {
   /**
    * Writes the waiting frames as one buffer: when a scheduled flush comes
    * due, early when the batch is large, or right before the beacon closes
-   * the socket (so they precede the close).
+   * the socket or sends a text message (so they precede it).
    */
   flush(): void {
     const frames = this.batch;
@@ -106,16 +275,96 @@ export class Peer {
     this.batch = undefined;
     this.batchBytes = 0;
     // Closing: ws may already have written its close frame; data must not follow it.
-    if (!frames || this.ws.readyState !== 1 || !this.tcp) return;
+    if (frames === undefined || !this.isOpen) return;
     const out = Buffer.allocUnsafe(bytes);
     let at = 0;
-    for (const frame of frames) {
+    for (let i = 0; i < frames.length; i++) {
+      const frame = frames[i]!;
       at = writeBinaryHeader(out, at, frame.length);
       at += frame.copy(out, at);
     }
-    this.tcp.write(out);
+    this.socket.write(out);
+  }
+
+  /** @internal The connection is over: nothing waits to be written any more. */
+  dropBatch(): void {
+    this.batch = undefined;
+    this.batchBytes = 0;
   }
 }
+
+// ---- the shared handlers (`this` is the peer's WebSocket or TCP socket) -----------------
+
+function peerOf(ws: WebSocket): Peer {
+  return (ws as PeerWebSocket)[PEER];
+}
+
+/** The socket closed while its accept step still waited: the connection is over without a WebSocket. */
+function onSocketClosedBeforeAccept(this: Socket): void {
+  const peer = (this as PeerSocket)[PEER];
+  const hs = peer.handshake;
+  if (hs !== undefined) finish(peer, hs, peer.host, { ok: false, reason: 'closed' });
+  peer.host.closed(peer, 1006);
+}
+
+function onSocketErrorBeforeAccept(this: Socket): void {
+  this.destroy();
+}
+
+/** Every read, once ws has parsed it: the handshake's budget, then the node's (its pacer made at the first read). */
+function onSocketData(this: Socket, chunk: Buffer): void {
+  const peer = (this as PeerSocket)[PEER];
+  const hs = peer.handshake;
+  if (hs !== undefined) chargeHandshakeRead(peer, hs, peer.host, chunk.length);
+  else peer.pacerNow().onRead(chunk.length);
+}
+
+/** A frame: before auth_ok it counts against the handshake's budget (false once spent); after, it is activity its node's budget pays for. */
+function chargeFrame(peer: Peer, payloadBytes: number): boolean {
+  const hs = peer.handshake;
+  if (hs !== undefined) return chargeHandshakeFrame(peer, hs, peer.host);
+  peer.active = true;
+  peer.pacerNow().onFrame(payloadBytes);
+  return true;
+}
+
+function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
+  const peer = peerOf(this);
+  const payload = data as Buffer;
+  if (!chargeFrame(peer, payload.length)) return;
+  const hs = peer.handshake;
+  if (hs !== undefined) return handshakeMessage(peer, hs, peer.host, payload, isBinary);
+  if (!isBinary) return; // text is reserved for control messages; ignored
+  const { stats } = peer.host;
+  stats.framesIn++;
+  // Detached (replaced, revoked, idle) or shutting down: it speaks for nobody now.
+  if (this.readyState !== OPEN) return stats.drop('sender_closing');
+  peer.host.onPacket(peer, payload);
+}
+
+function onWsPing(this: WebSocket, payload: Buffer): void {
+  const peer = peerOf(this);
+  chargeFrame(peer, payload.length);
+}
+
+function onWsPong(this: WebSocket, payload: Buffer): void {
+  chargeFrame(peerOf(this), payload.length);
+}
+
+function onWsError(this: WebSocket, error: Error): void {
+  const peer = peerOf(this);
+  peer.host.socketError(peer, error);
+}
+
+function onWsClose(this: WebSocket, code: number): void {
+  const peer = peerOf(this);
+  const hs = peer.handshake;
+  if (hs !== undefined) finish(peer, hs, peer.host, { ok: false, reason: 'closed' });
+  peer.dropBatch();
+  peer.host.closed(peer, code);
+}
+
+// ---- batched binary frames ----------------------------------------------------------
 
 /** A batch this large is written at once rather than when its flush comes due. */
 const EARLY_WRITE_BYTES = 64 * 1024;
