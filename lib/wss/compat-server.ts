@@ -103,13 +103,15 @@ export class CompatServer implements PeerHost {
   private readonly admission: Admission;
   /**
    * Answers upgrades admission let through (headers checked, 101 written,
-   * the WebSocket made); no server of its own.
+   * the WebSocket made); no server of its own. Pings are answered by the
+   * Peer, within its send buffer.
    */
   private readonly wss = new WebSocketServer({
     noServer: true,
     clientTracking: false,
     perMessageDeflate: false,
     maxPayload: MAX_MESSAGE_BYTES,
+    autoPong: false,
     handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
   });
   /** Every admitted connection until its socket closes (shutdown closes them all). */

@@ -16,7 +16,9 @@
  *   closures per connection.
  * - `send` queues at most `sendBufferBytes`; beyond that the frame is
  *   refused (the caller counts the drop), so a slow reader never grows the
- *   beacon's memory or blocks other peers.
+ *   beacon's memory or blocks other peers. Pongs are bounded the same way
+ *   (ws's own answering is off): a client that pings and never reads gets
+ *   its pongs dropped and counted, not queued without end.
  * - A peer's binary frames leave in batches, one TCP write and one buffer
  *   each: their headers are written here (binary, unmasked, RFC 6455 §5.2).
  *   Frames relayed from a WebSocket read are written right after that
@@ -257,6 +259,17 @@ export class Peer implements HandshakeStep, AdmissionClient {
     return true;
   }
 
+  /** A ping's pong, if it fits in the send buffer as a relayed frame must; one that does not is dropped and counted. */
+  answerPing(payload: Buffer): void {
+    const ws = this.ws!;
+    if (ws.readyState !== OPEN) return;
+    if (ws.bufferedAmount + this.batchBytes + payload.length + 2 > this.host.sendBufferBytes) {
+      this.host.stats.drop('send_buffer_full');
+      return;
+    }
+    ws.pong(payload);
+  }
+
   /** @internal A scheduled flush has come due. */
   flushDue(which: 'callback' | 'turnEnd'): void {
     if (which === 'callback') this.afterCallbackFlushPending = false;
@@ -344,7 +357,7 @@ function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
 
 function onWsPing(this: WebSocket, payload: Buffer): void {
   const peer = peerOf(this);
-  chargeFrame(peer, payload.length);
+  if (chargeFrame(peer, payload.length)) peer.answerPing(payload);
 }
 
 function onWsPong(this: WebSocket, payload: Buffer): void {

@@ -26,6 +26,8 @@ export class HostileWs {
   closeCode: number | undefined;
   /** Set once the beacon ended or reset the connection. */
   ended = false;
+  /** Payloads of the pongs the beacon sent. */
+  readonly pongs: Buffer[] = [];
   readonly closedByBeacon: Promise<void>;
   private readonly mask = Buffer.from([0x37, 0xfa, 0x21, 0x3d]);
   private texts: string[] = [];
@@ -54,6 +56,7 @@ export class HostileWs {
     const reader = new FrameReader((opcode, buf, start, end) => {
       if (opcode === OPCODE_CLOSE) client.closeCode = end - start >= 2 ? buf.readUInt16BE(start) : 1005;
       else if (opcode === OPCODE_TEXT) client.texts.push(buf.toString('utf8', start, end));
+      else if (opcode === OPCODE_PONG) client.pongs.push(Buffer.from(buf.subarray(start, end)));
       client.wake?.();
     });
     const upgraded = new Promise<void>((resolve, reject) => {
