@@ -80,6 +80,9 @@ test('a peer over --peer-rate is paused, loses nothing, is held to its budget an
   await eventually(() => tb.beacon.metrics().peersPaused === 0, 5_000, 'the pause to end');
   a!.send(encodeRelay(alice.nodeId, bob.nodeId, Buffer.alloc(PAYLOAD)));
   assert.equal((await nextMessage(b!)).data.length, 5 + PAYLOAD);
+  // That frame may have spent the little the bucket had refilled and paused
+  // alice again; she sends nothing more, so the gauge must come back to 0.
+  await eventually(() => tb.beacon.metrics().peersPaused === 0, 5_000, 'the last pause to end');
 
   const text = await (await fetch(`${tb.httpBase}/metrics`)).text();
   assert.match(text, /^beacon_wss_read_pauses_total [1-9]/m);
