@@ -78,6 +78,9 @@ export function isBeaconBuild(settings: BenchSettings, kind: ServerKind): boolea
   return kind === 'beacon' || settings.baselineDist !== undefined;
 }
 
+/** Server limits for scenarios that connect thousands of daemons from a few loopback addresses as fast as they can. */
+export const MANY_HANDSHAKES = { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 } as const;
+
 export async function startServer(settings: BenchSettings, kind: ServerKind, overrides: Record<string, unknown> = {}): Promise<Server> {
   // BENCH_SERVER_NODE_FLAGS (e.g. --trace-gc) adds flags to the server processes, for a diagnosis.
   const nodeFlags = ['--expose-gc', ...(process.env.BENCH_SERVER_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])];

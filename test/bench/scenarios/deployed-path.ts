@@ -17,7 +17,7 @@
 import { cpuSecondsOf, pinProcess, type Child } from '../common/child';
 import { adaptShippedCaddyfile, startCaddy, type RunningCaddy } from '../../helpers/caddy';
 import {
-  COMPAT_PATH, Figures, SERVER_CORE, sleep, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server, type ServerKind,
+  MANY_HANDSHAKES, COMPAT_PATH, Figures, SERVER_CORE, sleep, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server, type ServerKind,
 } from './context';
 import { measure, type Flow, type Sender } from './measure';
 import { LOOPBACK_SOURCES } from './memory';
@@ -60,7 +60,7 @@ export async function deployedPath(settings: BenchSettings, plan: DeployedPathPl
   let caddy: RunningCaddy | undefined;
   const workers: Child[] = [];
   try {
-    server = await startServer({ ...settings, baselineDist: undefined, profileDir: undefined }, 'beacon', { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 });
+    server = await startServer({ ...settings, baselineDist: undefined, profileDir: undefined }, 'beacon', MANY_HANDSHAKES);
     caddy = await startCaddy(adaptShippedCaddyfile(server.http));
     const pinned = pinProcess(caddy.pid, SERVER_CORE);
     settings.log(`  Caddy pid ${caddy.pid} on ${caddy.base}${pinned ? `, pinned to core ${SERVER_CORE} with the beacon` : ', NOT pinned (no taskset)'}`);

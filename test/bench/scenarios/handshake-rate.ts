@@ -16,7 +16,7 @@
  */
 import type { Child } from '../common/child';
 import {
-  COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
+  MANY_HANDSHAKES, COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
 import { LOOPBACK_SOURCES } from './memory';
@@ -53,7 +53,7 @@ interface Window {
 }
 
 async function rig(settings: BenchSettings, kind: ServerKind, plan: HandshakeRatePlan): Promise<Rig> {
-  const server = await startServer(settings, kind, { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 });
+  const server = await startServer(settings, kind, MANY_HANDSHAKES);
   const load = await startWorker(settings, `${kind}-handshakes`);
   await load.request('prepareSigners', { nodeIds: pool(plan) }, 120_000);
   return { server, load };

@@ -19,7 +19,7 @@ import {
   COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, startServer, startWorker, stopAll, type BenchSettings, type Row, type Server,
   type ServerKind,
 } from './context';
-import { measure, type Sender, type Window } from './measure';
+import { connectWssPairs, measure, type Sender, type Window } from './measure';
 import { LOOPBACK_SOURCES } from './memory';
 import { fmt } from './relay-throughput';
 
@@ -55,10 +55,7 @@ async function rig(settings: BenchSettings, kind: ServerKind, plan: StormPlan): 
   const server = await startServer(settings, kind, { maxPerIp: 100_000, maxHandshakes: 4_096 });
   // The storm runs at lower priority: the established peers' latency must be the server's, not the load core's.
   const [steadyWorker, storm] = await Promise.all([startWorker(settings, `${kind}-steady`), startWorker(settings, `${kind}-storm`, 'sender')]);
-  const ids = Array.from({ length: plan.established }, (_, i) => i + 1);
-  const r = await steadyWorker.request<{ ok: number; errors: object }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 16 });
-  if (r.ok !== ids.length) throw new Error(`${kind}: ${r.ok}/${ids.length} established peers connected: ${JSON.stringify(r.errors)}`);
-  const flows = Array.from({ length: plan.established / 2 }, (_, i) => ({ from: 2 * i + 1, to: 2 * i + 2, via: 'wss' as const }));
+  const flows = await connectWssPairs(steadyWorker, server, plan.established / 2, `${kind}: established peers`);
   return { server, steady: { worker: steadyWorker, flows }, storm };
 }
 

@@ -25,7 +25,7 @@ import {
   COMPAT_PATH, Figures, buildRigs, isBeaconBuild, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
 } from './context';
-import { measure, type Flow, type Sender } from './measure';
+import { connectWssPairs, measure, type Sender } from './measure';
 
 export interface HeavySenderPlan {
   steadyPairs: number;
@@ -61,10 +61,7 @@ interface Rig {
 async function rig(settings: BenchSettings, kind: ServerKind, plan: HeavySenderPlan): Promise<Rig> {
   const server = await startServer(settings, kind, { maxPerIp: 100_000 });
   const steadyWorker = await startWorker(settings, `${kind}-steady`);
-  const ids = Array.from({ length: 2 * plan.steadyPairs }, (_, i) => i + 1);
-  const r = await steadyWorker.request<{ ok: number; errors: object }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 16 });
-  if (r.ok !== ids.length) throw new Error(`${kind}: ${r.ok}/${ids.length} steady peers connected: ${JSON.stringify(r.errors)}`);
-  const steadyFlows = Array.from({ length: plan.steadyPairs }, (_, i): Flow => ({ from: 2 * i + 1, to: 2 * i + 2, via: 'wss' }));
+  const steadyFlows = await connectWssPairs(steadyWorker, server, plan.steadyPairs, `${kind}: steady peers`);
   // Lower priority: on the shared load core, the steady pairs' receiver must not be the one that waits.
   const floodWorker = await startWorker(settings, `${kind}-flood`, 'sender');
   const from = 2 * plan.steadyPairs + 1;

@@ -12,7 +12,7 @@
 import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
 import type { RunResult } from '../load/worker';
-import { sleep, type Server } from './context';
+import { COMPAT_PATH, sleep, type Server } from './context';
 
 export interface Flow {
   from: number;
@@ -20,6 +20,18 @@ export interface Flow {
   via: 'wss' | 'udp';
   /** Ignore the in-flight window (towards a slow reader). */
   openLoop?: boolean;
+}
+
+/**
+ * Connects node IDs `first` .. `first + 2 * pairs - 1` from `worker` over
+ * WebSocket and pairs them as flows first -> first + 1, ...; throws naming
+ * `what` and the errors if any of them did not connect.
+ */
+export async function connectWssPairs(worker: Child, server: Server, pairs: number, what: string, first = 1): Promise<Flow[]> {
+  const ids = Array.from({ length: 2 * pairs }, (_, i) => first + i);
+  const r = await worker.request<{ ok: number; errors: object }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 16 });
+  if (r.ok !== ids.length) throw new Error(`${what}: ${r.ok}/${ids.length} connected: ${JSON.stringify(r.errors)}`);
+  return Array.from({ length: pairs }, (_, i): Flow => ({ from: first + 2 * i, to: first + 2 * i + 1, via: 'wss' }));
 }
 
 export interface Sender {

@@ -19,10 +19,10 @@ import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
 import type { RunResult } from '../load/worker';
 import {
-  COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
+  MANY_HANDSHAKES, COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
 } from './context';
-import { measure, type Flow, type RecvReport, type Sender } from './measure';
+import { connectWssPairs, measure, type RecvReport, type Sender } from './measure';
 import { LOOPBACK_SOURCES } from './memory';
 import { fmt } from './relay-throughput';
 
@@ -53,12 +53,9 @@ interface Rig {
 }
 
 async function rig(settings: BenchSettings, kind: ServerKind, plan: ReconnectStormPlan): Promise<Rig> {
-  const server = await startServer(settings, kind, { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 });
+  const server = await startServer(settings, kind, MANY_HANDSHAKES);
   const [steadyWorker, storm] = await Promise.all([startWorker(settings, `${kind}-steady`), startWorker(settings, `${kind}-storm`, 'sender')]);
-  const ids = Array.from({ length: 2 * plan.pairs }, (_, i) => i + 1);
-  const r = await steadyWorker.request<{ ok: number; errors: object }>('wssConnect', { port: server.http, path: COMPAT_PATH, nodeIds: ids, concurrency: 16 });
-  if (r.ok !== ids.length) throw new Error(`${kind}: ${r.ok}/${ids.length} established peers connected: ${JSON.stringify(r.errors)}`);
-  const flows = Array.from({ length: plan.pairs }, (_, i): Flow => ({ from: 2 * i + 1, to: 2 * i + 2, via: 'wss' }));
+  const flows = await connectWssPairs(steadyWorker, server, plan.pairs, `${kind}: established peers`);
   return { server, steady: { worker: steadyWorker, flows, ratePerFlow: plan.rate / plan.pairs }, storm };
 }
 
