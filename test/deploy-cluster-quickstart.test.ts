@@ -12,12 +12,10 @@
  * something else holds the ports. Needs Debian's nats-server.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
+import { runGuide } from './helpers/guide-run';
 import { commands, promised, readSteps, step } from './helpers/walkthrough';
 
 const ROOT = join(__dirname, '..', '..');
@@ -26,9 +24,6 @@ const CLUSTER = join(ROOT, 'docs', 'cluster.md');
 const RUNNER = join(__dirname, 'helpers', 'cluster-quickstart.js');
 /** The whole run: three beacons, a nats-server, two instances' dead-after, slow Node starts on a loaded machine. */
 const RUN_DEADLINE_MS = 150_000;
-
-const dirs: string[] = [];
-after(() => { for (const dir of dirs) rmSync(dir, { recursive: true, force: true }); });
 
 test('the quick start has its steps 1-6: a throwaway NATS store off Debian\'s port, instances clear of a single beacon\'s ports, with --keys', () => {
   const steps = readSteps(readFileSync(CLUSTER, 'utf8'), 'Quick start on one machine');
@@ -46,28 +41,8 @@ test('the quick start has its steps 1-6: a throwaway NATS store off Debian\'s po
   assert.deepEqual(promised(step(steps, 4)), ['from 7777: hello bob']);
 });
 
-/** `unshare` + `ip` as root: a private loopback. */
-function canIsolate(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  const probe = spawnSync('unshare', ['--net', '--', 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore', timeout: 10_000 });
-  return probe.status === 0;
-}
-
 test('the quick start runs as written: NATS, two instances on one address beside a single beacon, the promised metrics, a message across, UDP both ways', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'beacon-cluster-quickstart-'));
-  dirs.push(dir);
-  for (const entry of ['dist', 'node_modules', 'package.json']) symlinkSync(join(ROOT, entry), join(dir, entry));
-
-  const args = [RUNNER, README, CLUSTER, dir];
-  const child = canIsolate()
-    ? spawn('unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, ...args], { cwd: dir })
-    : spawn('flock', [join(tmpdir(), 'beacon-walkthrough.lock'), process.execPath, ...args], { cwd: dir });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => { output += s; });
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { output += s; });
-  const deadline = setTimeout(() => child.kill('SIGTERM'), RUN_DEADLINE_MS); // by its PID; the runner takes its terminals down
-  t.after(() => clearTimeout(deadline));
-  const [code] = await once(child, 'close');
+  const { code, output } = await runGuide(t, 'beacon-cluster-quickstart-', RUNNER, [README, CLUSTER], RUN_DEADLINE_MS);
   assert.equal(code, 0, `the quick start failed:\n${output}`);
   assert.match(output, /stdout: from 7777: hello bob\n/);
   assert.match(output, /stdout: from 8888: back over wss\n/);

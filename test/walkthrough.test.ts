@@ -11,14 +11,12 @@
  * (flock), and fails clearly if something else holds the ports.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import { CLIENT_DEFAULTS } from '../lib/client/compat-client';
 import { DEFAULTS } from '../lib/config';
+import { runGuide } from './helpers/guide-run';
 import { commands, promised, readSubsection, readWalkthrough, step } from './helpers/walkthrough';
 
 const ROOT = join(__dirname, '..', '..');
@@ -26,9 +24,6 @@ const README = join(ROOT, 'README.md');
 const RUNNER = join(__dirname, 'helpers', 'walkthrough.js');
 /** The whole run: two beacon starts, a restart wait of up to 8 s, and slow Node starts on a loaded machine. */
 const RUN_DEADLINE_MS = 150_000;
-
-const dirs: string[] = [];
-after(() => { for (const dir of dirs) rmSync(dir, { recursive: true, force: true }); });
 
 test('the walkthrough has its steps 0-7, with the commands and promised output the run needs', () => {
   const steps = readWalkthrough(readFileSync(README, 'utf8'));
@@ -66,29 +61,8 @@ test('the reconnect waits the docs give are the ones the code\'s constants produ
   assert.doesNotMatch(guide, /up to 1 s of jitter/);
 });
 
-/** `unshare` + `ip` as root: a private loopback. */
-function canIsolate(): boolean {
-  if (process.getuid?.() !== 0) return false;
-  const probe = spawnSync('unshare', ['--net', '--', 'ip', 'link', 'set', 'lo', 'up'], { stdio: 'ignore', timeout: 10_000 });
-  return probe.status === 0;
-}
-
 test('the walkthrough runs as written: two identities, a beacon, WebSocket and UDP both ways, TLS through a local Caddy, a restart', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'beacon-walkthrough-'));
-  dirs.push(dir);
-  // The project's layout as the walkthrough sees it: built, installed.
-  for (const entry of ['dist', 'node_modules', 'package.json']) symlinkSync(join(ROOT, entry), join(dir, entry));
-
-  const args = [RUNNER, README, dir];
-  const child = canIsolate()
-    ? spawn('unshare', ['--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"', process.execPath, ...args], { cwd: dir })
-    : spawn('flock', [join(tmpdir(), 'beacon-walkthrough.lock'), process.execPath, ...args], { cwd: dir });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (s: string) => { output += s; });
-  child.stderr.setEncoding('utf8').on('data', (s: string) => { output += s; });
-  const deadline = setTimeout(() => child.kill('SIGTERM'), RUN_DEADLINE_MS); // by its PID; the runner takes its terminals down
-  t.after(() => clearTimeout(deadline));
-  const [code] = await once(child, 'close');
+  const { code, output } = await runGuide(t, 'beacon-walkthrough-', RUNNER, [README], RUN_DEADLINE_MS);
   assert.equal(code, 0, `the walkthrough failed:\n${output}`);
   // It really went through the last step.
   assert.match(output, /stdout: from 8888: back over wss\n/);
