@@ -15,7 +15,7 @@
  *   does).
  */
 import { readFileSync } from 'node:fs';
-import { Terminal, commands, promised, readSteps, readWalkthrough, runToEnd, step } from './walkthrough';
+import { Terminal, commands, promised, readSteps, readWalkthrough, runToEnd, step, udpBothWays } from './walkthrough';
 
 /** The line an instance logs once it takes UDP claims (lib/cluster/nats-cluster.ts). */
 const VIEW_COMPLETE = /"msg":"cluster: directory current and every live instance heard; taking UDP claims"/;
@@ -70,12 +70,7 @@ export async function runClusterQuickStart(readme: string, clusterPage: string, 
 
     // 5: alice over UDP, both ways.
     const alice = term(commands(step(quick, 5))[0]!);
-    await alice.waitFor('stdout', /^127\.0\.0\.1:\d+$/);
-    await alice.waitFor('stderr', /attached to .* over UDP/);
-    alice.type('over udp');
-    await bob.waitFor('stdout', 'from 7777: over udp');
-    bob.type('back over wss');
-    await alice.waitFor('stdout', 'from 8888: back over wss');
+    await udpBothWays(alice, bob);
 
     // The single beacon was left alone: still serving on 8443.
     const still = await runToEnd(term('curl -s http://127.0.0.1:8443/health'));

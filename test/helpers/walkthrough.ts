@@ -216,6 +216,16 @@ function promisedPattern(line: string): RegExp {
   return new RegExp(`^${escaped.replace(/reconnecting in \d+ ms \\\(attempt/, 'reconnecting in \\d+ ms \\(attempt')}$`);
 }
 
+/** Alice (`connect --udp`, node 7777) prints her address and attaches; a line goes to bob (8888 over WebSocket) and one comes back. */
+export async function udpBothWays(alice: Terminal, bob: Terminal): Promise<void> {
+  await alice.waitFor('stdout', /^127\.0\.0\.1:\d+$/);
+  await alice.waitFor('stderr', /attached to .* over UDP/);
+  alice.type('over udp');
+  await bob.waitFor('stdout', 'from 7777: over udp');
+  bob.type('back over wss');
+  await alice.waitFor('stdout', 'from 8888: back over wss');
+}
+
 /** Plays the walkthrough's steps 1 to 7 in `dir`; throws at the first broken promise. */
 export async function runWalkthrough(readme: string, dir: string, log: (line: string) => void, stopped?: AbortSignal): Promise<void> {
   const steps = readWalkthrough(readme);
@@ -260,12 +270,7 @@ export async function runWalkthrough(readme: string, dir: string, log: (line: st
 
     // 6: alice over UDP (terminal 3): her address first, then lines both ways.
     const alice = term(commands(step(steps, 6))[0]);
-    await alice.waitFor('stdout', /^127\.0\.0\.1:\d+$/);
-    await alice.waitFor('stderr', /attached to .* over UDP/);
-    alice.type('over udp');
-    await bob.waitFor('stdout', 'from 7777: over udp');
-    bob.type('back over wss');
-    await alice.waitFor('stdout', 'from 8888: back over wss');
+    await udpBothWays(alice, bob);
 
     // Through TLS: the local Caddyfile as the text gives it, Caddy in front of the running beacon, a round trip.
     const tls = readSubsection(readme, 'Through TLS');
