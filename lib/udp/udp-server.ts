@@ -207,18 +207,7 @@ export class UdpServer {
         return false;
       }
     }
-    switch (this.endpoints.record(nodeId, address, port)) {
-      case 'source_full':
-        stats.drop('endpoint_source_full');
-        return false;
-      case 'evicted_oldest':
-        stats.udpEndpointsEvicted++;
-        break;
-      case 'recorded':
-        break;
-    }
-    this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, isNew);
-    return true;
+    return this.storeEndpoint(nodeId, address, port, isNew);
   }
 
   /**
@@ -230,17 +219,23 @@ export class UdpServer {
    */
   adoptEndpoint(nodeId: NodeId, address: string, port: number): boolean {
     if (this.endpoints.get(nodeId) !== undefined || this.deps.isAttachedOverWss(nodeId)) return false;
+    return this.storeEndpoint(nodeId, address, port, true);
+  }
+
+  /** Writes the endpoint into the table within its limits (counted when refused or evicting), then tells the cluster. */
+  private storeEndpoint(nodeId: NodeId, address: string, port: number, isNew: boolean): boolean {
+    const { stats } = this.deps;
     switch (this.endpoints.record(nodeId, address, port)) {
       case 'source_full':
-        this.deps.stats.drop('endpoint_source_full');
+        stats.drop('endpoint_source_full');
         return false;
       case 'evicted_oldest':
-        this.deps.stats.udpEndpointsEvicted++;
+        stats.udpEndpointsEvicted++;
         break;
       case 'recorded':
         break;
     }
-    this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, true);
+    this.deps.onEndpointRecorded?.(nodeId, this.endpoints.get(nodeId)!, isNew);
     return true;
   }
 
