@@ -12,12 +12,14 @@
  *   client's port is unknown). Without the header nothing is parsed.
  * - `refuseUpgrade`: a refusal as a complete HTTP answer (status, JSON body
  *   naming the reason, Retry-After), then the socket is ended and destroyed
- *   once the answer is written, or after a grace if the client never reads.
+ *   once the answer is written, or after a grace if the client never reads
+ *   (one deadline queue for every refused socket, not a timer each).
  * - Decides nothing about limits: admission is the caller's.
  */
 import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import proxyAddr from '@fastify/proxy-addr';
+import { DeadlineQueue, NO_DEADLINE } from '../deadline-queue';
 import { COMPAT_PATH, canonicalIp } from '../protocol';
 
 /** Whether `req` asks for the compat WebSocket: GET on its path. */
@@ -67,6 +69,12 @@ function refusalAnswer(status: number, reason: string): string {
   return answer;
 }
 
+const GRACE = Symbol('refusalGrace');
+type RefusedSocket = Duplex & { [GRACE]?: number };
+
+/** The graces of refused sockets: one timer for all (a storm of refusals is a storm of sockets), as the other deadlines. */
+const refusalGraces = new DeadlineQueue<RefusedSocket>(REFUSAL_GRACE_MS, (socket) => socket.destroy());
+
 /**
  * Answers with `status` and `reason`, then closes: ending alone only
  * half-closes, which a client can hold open for ever.
@@ -74,12 +82,15 @@ function refusalAnswer(status: number, reason: string): string {
 export function refuseUpgrade(socket: Duplex, status: number, reason: string): void {
   if (socket.destroyed) return;
   socket.once('finish', destroySocket);
-  const timer = setTimeout(destroySocket.bind(socket), REFUSAL_GRACE_MS); // a client that never reads
-  timer.unref();
-  socket.once('close', () => clearTimeout(timer));
+  (socket as RefusedSocket)[GRACE] = refusalGraces.add(socket); // a client that never reads
+  socket.on('close', cancelGrace); // 'close' comes once; `once` would wrap it per socket
   socket.end(refusalAnswer(status, reason));
 }
 
 function destroySocket(this: Duplex): void {
   this.destroy();
+}
+
+function cancelGrace(this: RefusedSocket): void {
+  refusalGraces.cancel(this[GRACE] ?? NO_DEADLINE);
 }
