@@ -46,13 +46,23 @@ export function parseByteRate(text: string): number {
   }
 }
 
+/**
+ * `N` or `N/s`: a whole number per second from `min` to `max`. `notARate`
+ * ends the error for text of another form ("is not ...").
+ */
+function parseWholePerSecond(text: string, notARate: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
+  if (!match) throw new Error(`"${text}" is not ${notARate}`);
+  const n = Number(match[1]);
+  if (n < min || n > max) {
+    throw new Error(`"${text}" is out of range: use ${max === Number.MAX_SAFE_INTEGER ? `${min}/s or more` : `${min}/s to ${max}/s`}`);
+  }
+  return n;
+}
+
 /** `10` or `10/s`: whole peers per second, 0 (off) to 10,000. */
 export function parsePeerRate(text: string): number {
-  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
-  if (!match) throw new Error(`"${text}" is not a rate: use peers per second, e.g. 10/s (0 turns it off)`);
-  const n = Number(match[1]);
-  if (n > 10_000) throw new Error(`"${text}" is out of range: use 0/s to 10000/s`);
-  return n;
+  return parseWholePerSecond(text, 'a rate: use peers per second, e.g. 10/s (0 turns it off)', 0, 10_000);
 }
 
 /** `10%`: a share, as a fraction (0.1); 0% to 1000%. */
@@ -66,20 +76,12 @@ export function parsePercent(text: string): number {
 
 /** `10000` or `10000/s`: whole packets per second. */
 export function parsePacketRate(text: string): number {
-  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
-  if (!match) throw new Error(`"${text}" is not a packet rate: use packets per second, e.g. 10000/s`);
-  const n = Number(match[1]);
-  if (n < 1 || !Number.isSafeInteger(n)) throw new Error(`"${text}" is out of range: use 1/s or more`);
-  return n;
+  return parseWholePerSecond(text, 'a packet rate: use packets per second, e.g. 10000/s', 1);
 }
 
 /** `50000` or `50000/s`: whole frames per second. */
 export function parseFrameRate(text: string): number {
-  const match = /^\s*(\d+)\s*(?:\/\s*s)?\s*$/i.exec(text);
-  if (!match) throw new Error(`"${text}" is not a frame rate: use frames per second, e.g. 50000/s`);
-  const n = Number(match[1]);
-  if (n < 1 || !Number.isSafeInteger(n)) throw new Error(`"${text}" is out of range: use 1/s or more`);
-  return n;
+  return parseWholePerSecond(text, 'a frame rate: use frames per second, e.g. 50000/s', 1);
 }
 
 /** A positive integer, at most `max`. */
