@@ -256,10 +256,6 @@ export class UdpClaims {
     return this.own.size + this.current.table.size + this.previous.table.size;
   }
 
-  get ownCount(): number {
-    return this.own.size;
-  }
-
   isOwn(nodeId: NodeId): boolean {
     return this.own.find(nodeId) >= 0;
   }

@@ -72,10 +72,6 @@ export class Admission {
     for (const network of client.networks) this.handshakesByNetwork.set(network, (this.handshakesByNetwork.get(network) ?? 0) + 1);
   }
 
-  socketsFrom(ip: string): number {
-    return this.socketsByIp.get(ip) ?? 0;
-  }
-
   /** The handshake of a connection admitted as `client` ended: its handshake slot and shares are free. Once per connection. */
   handshakeEnded(client: AdmissionClient): void {
     this.handshakes--;
