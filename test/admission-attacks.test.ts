@@ -12,7 +12,8 @@ import WebSocket from 'ws';
 import { COMPAT_SUBPROTOCOL } from '../lib/protocol';
 import { makeIdentity } from './helpers/identity';
 import { perIpKey } from '../lib/net/client-address';
-import { beaconFor, connectPeer, eventually, openCompat, withTimeout } from './helpers/harness';
+import { beaconFor, closed, connectPeer, eventually, openCompat, withTimeout } from './helpers/harness';
+import { promValue } from './helpers/wire';
 
 const alice = makeIdentity(7777);
 
@@ -36,9 +37,9 @@ class RawConnection {
   }
 }
 
-function upgradeRequest(path: string, { key = true } = {}): string {
+function upgradeRequest(path: string, { key = true, upgrade = 'websocket', version = '13' } = {}): string {
   return [
-    `GET ${path} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13',
+    `GET ${path} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: Upgrade', `Upgrade: ${upgrade}`, `Sec-WebSocket-Version: ${version}`,
     ...(key ? ['Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=='] : []), '', '',
   ].join('\r\n');
 }
@@ -74,6 +75,43 @@ test('an upgrade ws refuses (no Sec-WebSocket-Key) gives its slots back at once 
   (await connectPeer(tb.url, alice)).close();
   await eventually(() => attackers.every((a) => a.endedByBeacon), 3_000, 'the beacon to close the refused sockets');
   assert.equal(tb.beacon.metrics().stats.refused.invalid_upgrade, 2);
+});
+
+test('an upgrade ws refuses leaves nothing behind: its socket is closed, the gauges and its per-IP slot are back, and shutdown does not wait for it', async (t) => {
+  // The Peer's own socket listeners leave right before ws takes the socket
+  // (peer.ts, beforeAccept) and must come back when ws refuses: without
+  // them the refused connection's close is heard by nobody, and it stays
+  // in the listener's connections (memory a stranger could grow at will,
+  // and a shutdown that waits out its whole grace). No test for a close
+  // between their leaving and ws's listeners: ws adds those within the same
+  // synchronous handleUpgrade, and a socket's events come on later ticks.
+  const attackers: RawConnection[] = [];
+  t.after(() => { for (const a of attackers) a.socket.destroy(); });
+  const tb = await beaconFor(t, [alice], { maxPerIp: 1, maxHandshakes: 1, shutdownGraceMs: 60_000 });
+  const port = tb.beacon.httpAddress.port;
+  const refusals = [
+    { what: 'no Sec-WebSocket-Key', request: upgradeRequest('/v1/compat', { key: false }) },
+    { what: 'Sec-WebSocket-Version 12', request: upgradeRequest('/v1/compat', { version: '12' }) },
+    { what: 'Upgrade: h2c', request: upgradeRequest('/v1/compat', { upgrade: 'h2c' }) },
+  ];
+  for (const { what, request } of refusals) {
+    const a = await rawConnection(port);
+    attackers.push(a);
+    a.socket.write(request);
+    // One at a time: with --max-per-ip 1 and --max-handshakes 1, each gets the 400 only if the one before gave its slots back.
+    await eventually(() => a.received.startsWith('HTTP/1.1 400') && a.endedByBeacon, 3_000, `the 400 and the close for ${what}`);
+    const metrics = await (await fetch(`${tb.httpBase}/metrics`)).text();
+    assert.equal(promValue(metrics, 'beacon_wss_handshakes'), 0, what);
+    assert.equal(promValue(metrics, 'beacon_wss_peers'), 0, what);
+  }
+  assert.equal(tb.beacon.metrics().stats.refused.invalid_upgrade, 3);
+  // The per-IP socket slot is free: a daemon from the same address gets in.
+  const daemon = await connectPeer(tb.url, alice);
+  daemon.close();
+  await closed(daemon);
+  await eventually(() => tb.beacon.peerCount() === 0, 3_000, 'the daemon to be gone');
+  // Shutdown waits (up to its 60 s grace) for every connection it still knows; the refused ones must not be among them.
+  await withTimeout(tb.close(), 10_000, 'the shutdown, which must not wait for the refused connections');
 });
 
 test('a connection that sends no request headers within the auth timeout is closed and counted', async (t) => {

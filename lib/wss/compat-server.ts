@@ -48,7 +48,7 @@ import { RateLimitedLog } from '../log/rate-limited-log';
 import { Admission } from './admission';
 import { sendChallenge, type Handshake, type HandshakeResult } from './handshake';
 import { HandshakeWork } from './handshake-work';
-import { Peer, type PeerHost } from './peer';
+import { Peer, PeerWebSocket, type PeerHost } from './peer';
 import { PeerMap, type PeerMapListener } from './peer-map';
 import { ReadPacer, ReadPacing } from './read-pacer';
 import { clientAddress, isCompatUpgrade, refuseUpgrade, type TrustProxy } from './upgrade';
@@ -103,8 +103,8 @@ export class CompatServer implements PeerHost {
   private readonly admission: Admission;
   /**
    * Answers upgrades admission let through (headers checked, 101 written,
-   * the WebSocket made); no server of its own. Pings are answered by the
-   * Peer, within its send buffer.
+   * the WebSocket made, as a PeerWebSocket); no server of its own. Pings
+   * are answered by the Peer, within its send buffer.
    */
   private readonly wss = new WebSocketServer({
     noServer: true,
@@ -112,6 +112,7 @@ export class CompatServer implements PeerHost {
     perMessageDeflate: false,
     maxPayload: MAX_MESSAGE_BYTES,
     autoPong: false,
+    WebSocket: PeerWebSocket,
     handleProtocols: (offered) => (offered.has(COMPAT_SUBPROTOCOL) ? COMPAT_SUBPROTOCOL : false),
   });
   /** Every admitted connection until its socket closes (shutdown closes them all). */
@@ -338,11 +339,14 @@ export class CompatServer implements PeerHost {
     this.acceptingNow = peer;
     // The 101 and the challenge leave in one write.
     socket.cork();
+    peer.beforeAccept();
     this.wss.handleUpgrade(request, socket, head, (ws) => {
       this.stats.upgradesOk++;
-      peer.accepted(ws);
+      peer.accepted(ws as PeerWebSocket);
       sendChallenge(peer, hs, this);
     });
+    // Refused (a 400, or a socket ws found half-closed and destroyed): its close must still end the connection.
+    if (peer.ws === undefined) peer.notAccepted();
     socket.uncork();
     this.acceptingNow = undefined;
   }

@@ -12,8 +12,9 @@
  *   proved as a 32-byte latin1 string (for revocation on a keys reload),
  *   not a verify-ready KeyObject (~1.6 KB of native memory each).
  * - Its WebSocket's events go to handlers shared by every peer (this
- *   module's functions; each finds its Peer on the WebSocket), not to
- *   closures per connection.
+ *   module's functions), with no listener stored per connection: ws makes
+ *   each accepted WebSocket as a PeerWebSocket, whose `emit` calls them
+ *   with its Peer.
  * - `send` queues at most `sendBufferBytes`; beyond that the frame is
  *   refused (the caller counts the drop), so a slow reader never grows the
  *   beacon's memory or blocks other peers. Pongs are bounded the same way
@@ -72,10 +73,46 @@ export interface PeerHost {
 
 const OPEN = WebSocket.OPEN;
 
-/** An accepted peer's WebSocket and TCP socket carry the Peer, for the shared handlers. */
+/** A peer's TCP socket carries the Peer, for the shared socket handlers. */
 const PEER = Symbol('peer');
-type PeerWebSocket = WebSocket & { [PEER]: Peer };
 type PeerSocket = Socket & { [PEER]: Peer };
+
+/**
+ * The class ws makes each accepted WebSocket with (its documented
+ * `WebSocket` server option). It exists for the bytes per idle peer
+ * (issue 22): five listeners per connection turn an EventEmitter's
+ * `_events` into a dictionary of ~280 bytes; here `emit` calls the shared
+ * handlers directly once the Peer is set. Other events, and listeners
+ * anyone else adds, still go through EventEmitter.
+ */
+export class PeerWebSocket extends WebSocket {
+  /** Set in the accept step, right after ws made it. */
+  peer: Peer | undefined = undefined;
+
+  override emit(event: string | symbol, ...args: unknown[]): boolean {
+    const peer = this.peer;
+    if (peer === undefined) return super.emit(event, ...args);
+    switch (event) {
+      case 'message': onWsMessage(this, peer, args[0] as RawData, args[1] as boolean); break;
+      case 'ping': onWsPing(peer, args[0] as Buffer); break;
+      case 'pong': onWsPong(peer, args[0] as Buffer); break;
+      case 'error': onWsError(peer, args[0] as Error); break;
+      case 'close': onWsClose(peer, args[0] as number); break;
+      default: return super.emit(event, ...args);
+    }
+    if (this.listenerCount(event) > 0) super.emit(event, ...args);
+    return true;
+  }
+}
+
+/** The Peer's booleans, one bit each of `flags` (issue 22: one field rather than seven). */
+const ATTACHED = 1;
+const ACTIVE = 2;
+const REPLACED = 4;
+const IN_HANDSHAKE_SLOT = 8;
+const IN_SOCKET_SLOT = 16;
+const FLUSH_AFTER_CALLBACK_PENDING = 32;
+const FLUSH_AT_TURN_END_PENDING = 64;
 
 export class Peer implements HandshakeStep, AdmissionClient {
   /** Set once ws has answered the upgrade (the accept step). */
@@ -89,17 +126,10 @@ export class Peer implements HandshakeStep, AdmissionClient {
    */
   keyLatin1: string | undefined;
   keySource: KeySourceName | undefined;
-  /** Set while attached to the peer map (and so counted and announced). */
-  attached = false;
-  /** Set by any inbound data, ping or pong; cleared by the idle sweep. */
-  active = true;
+  /** The booleans below (ATTACHED, ACTIVE, ...), in one field: bytes per idle peer. */
+  private flags = ACTIVE | IN_HANDSHAKE_SLOT | IN_SOCKET_SLOT;
   /** When the idle sweep last found the peer active (ms since the listener started; `active` holds until the first sweep). */
   quietSince = 0;
-  /** Set when a newer connection for the same node took this one's place. */
-  replaced = false;
-  /** Whether it still holds a handshake slot / a socket slot (admission). */
-  inHandshakeSlot = true;
-  inSocketSlot = true;
   /** The close grace's ticket once the beacon closes it. */
   closeGrace = NO_DEADLINE;
   /** The handshake's state; undefined from auth_ok on. */
@@ -110,9 +140,30 @@ export class Peer implements HandshakeStep, AdmissionClient {
   private batch: Buffer[] | undefined;
   /** Wire size of `batch`, headers included. */
   private batchBytes = 0;
+
+  /** Set while attached to the peer map (and so counted and announced). */
+  get attached(): boolean { return (this.flags & ATTACHED) !== 0; }
+  set attached(on: boolean) { this.setFlag(ATTACHED, on); }
+  /** Set by any inbound data, ping or pong; cleared by the idle sweep. */
+  get active(): boolean { return (this.flags & ACTIVE) !== 0; }
+  set active(on: boolean) { this.setFlag(ACTIVE, on); }
+  /** Set when a newer connection for the same node took this one's place. */
+  get replaced(): boolean { return (this.flags & REPLACED) !== 0; }
+  set replaced(on: boolean) { this.setFlag(REPLACED, on); }
+  /** Whether it still holds a handshake slot / a socket slot (admission). */
+  get inHandshakeSlot(): boolean { return (this.flags & IN_HANDSHAKE_SLOT) !== 0; }
+  set inHandshakeSlot(on: boolean) { this.setFlag(IN_HANDSHAKE_SLOT, on); }
+  get inSocketSlot(): boolean { return (this.flags & IN_SOCKET_SLOT) !== 0; }
+  set inSocketSlot(on: boolean) { this.setFlag(IN_SOCKET_SLOT, on); }
   /** A flush is scheduled after the current I/O callback / at the end of the turn. */
-  private afterCallbackFlushPending = false;
-  private turnEndFlushPending = false;
+  private get afterCallbackFlushPending(): boolean { return (this.flags & FLUSH_AFTER_CALLBACK_PENDING) !== 0; }
+  private set afterCallbackFlushPending(on: boolean) { this.setFlag(FLUSH_AFTER_CALLBACK_PENDING, on); }
+  private get turnEndFlushPending(): boolean { return (this.flags & FLUSH_AT_TURN_END_PENDING) !== 0; }
+  private set turnEndFlushPending(on: boolean) { this.setFlag(FLUSH_AT_TURN_END_PENDING, on); }
+
+  private setFlag(bit: number, on: boolean): void {
+    this.flags = on ? this.flags | bit : this.flags & ~bit;
+  }
 
   constructor(
     /** The upgraded TCP socket (ws writes on it too; the batch goes to it directly). */
@@ -157,21 +208,32 @@ export class Peer implements HandshakeStep, AdmissionClient {
     }
   }
 
-  /** ws answered the upgrade: the peer's WebSocket from now on, its events to the shared handlers, and reading starts. */
-  accepted(ws: WebSocket): void {
-    this.ws = ws;
-    (ws as PeerWebSocket)[PEER] = this;
-    // ws emits socket errors on the WebSocket: a listener must be there from the start.
-    ws.on('error', onWsError);
-    ws.on('message', onWsMessage);
-    ws.on('ping', onWsPing);
-    ws.on('pong', onWsPong);
-    ws.on('close', onWsClose);
-    // After ws's own 'data' listener: a read is charged once ws has parsed it.
-    this.socket.on('data', onSocketData);
-    // From now on the WebSocket's close ends the connection.
+  /**
+   * Right before ws takes the socket: the listeners of the wait leave
+   * first, so that ws's own ('close', 'error') do not grow the socket's
+   * listener arrays (an array that grew keeps its capacity after a
+   * removal). Nothing can slip between: a socket's events are emitted from
+   * later ticks, and ws adds its listeners within the same synchronous
+   * `handleUpgrade`. Given back by `notAccepted` if ws refuses the upgrade.
+   */
+  beforeAccept(): void {
     this.socket.off('close', onSocketClosedBeforeAccept);
     this.socket.off('error', onSocketErrorBeforeAccept);
+  }
+
+  /** ws refused the upgrade (it is ending or destroying the socket): the socket's close still ends the connection. */
+  notAccepted(): void {
+    this.socket.on('close', onSocketClosedBeforeAccept);
+    this.socket.on('error', onSocketErrorBeforeAccept);
+  }
+
+  /** ws answered the upgrade: the peer's WebSocket from now on (its events dispatched by PeerWebSocket), and reading starts. */
+  accepted(ws: PeerWebSocket): void {
+    this.ws = ws;
+    // ws emits socket errors on the WebSocket: its Peer must be set before any can come.
+    ws.peer = this;
+    // After ws's own 'data' listener: a read is charged once ws has parsed it.
+    this.socket.on('data', onSocketData);
     this.socket.resume();
   }
 
@@ -306,11 +368,7 @@ export class Peer implements HandshakeStep, AdmissionClient {
   }
 }
 
-// ---- the shared handlers (`this` is the peer's WebSocket or TCP socket) -----------------
-
-function peerOf(ws: WebSocket): Peer {
-  return (ws as PeerWebSocket)[PEER];
-}
+// ---- the shared handlers (the socket's `this` is its TCP socket; PeerWebSocket passes its Peer) ----
 
 /** The socket closed while its accept step still waited: the connection is over without a WebSocket. */
 function onSocketClosedBeforeAccept(this: Socket): void {
@@ -341,8 +399,7 @@ function chargeFrame(peer: Peer, payloadBytes: number): boolean {
   return true;
 }
 
-function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
-  const peer = peerOf(this);
+function onWsMessage(ws: WebSocket, peer: Peer, data: RawData, isBinary: boolean): void {
   const payload = data as Buffer;
   if (!chargeFrame(peer, payload.length)) return;
   const hs = peer.handshake;
@@ -351,26 +408,23 @@ function onWsMessage(this: WebSocket, data: RawData, isBinary: boolean): void {
   const { stats } = peer.host;
   stats.framesIn++;
   // Detached (replaced, revoked, idle) or shutting down: it speaks for nobody now.
-  if (this.readyState !== OPEN) return stats.drop('sender_closing');
+  if (ws.readyState !== OPEN) return stats.drop('sender_closing');
   peer.host.onPacket(peer, payload);
 }
 
-function onWsPing(this: WebSocket, payload: Buffer): void {
-  const peer = peerOf(this);
+function onWsPing(peer: Peer, payload: Buffer): void {
   if (chargeFrame(peer, payload.length)) peer.answerPing(payload);
 }
 
-function onWsPong(this: WebSocket, payload: Buffer): void {
-  chargeFrame(peerOf(this), payload.length);
+function onWsPong(peer: Peer, payload: Buffer): void {
+  chargeFrame(peer, payload.length);
 }
 
-function onWsError(this: WebSocket, error: Error): void {
-  const peer = peerOf(this);
+function onWsError(peer: Peer, error: Error): void {
   peer.host.socketError(peer, error);
 }
 
-function onWsClose(this: WebSocket, code: number): void {
-  const peer = peerOf(this);
+function onWsClose(peer: Peer, code: number): void {
   const hs = peer.handshake;
   if (hs !== undefined) finish(peer, hs, peer.host, { ok: false, reason: 'closed' });
   peer.dropBatch();
