@@ -14,14 +14,18 @@
  * - the close handshake: a client's close is answered with its own code,
  *   and the code is what the beacon reports;
  * - pongs are bounded by the send buffer like relayed frames: a client
- *   that pings and never reads cannot grow the beacon's memory.
+ *   that pings and never reads cannot grow the beacon's memory;
+ * - the beacon's handlers are no listeners on the peer's WebSocket
+ *   (PeerWebSocket), but a listener anyone adds there still hears every
+ *   event.
  */
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { test } from 'node:test';
+import type WebSocket from 'ws';
 import { CloseCode, MAX_MESSAGE_BYTES, encodeRelay } from '../lib/protocol';
 import { beaconFor, eventually, withTimeout } from './helpers/harness';
-import { HostileWs, OPCODE_BINARY, OPCODE_PING, OPCODE_TEXT, repeated } from './helpers/hostile-ws';
+import { HostileWs, OPCODE_BINARY, OPCODE_PING, OPCODE_PONG, OPCODE_TEXT, repeated } from './helpers/hostile-ws';
 import { makeIdentity } from './helpers/identity';
 import { WsPeer } from './helpers/wire';
 
@@ -167,4 +171,34 @@ test('pongs to a client that pings and never reads stop at the send buffer: drop
   client.flood(repeated(rawFrame({ opcode: OPCODE_PING, payload: Buffer.alloc(125, 1) }), 500));
   await eventually(() => tb.beacon.metrics().stats.dropped.send_buffer_full > 0, 20_000, 'pongs past the send buffer to be dropped');
   assert.equal(tb.beacon.isConnected(alice.nodeId), true);
+});
+
+test('a listener added on a peer\'s WebSocket still hears its message, ping, pong, error and close, beside the beacon\'s own handling', async (t) => {
+  // The beacon's handlers are no listeners (PeerWebSocket's emit calls them,
+  // issue 22); a listener anyone else adds must still be called, after them.
+  const tb = await beaconFor(t, [alice, bob]);
+  const a = await HostileWs.open(tb.beacon.httpAddress.port);
+  t.after(() => a.destroy());
+  await a.authenticate(alice);
+  const b = await WsPeer.connect(tb.url, bob);
+  t.after(() => b.close());
+  // The beacon's side of alice's connection (a private field: nothing in the beacon adds such listeners today).
+  const compat = (tb.beacon as unknown as { compat: { peers: { get(id: number): { ws: WebSocket } | undefined } } }).compat;
+  const serverWs = compat.peers.get(alice.nodeId)!.ws;
+  const heard: string[] = [];
+  for (const event of ['message', 'ping', 'pong', 'error', 'close']) serverWs.on(event, () => heard.push(event));
+
+  a.send(OPCODE_BINARY, encodeRelay(alice.nodeId, bob.nodeId, Buffer.from('hi')));
+  assert.equal((await b.next()).subarray(5).toString(), 'hi', 'relayed to bob');
+  a.send(OPCODE_PING, Buffer.from('p'));
+  await eventually(() => a.pongs.length === 1, 3_000, 'the beacon\'s pong');
+  a.send(OPCODE_PONG, Buffer.from('q'));
+  await eventually(() => heard.length === 3, 3_000, 'the listener to hear the message, the ping and the pong');
+  // A protocol error: the beacon's handling closes with 1002 and ends the connection; the listener hears the error and the close.
+  const reported = withTimeout(once(tb.beacon, 'peerClosed'), 3_000, 'the peer\'s teardown');
+  a.socket.write(rawFrame({ opcode: OPCODE_BINARY, payload: Buffer.from([5]), rsv: 0b100 }));
+  await withTimeout(a.closedByBeacon, 4_000, 'the beacon to end the connection');
+  assert.equal(a.closeCode, 1002);
+  assert.equal((await reported)[0].nodeId, alice.nodeId);
+  assert.deepEqual(heard, ['message', 'ping', 'pong', 'error', 'close']);
 });
