@@ -83,7 +83,9 @@ export const MANY_HANDSHAKES = { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxP
 
 export async function startServer(settings: BenchSettings, kind: ServerKind, overrides: Record<string, unknown> = {}): Promise<Server> {
   // BENCH_SERVER_NODE_FLAGS (e.g. --trace-gc) adds flags to the server processes, for a diagnosis.
-  const nodeFlags = ['--expose-gc', ...(process.env.BENCH_SERVER_NODE_FLAGS?.split(' ').filter(Boolean) ?? [])];
+  // BENCH_BEACON_NODE_FLAGS adds flags to the beacon slot only (e.g. a V8 heap setting against the same build without it).
+  const slotFlags = kind === 'beacon' ? process.env.BENCH_BEACON_NODE_FLAGS?.split(' ').filter(Boolean) ?? [] : [];
+  const nodeFlags = ['--expose-gc', ...(process.env.BENCH_SERVER_NODE_FLAGS?.split(' ').filter(Boolean) ?? []), ...slotFlags];
   const profile = settings.profileDir !== undefined && kind === 'beacon';
   const dist = kind === 'beacon' ? settings.beaconDist : settings.baselineDist;
   const script = dist
