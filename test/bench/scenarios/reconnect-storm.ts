@@ -14,10 +14,15 @@
  * - Figures: storm / quiet for p50 and p99 (goal: within 3x), frames lost
  *   (goal: none), and the storm's own handshakes/s. After each run the
  *   storm's daemons leave and the server is back to the 32 established peers.
+ * - Diagnosis beside them: the server's view of its loop and its garbage
+ *   collector's pauses over the storm (servers/loop-watch.ts). A frame that
+ *   arrives during a pause waits for it, so the share of the storm spent in
+ *   pauses of 2 ms or more, and the longest pauses, bound what p99 can be.
  */
 import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
 import type { RunResult } from '../load/worker';
+import type { GcPauses } from '../servers/loop-watch';
 import {
   MANY_HANDSHAKES, COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
@@ -73,10 +78,11 @@ interface StormWindow {
   stormMs: number;
   serverCpuShare: number;
   /** The server's own view of its loop during the storm (servers/loop-watch.ts); NaN from a build without it. */
-  loop: { maxStallMs: number; p99StallMs: number; maxBusyMs: number };
+  loop: { maxStallMs: number; p99StallMs: number; maxBusyMs: number; gc: GcPauses };
 }
 
-const NO_LOOP_WATCH = { maxStallMs: NaN, p99StallMs: NaN, maxBusyMs: NaN };
+const NO_GC_WATCH: GcPauses = { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN };
+const NO_LOOP_WATCH = { maxStallMs: NaN, p99StallMs: NaN, maxBusyMs: NaN, gc: NO_GC_WATCH };
 
 async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
   const { worker } = r.steady;
@@ -135,6 +141,9 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
   figures.define('server CPU during the storm', '% core', 'higher');
   figures.define('server loop: p99 stretch between turns, storm', 'ms', 'lower');
   figures.define('server loop: longest own run between turns, storm', 'ms', 'lower');
+  figures.define('server GC: share of the storm in pauses >= 2 ms', '%', 'lower');
+  figures.define('server GC: longest young pause, storm', 'ms', 'lower');
+  figures.define('server GC: longest full pause, storm', 'ms', 'lower');
   const rigs: Partial<Record<ServerKind, Rig>> = {};
   try {
     Object.assign(rigs, await buildRigs((kind) => rig(settings, kind, plan)));
@@ -158,11 +167,16 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         figures.add('server CPU during the storm', kind, 100 * storm.serverCpuShare);
         figures.add('server loop: p99 stretch between turns, storm', kind, storm.loop.p99StallMs);
         figures.add('server loop: longest own run between turns, storm', kind, storm.loop.maxBusyMs);
+        const gc = storm.loop.gc;
+        figures.add('server GC: share of the storm in pauses >= 2 ms', kind, 100 * gc.longMs / storm.stormMs);
+        figures.add('server GC: longest young pause, storm', kind, gc.maxYoungMs);
+        figures.add('server GC: longest full pause, storm', kind, gc.maxFullMs);
         const failed = Object.entries(storm.errors).map(([c, n]) => `${c}: ${n}`).join(', ');
         settings.log(`  reconnect storm run ${run + 1} ${kind}: ${storm.handshakes} daemons in ${fmt(storm.stormMs)} ms` +
           ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
           ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent};` +
-          ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms, max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms)`);
+          ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms, max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms);` +
+          ` GC ${gc.count} pauses, ${gc.totalMs.toFixed(0)} ms, ${gc.longCount} of >= 2 ms (${gc.longMs.toFixed(0)} ms), longest young ${gc.maxYoungMs.toFixed(1)} ms, full ${gc.maxFullMs.toFixed(1)} ms`);
       }
     }
   } finally {

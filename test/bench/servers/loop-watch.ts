@@ -8,9 +8,13 @@
  * - `maxBusyMs`: the longest time the main thread itself ran on a CPU
  *   between two turns (Linux scheduler statistics), so the beacon's own
  *   work, not the machine's other load; NaN where /proc has no schedstat.
+ * - `gc`: the garbage collector's pauses in the window (perf_hooks 'gc'
+ *   entries): the time in all of them, in pauses of 2 ms or more, and the
+ *   longest young (scavenge) and full (mark-compact) pause, so a stretch
+ *   can be told apart from the beacon's own work.
  */
 import { readFileSync } from 'node:fs';
-import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
+import { constants, monitorEventLoopDelay, PerformanceObserver, type IntervalHistogram, type NodeGCPerformanceDetail } from 'node:perf_hooks';
 
 const SCHEDSTAT = `/proc/self/task/${process.pid}/schedstat`;
 
@@ -23,14 +27,42 @@ function onCpuMs(): number {
   }
 }
 
+/** A GC pause at least this long is one a relayed frame feels (quiet p99 is ~1 ms). */
+const LONG_GC_PAUSE_MS = 2;
+
+export interface GcPauses {
+  totalMs: number;
+  count: number;
+  longMs: number;
+  longCount: number;
+  maxYoungMs: number;
+  maxFullMs: number;
+}
+
 export class LoopWatch {
   private readonly histogram: IntervalHistogram;
   private readonly timer: NodeJS.Timeout;
   private maxBusyMs = 0;
+  private readonly gc: GcPauses = { totalMs: 0, count: 0, longMs: 0, longCount: 0, maxYoungMs: 0, maxFullMs: 0 };
+  private readonly gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const ms = entry.duration;
+      const kind = (entry as unknown as { detail?: NodeGCPerformanceDetail }).detail?.kind;
+      this.gc.totalMs += ms;
+      this.gc.count++;
+      if (ms >= LONG_GC_PAUSE_MS) {
+        this.gc.longMs += ms;
+        this.gc.longCount++;
+      }
+      if (kind === constants.NODE_PERFORMANCE_GC_MINOR) this.gc.maxYoungMs = Math.max(this.gc.maxYoungMs, ms);
+      if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) this.gc.maxFullMs = Math.max(this.gc.maxFullMs, ms);
+    }
+  });
 
   constructor(private readonly resolutionMs: number) {
     this.histogram = monitorEventLoopDelay({ resolution: resolutionMs });
     this.histogram.enable();
+    this.gcObserver.observe({ entryTypes: ['gc'] });
     let last = onCpuMs();
     this.timer = setInterval(() => {
       const now = onCpuMs();
@@ -39,10 +71,12 @@ export class LoopWatch {
     }, resolutionMs);
   }
 
-  stop(): { maxStallMs: number; p99StallMs: number; maxBusyMs: number } {
+  stop(): { maxStallMs: number; p99StallMs: number; maxBusyMs: number; gc: GcPauses } {
     this.histogram.disable();
     clearInterval(this.timer);
+    this.gcObserver.disconnect();
     return {
+      gc: this.gc,
       maxStallMs: Math.max(0, this.histogram.max / 1e6 - this.resolutionMs),
       p99StallMs: Math.max(0, this.histogram.percentile(99) / 1e6 - this.resolutionMs),
       maxBusyMs: this.maxBusyMs,
