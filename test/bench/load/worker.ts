@@ -22,7 +22,9 @@
  *   `latencyReset` restarts the latency record without the delivery count
  *   (latency over part of a run, loss over all of it); `prepareSigners`
  *   builds signing keys before a window, so the load core spends the
- *   window on handshakes.
+ *   window on handshakes; `loopWatchStart`/`loopWatchStop` say how long
+ *   this process's own loop went without turning (servers/loop-watch.ts),
+ *   to tell its delays from the server's.
  */
 import dgram from 'node:dgram';
 import { BeaconStats } from '../../../lib/metrics';
@@ -31,6 +33,7 @@ import { loadUdpBatchAddon } from '../../../lib/native/udp-batch-addon';
 import { loadSigners, type Signer } from '../common/identities';
 import { serve, sendReady } from '../common/serve';
 import { LatencyHistogram } from '../common/stats';
+import { LoopWatch } from '../servers/loop-watch';
 import {
   RawWsClient, clientHeaderBytes, connectAndAuthenticate, writeClientHeader, OPCODE_BINARY, HandshakeError,
 } from './raw-ws';
@@ -422,7 +425,17 @@ async function run(args: RunArgs): Promise<RunResult> {
   return { offered, sent, ms };
 }
 
+let loopWatch: LoopWatch | undefined;
 serve({
+  loopWatchStart: (args: { resolutionMs: number }) => {
+    loopWatch?.stop();
+    loopWatch = new LoopWatch(args.resolutionMs);
+  },
+  loopWatchStop: () => {
+    const got = loopWatch?.stop();
+    loopWatch = undefined;
+    return got ?? null;
+  },
   wssConnect: (args: ConnectArgs) => handshakes(args, false),
   storm: (args: ConnectArgs) => handshakes(args, true),
   udpOpen,

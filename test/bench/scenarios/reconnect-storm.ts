@@ -18,6 +18,8 @@
  *   collector's pauses over the storm (servers/loop-watch.ts). A frame that
  *   arrives during a pause waits for it, so the share of the storm spent in
  *   pauses of 2 ms or more, and the longest pauses, bound what p99 can be.
+ *   The run's log line also gives the established peers' own process's
+ *   loop over the storm (it shares the load core with the storm).
  */
 import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
@@ -79,6 +81,8 @@ interface StormWindow {
   serverCpuShare: number;
   /** The server's own view of its loop during the storm (servers/loop-watch.ts); NaN from a build without it. */
   loop: { maxStallMs: number; p99StallMs: number; maxBusyMs: number; gc: GcPauses };
+  /** The same view of the established peers' load process (it stamps and receives every frame). */
+  receiverLoop: StormWindow['loop'];
 }
 
 const NO_GC_WATCH: GcPauses = { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN };
@@ -93,6 +97,7 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   await sleep(LEAD_MS);
   await worker.request('latencyReset');
   const watching = await r.server.child.request('loopWatchStart', { resolutionMs: 1 }).then(() => true, () => false);
+  await worker.request('loopWatchStart', { resolutionMs: 1 }); // the established peers' own process: is the delay theirs?
   const cpu0 = r.server.child.cpuSeconds();
   const storm = await r.storm.request<{ ok: number; failed: number; errors: Record<string, number>; ms: number }>('wssConnect', {
     port: r.server.http, path: COMPAT_PATH, nodeIds, concurrency: plan.concurrency, localAddresses: LOOPBACK_SOURCES, timeoutMs: 30_000,
@@ -100,6 +105,7 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   const duringStorm = await worker.request<RecvReport>('recvReport');
   const serverCpuShare = (r.server.child.cpuSeconds() - cpu0) / (storm.ms / 1000);
   const loop = watching ? { ...NO_LOOP_WATCH, ...await r.server.child.request<Partial<StormWindow['loop']>>('loopWatchStop') } : NO_LOOP_WATCH;
+  const receiverLoop = await worker.request<StormWindow['loop']>('loopWatchStop');
   await worker.request('stopRun');
   const sent = (await running).sent;
   // Drain: until everything sent arrived or nothing moved for 300 ms, bounded.
@@ -114,7 +120,7 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   }
   return {
     latency: duringStorm.latency, lost: sent - received, sent, handshakes: storm.ok, failed: storm.failed, errors: storm.errors,
-    stormMs: storm.ms, serverCpuShare, loop,
+    stormMs: storm.ms, serverCpuShare, loop, receiverLoop,
   };
 }
 
@@ -176,6 +182,7 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
           ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
           ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent};` +
           ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms, max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms);` +
+          ` established peers' process: loop p99 ${storm.receiverLoop.p99StallMs.toFixed(1)} ms, max ${storm.receiverLoop.maxStallMs.toFixed(1)} ms;` +
           ` GC ${gc.count} pauses, ${gc.totalMs.toFixed(0)} ms, ${gc.longCount} of >= 2 ms (${gc.longMs.toFixed(0)} ms), longest young ${gc.maxYoungMs.toFixed(1)} ms, full ${gc.maxFullMs.toFixed(1)} ms`);
       }
     }
