@@ -71,15 +71,41 @@ export class LoopWatch {
     }, resolutionMs);
   }
 
-  stop(): { maxStallMs: number; p99StallMs: number; maxBusyMs: number; gc: GcPauses } {
+  stop(): { maxStallMs: number; p99StallMs: number; timeP99StallMs: number; maxBusyMs: number; gc: GcPauses } {
     this.histogram.disable();
     clearInterval(this.timer);
     this.gcObserver.disconnect();
     return {
       gc: this.gc,
+      timeP99StallMs: Math.max(0, timeWeightedPercentile(this.histogram, 99) / 1e6 - this.resolutionMs),
       maxStallMs: Math.max(0, this.histogram.max / 1e6 - this.resolutionMs),
       p99StallMs: Math.max(0, this.histogram.percentile(99) / 1e6 - this.resolutionMs),
       maxBusyMs: this.maxBusyMs,
     };
   }
+}
+
+/**
+ * The histogram's percentile weighted by time rather than by sample: a
+ * stall of 20 ms is one sample but 20 ms in which frames arrive and wait,
+ * so this is the stall a frame arriving at a random moment is in at `p`.
+ */
+function timeWeightedPercentile(histogram: IntervalHistogram, p: number): number {
+  const points = [...histogram.percentiles.entries()].sort((a, b) => a[0] - b[0]);
+  const weighted: [number, number][] = [];
+  let previous = 0;
+  let total = 0;
+  for (const [percentile, value] of points) {
+    const time = (percentile - previous) * value;
+    previous = percentile;
+    if (time <= 0) continue;
+    weighted.push([value, time]);
+    total += time;
+  }
+  let seen = 0;
+  for (const [value, time] of weighted) {
+    seen += time;
+    if (seen >= total * p / 100) return value;
+  }
+  return weighted.length ? weighted[weighted.length - 1]![0] : 0;
 }
