@@ -149,50 +149,68 @@ test('sortedKeySet sorts any order and keeps the last key of a node given twice'
   assert.equal(keys.rawOf(70_000)?.[0], 0);
 });
 
-test('verify-ready keys: built once, reused while the key is the same, bounded, and never stale', () => {
+test('verify-ready keys: kept from a node\'s second lookup, reused while the key is the same, bounded, and never stale', () => {
   const alice = makeIdentity(7);
   let keys = withIdentities(randomKeySet(50, 100), [alice]);
   const cache = new VerifyKeyCache(10);
   const first = cache.lookup(keys, 7);
   assert.ok(first);
-  assert.equal(cache.lookup(keys, 7), first, 'the same object while the key is unchanged');
   const message = Buffer.from('compat_auth:7:nonce');
   assert.equal(verify(null, message, first.key, Buffer.from(sign(alice, message), 'base64')), true);
+  assert.equal(cache.size, 0, 'a node seen once leaves no key behind (its KeyObject dies young)');
+  const second = cache.lookup(keys, 7);
+  assert.ok(second);
+  assert.equal(cache.size, 1, 'seen again: it reconnects, its key is kept');
+  assert.equal(cache.lookup(keys, 7), second, 'the same object while the key is unchanged');
   assert.equal(cache.lookup(keys, 99), undefined);
 
-  for (let id = 100; id < 150; id++) assert.ok(cache.lookup(keys, id));
+  // 30 nodes reconnecting (within the 40 IDs it remembers): more than it keeps.
+  for (let pass = 0; pass < 2; pass++) for (let id = 100; id < 130; id++) assert.ok(cache.lookup(keys, id));
   assert.equal(cache.size, 10, 'never more than its capacity');
 
   const renewed = makeIdentity(7);
   keys = keys.with(7, renewed.publicKey);
+  for (let pass = 0; pass < 2; pass++) cache.lookup(keys, 7); // kept again after the round above pushed it out
   const after = cache.lookup(keys, 7);
-  assert.notEqual(after, first);
   assert.deepEqual(after?.raw, Buffer.from(renewed.publicKey));
-  assert.equal(cache.lookup(keys.without(7), 7), undefined, 'a removed key is not answered from the cache');
+  const renewedAgain = makeIdentity(7);
+  const keysAgain = keys.with(7, renewedAgain.publicKey);
+  const changed = cache.lookup(keysAgain, 7);
+  assert.notEqual(changed, after, 'a changed key is a miss, never the cached object');
+  assert.deepEqual(changed?.raw, Buffer.from(renewedAgain.publicKey));
+  assert.equal(cache.lookup(keysAgain.without(7), 7), undefined, 'a removed key is not answered from the cache');
 });
 
-test('verify-ready keys of nodes that reconnect stay cached past the recent table; nodes that connect once cost no more than it', () => {
+test('verify-ready keys of nodes that reconnect stay cached; nodes that connect once leave only their node ID', () => {
   const withMany = randomKeySet(300, 100); // nodes 100..399
-  // 300 nodes connecting once each: the recent table's 4 keys, nothing else.
-  const once = new VerifyKeyCache(4, 8);
+  // 300 nodes connecting once each: no key kept.
+  const once = new VerifyKeyCache(8);
   for (let id = 100; id < 400; id++) assert.ok(once.lookup(withMany, id));
-  assert.equal(once.size, 4);
-  assert.equal(once.returningSize, 0);
+  assert.equal(once.size, 0);
 
-  // Six nodes reconnecting in turn, more than the recent table holds: from their second round on, every key is a hit.
-  const cache = new VerifyKeyCache(2, 8);
+  // Six nodes reconnecting in turn: from their third round on (kept at the second), every key is a hit.
+  const cache = new VerifyKeyCache(8);
   const round = () => [100, 101, 102, 103, 104, 105].map((id) => cache.lookup(withMany, id));
   round();
   const second = round();
   const third = round();
   third.forEach((key, i) => assert.equal(key, second[i], `node ${100 + i}: the same key object`));
-  assert.ok(cache.size <= 2 + 8);
+  assert.equal(cache.size, 6);
 
-  // Bounded too: 20 reconnecting nodes hold at most the returning table's 8 keys beside the recent 2.
-  const busy = new VerifyKeyCache(2, 8);
+  // A fleet that comes back stays cached however many daemons connect once in between (up to 4 x capacity of them).
+  for (let id = 200; id < 230; id++) cache.lookup(withMany, id);
+  const fourth = round();
+  fourth.forEach((key, i) => assert.equal(key, second[i], `node ${100 + i}: still cached after 30 one-time daemons`));
+
+  // Bounded too: 20 reconnecting nodes hold at most the capacity's 8 keys.
+  const busy = new VerifyKeyCache(8);
   for (let pass = 0; pass < 3; pass++) for (let id = 100; id < 120; id++) busy.lookup(withMany, id);
-  assert.equal(busy.returningSize, 8);
-  assert.equal(busy.size, 10);
+  assert.equal(busy.size, 8);
+
+  // No capacity: nothing kept, nothing remembered.
+  const none = new VerifyKeyCache(0);
+  for (let pass = 0; pass < 3; pass++) for (let id = 100; id < 110; id++) assert.ok(none.lookup(withMany, id));
+  assert.equal(none.size, 0);
 });
 
 test('a reload of a big keys file leaves the event loop free: /health answers and relays go through while it runs', async (t) => {

@@ -9,8 +9,8 @@
  *   (a million keys take about a second to parse; the event loop keeps
  *   relaying meanwhile), then swaps the new KeySet in in one step and emits
  *   'reload', or keeps the old keys and emits 'reloadError'.
- * - `lookup()` gives a verify-ready key, built on first use and kept in a
- *   bounded cache (VerifyKeyCache).
+ * - `lookup()` gives a verify-ready key, built on use and kept, bounded,
+ *   for the nodes that reconnect (VerifyKeyCache).
  * - Opened with `mayBeMissing` (the CLI's default ./keys.json), a file that
  *   does not exist yet means no keys, and is loaded once it appears.
  * - `watch()` reloads on change (file-watch.ts: renames, symlink swaps such
@@ -41,14 +41,6 @@ export { KeySet } from './key-set';
 
 /** Changes closer together than this become one reload (editors write in several steps). */
 export const KEYS_FILE_DEBOUNCE_MS = 100;
-
-/**
- * Verify-ready keys kept for recently seen nodes (VerifyKeyCache): a node's
- * key through its handshake and a quick retry. A miss costs ~8-12 µs on the
- * event loop (a tenth of the signature check it precedes); at ~1.6 KB a
- * key, 4,096 stay under 7 MB.
- */
-export const VERIFY_KEY_CACHE_ENTRIES = 4_096;
 
 /** The most keys kept for nodes that reconnect, whatever the beacon's --max-peers (~52 MB at ~1.6 KB a key). */
 export const MAX_RETURNING_KEYS = 32_768;
@@ -102,7 +94,7 @@ export class KeysFile extends EventEmitter<KeysFileEvents> {
 
   private constructor(file: string, digest: Buffer, keys: KeySet, exists: boolean, returningKeys: number) {
     super();
-    this.#verifyKeys = new VerifyKeyCache(VERIFY_KEY_CACHE_ENTRIES, Math.min(returningKeys, MAX_RETURNING_KEYS));
+    this.#verifyKeys = new VerifyKeyCache(Math.min(returningKeys, MAX_RETURNING_KEYS));
     this.path = file;
     this.#digest = digest;
     this.#keys = keys;
