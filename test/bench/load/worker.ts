@@ -33,7 +33,7 @@ import { loadUdpBatchAddon } from '../../../lib/native/udp-batch-addon';
 import { loadSigners, type Signer } from '../common/identities';
 import { serve, sendReady } from '../common/serve';
 import { LatencyHistogram } from '../common/stats';
-import { LoopWatch } from '../servers/loop-watch';
+import { loopWatchCommands } from '../servers/loop-watch';
 import {
   RawWsClient, clientHeaderBytes, connectAndAuthenticate, writeClientHeader, OPCODE_BINARY, HandshakeError,
 } from './raw-ws';
@@ -425,17 +425,8 @@ async function run(args: RunArgs): Promise<RunResult> {
   return { offered, sent, ms };
 }
 
-let loopWatch: LoopWatch | undefined;
 serve({
-  loopWatchStart: (args: { resolutionMs: number }) => {
-    loopWatch?.stop();
-    loopWatch = new LoopWatch(args.resolutionMs);
-  },
-  loopWatchStop: () => {
-    const got = loopWatch?.stop();
-    loopWatch = undefined;
-    return got ?? null;
-  },
+  ...loopWatchCommands(),
   wssConnect: (args: ConnectArgs) => handshakes(args, false),
   storm: (args: ConnectArgs) => handshakes(args, true),
   udpOpen,

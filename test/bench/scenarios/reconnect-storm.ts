@@ -24,7 +24,7 @@
 import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
 import type { RunResult } from '../load/worker';
-import type { GcPauses } from '../servers/loop-watch';
+import type { GcPauses, LoopReport } from '../servers/loop-watch';
 import {
   MANY_HANDSHAKES, COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
@@ -80,13 +80,13 @@ interface StormWindow {
   stormMs: number;
   serverCpuShare: number;
   /** The server's own view of its loop during the storm (servers/loop-watch.ts); NaN from a build without it. */
-  loop: { maxStallMs: number; p99StallMs: number; timeP99StallMs: number; maxBusyMs: number; gc: GcPauses };
+  loop: LoopReport;
   /** The same view of the established peers' load process (it stamps and receives every frame). */
-  receiverLoop: StormWindow['loop'];
+  receiverLoop: LoopReport;
 }
 
 const NO_GC_WATCH: GcPauses = { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN };
-const NO_LOOP_WATCH = { maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN, gc: NO_GC_WATCH };
+const NO_LOOP_WATCH: LoopReport = { maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN, gc: NO_GC_WATCH };
 
 async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
   const { worker } = r.steady;
@@ -104,8 +104,8 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   }, MAX_STORM_MS);
   const duringStorm = await worker.request<RecvReport>('recvReport');
   const serverCpuShare = (r.server.child.cpuSeconds() - cpu0) / (storm.ms / 1000);
-  const loop = watching ? { ...NO_LOOP_WATCH, ...await r.server.child.request<Partial<StormWindow['loop']>>('loopWatchStop') } : NO_LOOP_WATCH;
-  const receiverLoop = await worker.request<StormWindow['loop']>('loopWatchStop');
+  const loop = watching ? { ...NO_LOOP_WATCH, ...await r.server.child.request<Partial<LoopReport>>('loopWatchStop') } : NO_LOOP_WATCH;
+  const receiverLoop = await worker.request<LoopReport>('loopWatchStop');
   await worker.request('stopRun');
   const sent = (await running).sent;
   // Drain: until everything sent arrived or nothing moved for 300 ms, bounded.

@@ -18,7 +18,7 @@ import { makeConfig, type BeaconConfig } from '../../../lib/config';
 import { serve, sendReady } from '../common/serve';
 import { writeHeapSnapshot } from 'node:v8';
 import { collect } from './memory';
-import { LoopWatch } from './loop-watch';
+import { loopWatchCommands } from './loop-watch';
 import { startProfiling, stopProfiling } from './profiler';
 
 async function main(): Promise<void> {
@@ -34,23 +34,13 @@ async function main(): Promise<void> {
     udpByteRatePerIp: 1e15,
     ...overrides,
   }));
-  // How long the loop went without turning, between loopWatchStart and loopWatchStop (the keys-file scenario).
-  let loopWatch: LoopWatch | undefined;
   serve({
     stats: () => ({ stats: beacon.metrics().stats, peers: beacon.peerCount(), memory: process.memoryUsage() }),
     gc: () => collect(),
     heapSnapshot: (args: { file: string }) => writeHeapSnapshot(args.file),
     profileStart: () => startProfiling(),
     reloadKeys: () => beacon.reloadKeys(),
-    loopWatchStart: (args: { resolutionMs: number }) => {
-      loopWatch?.stop();
-      loopWatch = new LoopWatch(args.resolutionMs);
-    },
-    loopWatchStop: () => {
-      const got = loopWatch?.stop();
-      loopWatch = undefined;
-      return got ?? null;
-    },
+    ...loopWatchCommands(),
   }, async () => {
     if (profileDir) await stopProfiling(profileDir);
     await beacon.close();

@@ -39,6 +39,34 @@ export interface GcPauses {
   maxFullMs: number;
 }
 
+/** What a watch saw between its start and stop. */
+export interface LoopReport {
+  maxStallMs: number;
+  p99StallMs: number;
+  timeP99StallMs: number;
+  maxBusyMs: number;
+  gc: GcPauses;
+}
+
+/**
+ * The `loopWatchStart`/`loopWatchStop` commands of a bench child (the
+ * beacon's server and the load workers): one watch at a time.
+ */
+export function loopWatchCommands(): { loopWatchStart: (args: { resolutionMs: number }) => void; loopWatchStop: () => LoopReport | null } {
+  let watch: LoopWatch | undefined;
+  return {
+    loopWatchStart: (args) => {
+      watch?.stop();
+      watch = new LoopWatch(args.resolutionMs);
+    },
+    loopWatchStop: () => {
+      const got = watch?.stop();
+      watch = undefined;
+      return got ?? null;
+    },
+  };
+}
+
 export class LoopWatch {
   private readonly histogram: IntervalHistogram;
   private readonly timer: NodeJS.Timeout;
@@ -71,7 +99,7 @@ export class LoopWatch {
     }, resolutionMs);
   }
 
-  stop(): { maxStallMs: number; p99StallMs: number; timeP99StallMs: number; maxBusyMs: number; gc: GcPauses } {
+  stop(): LoopReport {
     this.histogram.disable();
     clearInterval(this.timer);
     this.gcObserver.disconnect();
