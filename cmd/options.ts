@@ -13,7 +13,7 @@
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
-  CLUSTER_NAME_PATTERN, ConfigError, DEFAULTS, INSTANCE_ID_PATTERN, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
+  CLUSTER_NAME_PATTERN, ConfigError, DEFAULTS, INSTANCE_ID_PATTERN, MAX_NICE, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
   parseFrameRate, parsePacketRate, parsePeerRate, parsePercent, parsePositiveInt, parseSize,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
@@ -44,6 +44,7 @@ export interface RunFlags {
   perIpIpv6Prefix: number;
   trustProxy: string[];
   sendBuffer: number;
+  helperThreadNice: number;
   peerRate: number;
   peerBurst: number;
   peerFrameRate: number;
@@ -102,6 +103,9 @@ export function runOptions(): Option[] {
     flag('--trust-proxy <list>', 'comma-separated addresses, CIDRs or loopback/linklocal/uniquelocal whose X-Forwarded-For is believed; "none" for nobody',
       parseTrustProxy, d.trustProxy, formatTrustProxy(d.trustProxy)),
     flag('--send-buffer <size>', 'bytes queued to one peer before further frames to it are dropped', parseSize, d.sendBufferBytes, formatSize(d.sendBufferBytes)),
+    flag('--helper-thread-nice <n>', 'Linux: the process\'s other threads (V8\'s garbage collector and compiler helpers) run at this much lower priority (nice) '
+      + `than the event loop, so on a busy core the loop goes first; 0 to ${MAX_NICE}, 0 leaves them alone`,
+      parseNice, d.helperThreadNice, String(d.helperThreadNice)),
     flag('--peer-rate <size/s>', 'bytes per second one peer may send; beyond it the beacon stops reading its socket until the budget refills (TCP slows the sender; nothing is dropped)',
       parseByteRate, d.peerRateBytesPerSec, `${formatSize(d.peerRateBytesPerSec)}/s`),
     flag('--peer-burst <size>', 'bytes a peer may send at once above --peer-rate (at least 64KiB)', parseSize, d.peerBurstBytes, formatSize(d.peerBurstBytes)),
@@ -173,6 +177,7 @@ export function configFromFlags(flags: RunFlags, keysFile: string | undefined): 
     ipv6PrefixBits: flags.perIpIpv6Prefix,
     trustProxy: [...flags.trustProxy],
     sendBufferBytes: flags.sendBuffer,
+    helperThreadNice: flags.helperThreadNice,
     peerRateBytesPerSec: flags.peerRate,
     peerBurstBytes: flags.peerBurst,
     peerFrameRate: flags.peerFrameRate,
@@ -260,6 +265,14 @@ export function usageParser<T>(parse: (text: string, previous: T) => T): (text: 
 
 function positiveInt(text: string): number {
   return parsePositiveInt(text);
+}
+
+/** A nice-value step for --helper-thread-nice: 0 (leave the threads alone) to 19. */
+function parseNice(text: string): number {
+  if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number: use 0 to ${MAX_NICE}`);
+  const n = Number(text);
+  if (n > MAX_NICE) throw new Error(`"${text}" is out of range: use 0 to ${MAX_NICE}`);
+  return n;
 }
 
 /** Repeated --peer flags accumulate; one value (or BEACON_PEERS) may hold several, comma-separated. */

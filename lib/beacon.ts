@@ -50,6 +50,7 @@ import { VERSION } from './version';
 import type { ClusterNode } from './cluster/types';
 import type { ClusterStarter } from './cluster/nats-cluster';
 import { createPeerPacketHandler } from './wss/peer-packets';
+import { lowerHelperThreads } from './runtime/helper-threads';
 
 
 export interface BeaconOptions {
@@ -261,6 +262,7 @@ export class Beacon extends EventEmitter {
       this.syncTimer = setInterval(() => this.sendSync(), config.syncIntervalMs);
       this.syncTimer.unref();
     }
+    const helpers = lowerHelperThreads(config.helperThreadNice);
     this.log.info({
       bind: formatHostPort({ host: this.httpAddress.address, port: this.httpAddress.port }),
       udp: formatHostPort({ host: this.udpAddress.address, port: this.udpAddress.port }),
@@ -269,6 +271,7 @@ export class Beacon extends EventEmitter {
       beaconPeers: config.peers.length,
       instanceId: this.cluster?.instanceId,
       udpIo: this.udpIo.io,
+      helperThreads: helpers.moved > 0 ? { moved: helpers.moved, nice: helpers.nice } : undefined,
     }, 'beacon listening');
     if (this.udpIo.addonError !== undefined) {
       this.log.info({ reason: this.udpIo.addonError }, 'udp-batch addon not available: UDP runs on dgram (one system call per datagram)');

@@ -179,6 +179,8 @@ const badFlags: [string, string[], Record<string, string>, string[]][] = [
   ['bad UDP byte rate', ['--udp-byte-rate-per-ip', 'fast'], {}, ['--udp-byte-rate-per-ip', 'fast', 'MiB/s']],
   ['UDP byte rate under one datagram per second', ['--udp-byte-rate-per-ip', '1KiB/s'], {}, ['--udp-byte-rate-per-ip', '64KiB/s']],
   ['bad UDP byte rate in the environment', [], { BEACON_UDP_BYTE_RATE_PER_IP: 'lots' }, ['BEACON_UDP_BYTE_RATE_PER_IP', 'lots']],
+  ['helper thread nice above 19', ['--helper-thread-nice', '20'], {}, ['--helper-thread-nice', '"20"', '0 to 19']],
+  ['bad helper thread nice in the environment', [], { BEACON_HELPER_THREAD_NICE: 'low' }, ['BEACON_HELPER_THREAD_NICE', 'low', '0 to 19']],
 ];
 for (const [name, args, env, needles] of badFlags) {
   test(`${name} -> exit 2 and one line naming it`, async () => {

@@ -58,6 +58,13 @@ export interface BeaconConfig {
   trustProxy: string[];
   /** Bytes queued to one peer before further frames to it are dropped. */
   sendBufferBytes: number;
+  /**
+   * Linux: the process's other threads (V8's garbage collector and compiler
+   * helpers) run at a nice value this much above the event loop's, so under
+   * CPU contention the loop goes first (lib/runtime/helper-threads.ts);
+   * 0 to 19, 0 leaves them alone.
+   */
+  helperThreadNice: number;
   /** Bytes per second one peer may make the beacon read; beyond it its socket is paused. */
   peerRateBytesPerSec: number;
   /** Bytes a peer may send at once above its rate (the token bucket's size). */
@@ -144,6 +151,12 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   trustProxy: ['loopback'],
   // 256 KiB is 16 maximum-size overlay frames, or ~200 typical ones.
   sendBufferBytes: 256 * 1024,
+  // In a reconnect storm V8's helpers (marking, sweeping, compiling) take
+  // the loop's core a scheduler slice at a time. Ten steps down (about a
+  // tenth of the loop's weight) cut the storm's p99 by a third to a half
+  // (docs/benchmarks.md), yet keep them a share when the loop waits on one
+  // of them on a contended machine. A free core runs them as before.
+  helperThreadNice: 10,
   // A peer over budget is paused, never dropped (docs/rate-limits.md): its
   // TCP connection slows down, nothing is lost. 32 MiB/s (~270 Mbit/s) is
   // more than a compat-mode daemon moves through one WebSocket in practice,
@@ -207,6 +220,9 @@ export const DEFAULTS: Readonly<BeaconConfig> = Object.freeze({
   rebalanceDelayMs: 20_000,
 });
 
+/** Linux's highest nice value (the lowest priority): the most --helper-thread-nice can add. */
+export const MAX_NICE = 19;
+
 /** Cluster names become NATS subject tokens and a KV bucket name. */
 export const CLUSTER_NAME_PATTERN = /^[A-Za-z0-9_-]{1,32}$/;
 /** Instance IDs appear in KV values and (escaped) in subjects; host names and ports fit. */
@@ -237,6 +253,9 @@ export function validateConfig(config: BeaconConfig): void {
     if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
       throw new ConfigError(`${field} must be a positive number, got ${String(value)}`);
     }
+  }
+  if (!Number.isInteger(config.helperThreadNice) || config.helperThreadNice < 0 || config.helperThreadNice > MAX_NICE) {
+    throw new ConfigError(`helperThreadNice must be an integer from 0 to ${MAX_NICE}, got ${String(config.helperThreadNice)}`);
   }
   if (!UDP_IO_CHOICES.includes(config.udpIo)) {
     throw new ConfigError(`udpIo must be one of ${UDP_IO_CHOICES.join(', ')}, got ${String(config.udpIo)}`);

@@ -158,6 +158,19 @@ export class Child {
     return match ? Number(match[1]) * 1024 : NaN;
   }
 
+  /**
+   * Holds the child still (SIGSTOP) while another server is measured on the
+   * same core, so its own chores (timers, a collection after its run) do not
+   * land in the other's window; `thaw` lets it go on.
+   */
+  freeze(): void {
+    if (!this.exited) this.proc.kill('SIGSTOP');
+  }
+
+  thaw(): void {
+    if (!this.exited) this.proc.kill('SIGCONT');
+  }
+
   /** Asks the child to exit; kills it (by PID) after `graceMs`. */
   async stop(graceMs = 5_000): Promise<void> {
     if (this.exited) return;

@@ -14,6 +14,9 @@
  * - Figures: storm / quiet for p50 and p99 (goal: within 3x), frames lost
  *   (goal: none), and the storm's own handshakes/s. After each run the
  *   storm's daemons leave and the server is back to the 32 established peers.
+ * - The other server (both run on the server core) is held still (SIGSTOP)
+ *   through each storm: a collection or timer of its own would otherwise
+ *   land in this server's window (a perf trace showed 13 ms runs of it).
  * - Diagnosis beside them: the server's view of its loop and its garbage
  *   collector's pauses over the storm (servers/loop-watch.ts). A frame that
  *   arrives during a pause waits for it, so the share of the storm spent in
@@ -86,7 +89,7 @@ interface StormWindow {
 }
 
 const NO_GC_WATCH: GcPauses = { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN };
-const NO_LOOP_WATCH: LoopReport = { maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN, gc: NO_GC_WATCH };
+const NO_LOOP_WATCH: LoopReport = { maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN, long: { wallMs: NaN, onCpuMs: NaN, waitingMs: NaN }, gc: NO_GC_WATCH };
 
 async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
   const { worker } = r.steady;
@@ -134,6 +137,13 @@ async function endStorm(r: Rig, plan: ReconnectStormPlan): Promise<void> {
   }
 }
 
+/** The long stretches' share of the storm and what they were made of. */
+function longStretches(loop: LoopReport, stormMs: number): string {
+  const { wallMs, onCpuMs, waitingMs } = loop.long;
+  const pct = (part: number) => `${(100 * part / wallMs).toFixed(0)}%`;
+  return `${(100 * wallMs / stormMs).toFixed(1)}% of the storm: ${pct(onCpuMs)} on the CPU, ${pct(waitingMs)} waiting for it, ${pct(wallMs - onCpuMs - waitingMs)} blocked`;
+}
+
 export async function reconnectStorm(settings: BenchSettings, plan: ReconnectStormPlan): Promise<Row[]> {
   const figures = new Figures(`14 reconnect storm (${plan.stormSize} fresh daemons, ${plan.concurrency} in flight; ${plan.pairs} pairs at ${plan.rate / 1000}k frames/s)`);
   figures.define('established p50, quiet', 'µs', 'lower');
@@ -160,7 +170,15 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         const options = { payloadBytes: PAYLOAD, ratePerFlow: 0, durationMs: plan.quietMs };
         if (run === 0) await measure(r.server, [r.steady], [r.steady.worker], { ...options, durationMs: plan.quietMs / 2 }); // warm-up
         const quiet = await measure(r.server, [r.steady], [r.steady.worker], options);
-        const storm = await underStorm(r, plan, stormBlock(plan, run));
+        // The other server shares the core: held still through this storm, so its chores are not in this one's figures.
+        const others = Object.values(rigs).filter((o) => o !== r).map((o) => o.server.child);
+        for (const other of others) other.freeze();
+        let storm: StormWindow;
+        try {
+          storm = await underStorm(r, plan, stormBlock(plan, run));
+        } finally {
+          for (const other of others) other.thaw();
+        }
         await endStorm(r, plan);
         const q = quiet.latency[0]!;
         figures.add('established p50, quiet', kind, q.p50);
@@ -183,7 +201,8 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         settings.log(`  reconnect storm run ${run + 1} ${kind}: ${storm.handshakes} daemons in ${fmt(storm.stormMs)} ms` +
           ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
           ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent};` +
-          ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms (by time ${storm.loop.timeP99StallMs.toFixed(1)} ms), max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms);` +
+          ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms (by time ${storm.loop.timeP99StallMs.toFixed(1)} ms), max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms),` +
+          ` stretches >= 4 ms ${longStretches(storm.loop, storm.stormMs)};` +
           ` established peers' process: loop p99 ${storm.receiverLoop.p99StallMs.toFixed(1)} ms (by time ${storm.receiverLoop.timeP99StallMs.toFixed(1)} ms), max ${storm.receiverLoop.maxStallMs.toFixed(1)} ms;` +
           ` GC ${gc.count} pauses, ${gc.totalMs.toFixed(0)} ms, ${gc.longCount} of >= 2 ms (${gc.longMs.toFixed(0)} ms), longest young ${gc.maxYoungMs.toFixed(1)} ms, full ${gc.maxFullMs.toFixed(1)} ms`);
       }

@@ -18,14 +18,18 @@ import { constants, monitorEventLoopDelay, PerformanceObserver, type IntervalHis
 
 const SCHEDSTAT = `/proc/self/task/${process.pid}/schedstat`;
 
-/** The main thread's time on a CPU so far, in ms; NaN when the kernel does not say. */
-function onCpuMs(): number {
+/** The main thread's time on a CPU and waiting for one (runnable, not running) so far, in ms; NaN when the kernel does not say. */
+function schedMs(): { onCpu: number; waiting: number } {
   try {
-    return Number(readFileSync(SCHEDSTAT, 'utf8').split(' ')[0]) / 1e6;
+    const [onCpu, waiting] = readFileSync(SCHEDSTAT, 'utf8').split(' ');
+    return { onCpu: Number(onCpu) / 1e6, waiting: Number(waiting) / 1e6 };
   } catch {
-    return NaN;
+    return { onCpu: NaN, waiting: NaN };
   }
 }
+
+/** A stretch between two ticks at least this long is taken apart (own CPU, waiting for the core, the rest). */
+const LONG_STRETCH_MS = 4;
 
 /** A GC pause at least this long is one a relayed frame feels (quiet p99 is ~1 ms). */
 const LONG_GC_PAUSE_MS = 2;
@@ -45,6 +49,14 @@ export interface LoopReport {
   p99StallMs: number;
   timeP99StallMs: number;
   maxBusyMs: number;
+  /**
+   * Stretches between ticks of LONG_STRETCH_MS or more, taken apart by the
+   * scheduler's statistics: their wall time in all, the main thread's time on
+   * a CPU in them (its own work and GC on the main thread), its time runnable
+   * but waiting for a CPU (other threads or processes on the core); the rest
+   * it was blocked (e.g. a GC pause waiting for helper threads).
+   */
+  long: { wallMs: number; onCpuMs: number; waitingMs: number };
   gc: GcPauses;
 }
 
@@ -71,6 +83,7 @@ export class LoopWatch {
   private readonly histogram: IntervalHistogram;
   private readonly timer: NodeJS.Timeout;
   private maxBusyMs = 0;
+  private readonly long = { wallMs: 0, onCpuMs: 0, waitingMs: 0 };
   private readonly gc: GcPauses = { totalMs: 0, count: 0, longMs: 0, longCount: 0, maxYoungMs: 0, maxFullMs: 0 };
   private readonly gcObserver = new PerformanceObserver((list) => {
     for (const entry of list.getEntries()) {
@@ -91,11 +104,20 @@ export class LoopWatch {
     this.histogram = monitorEventLoopDelay({ resolution: resolutionMs });
     this.histogram.enable();
     this.gcObserver.observe({ entryTypes: ['gc'] });
-    let last = onCpuMs();
+    let last = schedMs();
+    let lastWall = performance.now();
     this.timer = setInterval(() => {
-      const now = onCpuMs();
-      this.maxBusyMs = Math.max(this.maxBusyMs, now - last);
+      const now = schedMs();
+      const wall = performance.now();
+      const onCpu = now.onCpu - last.onCpu;
+      this.maxBusyMs = Math.max(this.maxBusyMs, onCpu);
+      if (wall - lastWall >= LONG_STRETCH_MS) {
+        this.long.wallMs += wall - lastWall;
+        this.long.onCpuMs += onCpu;
+        this.long.waitingMs += now.waiting - last.waiting;
+      }
       last = now;
+      lastWall = wall;
     }, resolutionMs);
   }
 
@@ -109,6 +131,7 @@ export class LoopWatch {
       maxStallMs: Math.max(0, this.histogram.max / 1e6 - this.resolutionMs),
       p99StallMs: Math.max(0, this.histogram.percentile(99) / 1e6 - this.resolutionMs),
       maxBusyMs: this.maxBusyMs,
+      long: this.long,
     };
   }
 }
