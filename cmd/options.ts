@@ -14,7 +14,7 @@ import { InvalidArgumentError, Option, type Command } from 'commander';
 import ipaddr from 'ipaddr.js';
 import {
   CLUSTER_NAME_PATTERN, ConfigError, DEFAULTS, INSTANCE_ID_PATTERN, MAX_NICE, formatHostPort, parseByteRate, parseClusterUrls, parseDuration, parseHostPort,
-  parseFrameRate, parsePacketRate, parsePeerRate, parsePercent, parsePositiveInt, parseSize,
+  parseFrameRate, parsePacketRate, parsePeerRate, parsePercent, parsePositiveInt, parseSize, parseWholeNumber,
   type BeaconConfig, type HostPort,
 } from '../lib/config';
 import { MAX_NODE_ID } from '../lib/protocol';
@@ -105,7 +105,7 @@ export function runOptions(): Option[] {
     flag('--send-buffer <size>', 'bytes queued to one peer before further frames to it are dropped', parseSize, d.sendBufferBytes, formatSize(d.sendBufferBytes)),
     flag('--helper-thread-nice <n>', 'Linux: the process\'s other threads (V8\'s garbage collector and compiler helpers) run at this much lower priority (nice) '
       + `than the event loop, so on a busy core the loop goes first; 0 to ${MAX_NICE}, 0 leaves them alone`,
-      parseNice, d.helperThreadNice, String(d.helperThreadNice)),
+      (text) => parseWholeNumber(text, 0, MAX_NICE), d.helperThreadNice, String(d.helperThreadNice)),
     flag('--peer-rate <size/s>', 'bytes per second one peer may send; beyond it the beacon stops reading its socket until the budget refills (TCP slows the sender; nothing is dropped)',
       parseByteRate, d.peerRateBytesPerSec, `${formatSize(d.peerRateBytesPerSec)}/s`),
     flag('--peer-burst <size>', 'bytes a peer may send at once above --peer-rate (at least 64KiB)', parseSize, d.peerBurstBytes, formatSize(d.peerBurstBytes)),
@@ -265,14 +265,6 @@ export function usageParser<T>(parse: (text: string, previous: T) => T): (text: 
 
 function positiveInt(text: string): number {
   return parsePositiveInt(text);
-}
-
-/** A nice-value step for --helper-thread-nice: 0 (leave the threads alone) to 19. */
-function parseNice(text: string): number {
-  if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number: use 0 to ${MAX_NICE}`);
-  const n = Number(text);
-  if (n > MAX_NICE) throw new Error(`"${text}" is out of range: use 0 to ${MAX_NICE}`);
-  return n;
 }
 
 /** Repeated --peer flags accumulate; one value (or BEACON_PEERS) may hold several, comma-separated. */

@@ -86,9 +86,17 @@ export function parseFrameRate(text: string): number {
 
 /** A positive integer, at most `max`. */
 export function parsePositiveInt(text: string, max = Number.MAX_SAFE_INTEGER): number {
-  if (!/^\s*\d+\s*$/.test(text)) throw new Error(`"${text}" is not a whole number`);
+  return parseWholeNumber(text, 1, max);
+}
+
+/** A whole number from `min` to `max`; with a `max` given, a text that is no number is told the range too. */
+export function parseWholeNumber(text: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  const range = `${min} to ${max}`;
+  if (!/^\s*\d+\s*$/.test(text)) {
+    throw new Error(`"${text}" is not a whole number${max === Number.MAX_SAFE_INTEGER ? '' : `: use ${range}`}`);
+  }
   const n = Number(text);
-  if (n < 1 || n > max) throw new Error(`"${text}" is out of range: use 1 to ${max}`);
+  if (n < min || n > max) throw new Error(`"${text}" is out of range: use ${range}`);
   return n;
 }
 

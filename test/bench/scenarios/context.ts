@@ -81,11 +81,15 @@ export function isBeaconBuild(settings: BenchSettings, kind: ServerKind): boolea
 /** Server limits for scenarios that connect thousands of daemons from a few loopback addresses as fast as they can. */
 export const MANY_HANDSHAKES = { maxPerIp: 1_000_000, maxHandshakes: 4_096, maxPeers: 100_000 } as const;
 
+/** Node flags from an environment variable, space-separated; none when it is unset. */
+function flagsFrom(variable: string): string[] {
+  return process.env[variable]?.split(' ').filter(Boolean) ?? [];
+}
+
 export async function startServer(settings: BenchSettings, kind: ServerKind, overrides: Record<string, unknown> = {}): Promise<Server> {
   // BENCH_SERVER_NODE_FLAGS (e.g. --trace-gc) adds flags to the server processes, for a diagnosis.
   // BENCH_BEACON_NODE_FLAGS adds flags to the beacon slot only (e.g. a V8 heap setting against the same build without it).
-  const slotFlags = kind === 'beacon' ? process.env.BENCH_BEACON_NODE_FLAGS?.split(' ').filter(Boolean) ?? [] : [];
-  const nodeFlags = ['--expose-gc', ...(process.env.BENCH_SERVER_NODE_FLAGS?.split(' ').filter(Boolean) ?? []), ...slotFlags];
+  const nodeFlags = ['--expose-gc', ...flagsFrom('BENCH_SERVER_NODE_FLAGS'), ...(kind === 'beacon' ? flagsFrom('BENCH_BEACON_NODE_FLAGS') : [])];
   const profile = settings.profileDir !== undefined && kind === 'beacon';
   const dist = kind === 'beacon' ? settings.beaconDist : settings.baselineDist;
   const script = dist

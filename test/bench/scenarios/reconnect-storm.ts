@@ -27,7 +27,7 @@
 import type { Child } from '../common/child';
 import type { LatencySummary } from '../common/stats';
 import type { RunResult } from '../load/worker';
-import type { GcPauses, LoopReport } from '../servers/loop-watch';
+import { LONG_GC_PAUSE_MS, LONG_STRETCH_MS, NO_LOOP_REPORT, type LoopReport } from '../servers/loop-watch';
 import {
   MANY_HANDSHAKES, COMPAT_PATH, Figures, buildRigs, serverOrder, serverStats, sleep, startServer, startWorker, stopAll,
   type BenchSettings, type Row, type Server, type ServerKind,
@@ -88,9 +88,6 @@ interface StormWindow {
   receiverLoop: LoopReport;
 }
 
-const NO_GC_WATCH: GcPauses = { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN };
-const NO_LOOP_WATCH: LoopReport = { maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN, long: { wallMs: NaN, onCpuMs: NaN, waitingMs: NaN }, gc: NO_GC_WATCH };
-
 async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): Promise<StormWindow> {
   const { worker } = r.steady;
   await worker.request('recvReset');
@@ -107,7 +104,7 @@ async function underStorm(r: Rig, plan: ReconnectStormPlan, nodeIds: number[]): 
   }, MAX_STORM_MS);
   const duringStorm = await worker.request<RecvReport>('recvReport');
   const serverCpuShare = (r.server.child.cpuSeconds() - cpu0) / (storm.ms / 1000);
-  const loop = watching ? { ...NO_LOOP_WATCH, ...await r.server.child.request<Partial<LoopReport>>('loopWatchStop') } : NO_LOOP_WATCH;
+  const loop = watching ? { ...NO_LOOP_REPORT, ...await r.server.child.request<Partial<LoopReport>>('loopWatchStop') } : NO_LOOP_REPORT;
   const receiverLoop = await worker.request<LoopReport>('loopWatchStop');
   await worker.request('stopRun');
   const sent = (await running).sent;
@@ -158,7 +155,7 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
   figures.define('server loop: p99 stretch between turns, storm', 'ms', 'lower');
   figures.define('server loop: p99 stretch by time (what a frame arriving at random meets), storm', 'ms', 'lower');
   figures.define('server loop: longest own run between turns, storm', 'ms', 'lower');
-  figures.define('server GC: share of the storm in pauses >= 2 ms', '%', 'lower');
+  figures.define(`server GC: share of the storm in pauses >= ${LONG_GC_PAUSE_MS} ms`, '%', 'lower');
   figures.define('server GC: longest young pause, storm', 'ms', 'lower');
   figures.define('server GC: longest full pause, storm', 'ms', 'lower');
   const rigs: Partial<Record<ServerKind, Rig>> = {};
@@ -194,7 +191,7 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         figures.add('server loop: p99 stretch by time (what a frame arriving at random meets), storm', kind, storm.loop.timeP99StallMs);
         figures.add('server loop: longest own run between turns, storm', kind, storm.loop.maxBusyMs);
         const gc = storm.loop.gc;
-        figures.add('server GC: share of the storm in pauses >= 2 ms', kind, 100 * gc.longMs / storm.stormMs);
+        figures.add(`server GC: share of the storm in pauses >= ${LONG_GC_PAUSE_MS} ms`, kind, 100 * gc.longMs / storm.stormMs);
         figures.add('server GC: longest young pause, storm', kind, gc.maxYoungMs);
         figures.add('server GC: longest full pause, storm', kind, gc.maxFullMs);
         const failed = Object.entries(storm.errors).map(([c, n]) => `${c}: ${n}`).join(', ');
@@ -202,9 +199,9 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
           ` (${fmt(storm.handshakes / (storm.stormMs / 1000))}/s, server cpu ${(100 * storm.serverCpuShare).toFixed(0)}%)${failed ? ` [failed: ${failed}]` : ''};` +
           ` p50 ${q.p50} -> ${storm.latency.p50} µs, p99 ${q.p99} -> ${storm.latency.p99} µs, lost ${quiet.lost}+${storm.lost} of ${quiet.sent}+${storm.sent};` +
           ` server loop p99 ${storm.loop.p99StallMs.toFixed(1)} ms (by time ${storm.loop.timeP99StallMs.toFixed(1)} ms), max ${storm.loop.maxStallMs.toFixed(1)} ms (own run ${storm.loop.maxBusyMs.toFixed(1)} ms),` +
-          ` stretches >= 4 ms ${longStretches(storm.loop, storm.stormMs)};` +
+          ` stretches >= ${LONG_STRETCH_MS} ms ${longStretches(storm.loop, storm.stormMs)};` +
           ` established peers' process: loop p99 ${storm.receiverLoop.p99StallMs.toFixed(1)} ms (by time ${storm.receiverLoop.timeP99StallMs.toFixed(1)} ms), max ${storm.receiverLoop.maxStallMs.toFixed(1)} ms;` +
-          ` GC ${gc.count} pauses, ${gc.totalMs.toFixed(0)} ms, ${gc.longCount} of >= 2 ms (${gc.longMs.toFixed(0)} ms), longest young ${gc.maxYoungMs.toFixed(1)} ms, full ${gc.maxFullMs.toFixed(1)} ms`);
+          ` GC ${gc.count} pauses, ${gc.totalMs.toFixed(0)} ms, ${gc.longCount} of >= ${LONG_GC_PAUSE_MS} ms (${gc.longMs.toFixed(0)} ms), longest young ${gc.maxYoungMs.toFixed(1)} ms, full ${gc.maxFullMs.toFixed(1)} ms`);
       }
     }
   } finally {

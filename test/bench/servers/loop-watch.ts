@@ -29,10 +29,10 @@ function schedMs(): { onCpu: number; waiting: number } {
 }
 
 /** A stretch between two ticks at least this long is taken apart (own CPU, waiting for the core, the rest). */
-const LONG_STRETCH_MS = 4;
+export const LONG_STRETCH_MS = 4;
 
 /** A GC pause at least this long is one a relayed frame feels (quiet p99 is ~1 ms). */
-const LONG_GC_PAUSE_MS = 2;
+export const LONG_GC_PAUSE_MS = 2;
 
 export interface GcPauses {
   totalMs: number;
@@ -59,6 +59,13 @@ export interface LoopReport {
   long: { wallMs: number; onCpuMs: number; waitingMs: number };
   gc: GcPauses;
 }
+
+/** The report of a build whose server has no loop watch: every figure NaN. */
+export const NO_LOOP_REPORT: LoopReport = {
+  maxStallMs: NaN, p99StallMs: NaN, timeP99StallMs: NaN, maxBusyMs: NaN,
+  long: { wallMs: NaN, onCpuMs: NaN, waitingMs: NaN },
+  gc: { totalMs: NaN, count: NaN, longMs: NaN, longCount: NaN, maxYoungMs: NaN, maxFullMs: NaN },
+};
 
 /**
  * The `loopWatchStart`/`loopWatchStop` commands of a bench child (the
