@@ -30,6 +30,7 @@ interface Pending {
 
 const TASKSET = findCommand('taskset');
 const NICE = findCommand('nice');
+const CHRT = findCommand('chrt');
 const CLOCK_TICKS_PER_SECOND = 100;
 /** Every child is started from the compiled bench directory. */
 const BENCH_DIR = join(__dirname, '..');
@@ -75,6 +76,13 @@ export interface SpawnOptions {
   env?: Record<string, string>;
   /** Lower the child's priority (senders: receivers must never be the ones losing packets). */
   nice?: number;
+  /**
+   * Run the child only when its core has nothing else to run (SCHED_IDLE,
+   * through `chrt --idle 0` when chrt exists). Unlike a nice value, a woken
+   * process of normal priority takes the core from it at once; a nice one
+   * keeps it to the end of its slice (3-4 ms here).
+   */
+  idle?: boolean;
   /** `script` is an absolute path (another build), not one under dist/test/bench. */
   absolute?: boolean;
 }
@@ -190,6 +198,7 @@ export function spawnChild(script: string, options: SpawnOptions = {}): Child {
   const node = [...(options.nodeFlags ?? []), options.absolute ? script : join(BENCH_DIR, script), ...(options.args ?? [])];
   const pin = TASKSET && options.core !== undefined ? [TASKSET, '-c', String(options.core)] : [];
   if (options.nice && NICE) pin.push(NICE, '-n', String(options.nice));
+  if (options.idle && CHRT) pin.push(CHRT, '--idle', '0');
   // Raise the soft fd limit to the hard one, then exec: the PID stays the child's.
   const command = [process.execPath, ...node];
   const proc = spawn('sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@"', 'sh', ...pin, ...command], {

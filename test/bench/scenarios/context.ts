@@ -108,10 +108,14 @@ export async function startServer(settings: BenchSettings, kind: ServerKind, ove
   return { kind, child, http: ready.http as number, udp: ready.udp as number };
 }
 
-/** A load generator; `sender` ones run at lower priority than receivers on the shared load core. */
-export async function startWorker(settings: BenchSettings, name: string, role: 'sender' | 'receiver' = 'receiver'): Promise<Child> {
+/**
+ * A load generator. On the shared load core, `sender` ones run at lower
+ * priority than receivers, and `background` ones only when nothing else
+ * there wants the core (a storm beside latency probes: see spawnChild's `idle`).
+ */
+export async function startWorker(settings: BenchSettings, name: string, role: 'sender' | 'receiver' | 'background' = 'receiver'): Promise<Child> {
   const child = spawnChild('load/worker.js', {
-    core: LOAD_CORE, args: [settings.identitiesPath], name, nice: role === 'sender' ? 10 : 0,
+    core: LOAD_CORE, args: [settings.identitiesPath], name, nice: role === 'sender' ? 10 : 0, idle: role === 'background',
   });
   await child.ready;
   return child;

@@ -5,8 +5,8 @@
  * - Established: 16 pairs of WebSocket peers relay 64 B frames, 10k
  *   frames/s in all, from one load process.
  * - Quiet: a window of that alone; its p50 and p99 one-way latency.
- * - Storm: the same flows keep running while another load process (lower
- *   priority on the load core) connects `stormSize` fresh daemons (node IDs
+ * - Storm: the same flows keep running while another load process connects
+ *   `stormSize` fresh daemons (node IDs
  *   this server has never seen, a new block every run) with 128 in flight,
  *   each staying attached, as daemons reconnecting after a restart do. The
  *   established peers' latency is taken over the storm (from its first
@@ -14,9 +14,15 @@
  * - Figures: storm / quiet for p50 and p99 (goal: within 3x), frames lost
  *   (goal: none), and the storm's own handshakes/s. After each run the
  *   storm's daemons leave and the server is back to the 32 established peers.
+ * - The storm's process runs SCHED_IDLE on the load core: the established
+ *   peers' process, woken by each frame, takes the core from it at once.
+ *   At nice 10 it kept the core to the end of its slice, and that process's
+ *   own loop stretches (p99 by time 3-4 ms in the storm, against about 1 ms
+ *   now) went into every server's storm latency. The storm's rate is the same.
  * - The other server (both run on the server core) is held still (SIGSTOP)
- *   through each storm: a collection or timer of its own would otherwise
- *   land in this server's window (a perf trace showed 13 ms runs of it).
+ *   through this one's quiet window and storm: a collection or timer of its
+ *   own, or the collection after its own storm, would otherwise land in this
+ *   server's windows (a perf trace showed 13 ms runs of it).
  * - Diagnosis beside them: the server's view of its loop and its garbage
  *   collector's pauses over the storm (servers/loop-watch.ts). A frame that
  *   arrives during a pause waits for it, so the share of the storm spent in
@@ -64,7 +70,7 @@ interface Rig {
 
 async function rig(settings: BenchSettings, kind: ServerKind, plan: ReconnectStormPlan): Promise<Rig> {
   const server = await startServer(settings, kind, MANY_HANDSHAKES);
-  const [steadyWorker, storm] = await Promise.all([startWorker(settings, `${kind}-steady`), startWorker(settings, `${kind}-storm`, 'sender')]);
+  const [steadyWorker, storm] = await Promise.all([startWorker(settings, `${kind}-steady`), startWorker(settings, `${kind}-storm`, 'background')]);
   const flows = await connectWssPairs(steadyWorker, server, plan.pairs, `${kind}: established peers`);
   return { server, steady: { worker: steadyWorker, flows, ratePerFlow: plan.rate / plan.pairs }, storm };
 }
@@ -166,12 +172,14 @@ export async function reconnectStorm(settings: BenchSettings, plan: ReconnectSto
         const r = rigs[kind]!;
         const options = { payloadBytes: PAYLOAD, ratePerFlow: 0, durationMs: plan.quietMs };
         if (run === 0) await measure(r.server, [r.steady], [r.steady.worker], { ...options, durationMs: plan.quietMs / 2 }); // warm-up
-        const quiet = await measure(r.server, [r.steady], [r.steady.worker], options);
-        // The other server shares the core: held still through this storm, so its chores are not in this one's figures.
+        // The other server shares the core: held still through this one's quiet window and storm, so its
+        // chores (a collection after its own storm, its timers) are in neither of this one's figures.
         const others = Object.values(rigs).filter((o) => o !== r).map((o) => o.server.child);
         for (const other of others) other.freeze();
+        let quiet: Awaited<ReturnType<typeof measure>>;
         let storm: StormWindow;
         try {
+          quiet = await measure(r.server, [r.steady], [r.steady.worker], options);
           storm = await underStorm(r, plan, stormBlock(plan, run));
         } finally {
           for (const other of others) other.thaw();
