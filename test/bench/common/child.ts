@@ -166,6 +166,13 @@ export class Child {
     return match ? Number(match[1]) * 1024 : NaN;
   }
 
+  /** The resident set's parts in bytes from /proc: anonymous memory (heap, buffers) and mapped files (code). */
+  rssParts(): { anon: number; file: number } {
+    const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
+    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
+    return { anon: kb('RssAnon'), file: kb('RssFile') };
+  }
+
   /**
    * Holds the child still (SIGSTOP) while another server is measured on the
    * same core, so its own chores (timers, a collection after its run) do not

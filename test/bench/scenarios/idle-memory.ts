@@ -52,9 +52,26 @@ async function connectTo(server: Server, workers: readonly Child[], from: number
   if (peers !== to) throw new Error(`${server.kind}: server reports ${peers} peers, expected ${to}`);
 }
 
-async function settledRss(server: Server): Promise<number> {
+interface MemoryReading {
+  rss: number;
+  anon: number;
+  file: number;
+  heapUsed: number;
+  external: number;
+}
+
+async function settledRss(server: Server): Promise<MemoryReading> {
   await sleep(SETTLE_MS);
-  return server.child.rssBytes();
+  const rss = server.child.rssBytes();
+  const parts = server.child.rssParts();
+  const { memory } = await serverStats(server);
+  return { rss, ...parts, heapUsed: memory.heapUsed, external: memory.external };
+}
+
+/** Bytes per added peer of each part, for the run's log line: where the RSS slope is. */
+function slopeParts(a: MemoryReading, b: MemoryReading, peers: number): string {
+  const per = (k: keyof MemoryReading) => ((b[k] - a[k]) / peers).toFixed(0);
+  return `anon ${per('anon')}, file ${per('file')}, JS heap used ${per('heapUsed')}, external ${per('external')}`;
 }
 
 export async function idleMemory(settings: BenchSettings, plan: IdleMemoryPlan): Promise<Row[]> {
@@ -77,14 +94,16 @@ export async function idleMemory(settings: BenchSettings, plan: IdleMemoryPlan):
       for (const kind of serverOrder(run)) {
         server = await startServer(settings, kind, { maxPeers: largest * 2, maxHandshakes: 8_192, maxPerIp: largest * 2 });
         await warmUp(server, workers);
-        const empty = await settledRss(server);
+        const empty = (await settledRss(server)).rss;
         figures.add('empty server RSS (after warm-up)', kind, empty / 2 ** 20);
         const rss: number[] = [];
+        const readings: MemoryReading[] = [];
         let connected = 0;
         for (const count of measureLargest ? [...plan.counts, plan.projectTo] : plan.counts) {
           await connectTo(server, count > 2 * PEERS_PER_LOAD_PROCESS ? workers : workers.slice(0, 2), connected, count);
           connected = count;
-          rss.push(await settledRss(server));
+          readings.push(await settledRss(server));
+          rss.push(readings[readings.length - 1]!.rss);
           if (count !== plan.projectTo) figures.add(`RSS at ${count} peers`, kind, rss[rss.length - 1]! / 2 ** 20);
         }
         const perPeer = (rss[1]! - rss[0]!) / (high - low);
@@ -93,7 +112,7 @@ export async function idleMemory(settings: BenchSettings, plan: IdleMemoryPlan):
         const atLargest = measureLargest ? rss[rss.length - 1]! : rss[plan.counts.length - 1]! + perPeer * (plan.projectTo - last);
         figures.add(projected, kind, atLargest / 2 ** 20);
         settings.log(`  idle memory run ${run + 1} ${kind}: empty ${(empty / 2 ** 20).toFixed(1)} MB, ` +
-          `${plan.counts.map((c, i) => `${c}: ${(rss[i]! / 2 ** 20).toFixed(1)} MB`).join(', ')}; ${perPeer.toFixed(0)} B per added peer; ` +
+          `${plan.counts.map((c, i) => `${c}: ${(rss[i]! / 2 ** 20).toFixed(1)} MB`).join(', ')}; ${perPeer.toFixed(0)} B per added peer (${slopeParts(readings[0]!, readings[1]!, high - low)}); ` +
           `${plan.projectTo}: ${(atLargest / 2 ** 20).toFixed(0)} MB${measureLargest ? '' : ' (projected)'}`);
         await Promise.all(workers.map((w) => w.request('closeAll')));
         await server.child.stop();
