@@ -173,7 +173,7 @@ test('pongs to a client that pings and never reads stop at the send buffer: drop
   assert.equal(tb.beacon.isConnected(alice.nodeId), true);
 });
 
-test('a listener added on a peer\'s WebSocket still hears its message, ping, pong, error and close, beside the beacon\'s own handling', async (t) => {
+test('a peer\'s WebSocket keeps no listener store, and a listener added on it still hears its message, ping, pong, error and close, beside the beacon\'s own handling', async (t) => {
   // The beacon's handlers are no listeners (PeerWebSocket's emit calls them,
   // issue 22); a listener anyone else adds must still be called, after them.
   const tb = await beaconFor(t, [alice, bob]);
@@ -185,6 +185,8 @@ test('a listener added on a peer\'s WebSocket still hears its message, ping, pon
   // The beacon's side of alice's connection (a private field: nothing in the beacon adds such listeners today).
   const compat = (tb.beacon as unknown as { compat: { peers: { get(id: number): { ws: WebSocket } | undefined } } }).compat;
   const serverWs = compat.peers.get(alice.nodeId)!.ws;
+  // No listener store is kept for a WebSocket no one listens on (bytes per idle peer); the first listener makes it.
+  assert.equal((serverWs as unknown as { _events: unknown })._events, undefined, 'no listener store before any listener');
   const heard: string[] = [];
   for (const event of ['message', 'ping', 'pong', 'error', 'close']) serverWs.on(event, () => heard.push(event));
 

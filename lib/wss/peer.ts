@@ -73,6 +73,11 @@ export interface PeerHost {
 
 const OPEN = WebSocket.OPEN;
 
+/** EventEmitter's own field for its listeners (undefined is its state before the first one). */
+interface EmitterStore {
+  _events: object | undefined;
+}
+
 /** A peer's TCP socket carries the Peer, for the shared socket handlers. */
 const PEER = Symbol('peer');
 type PeerSocket = Socket & { [PEER]: Peer };
@@ -88,6 +93,15 @@ type PeerSocket = Socket & { [PEER]: Peer };
 export class PeerWebSocket extends WebSocket {
   /** Set in the accept step, right after ws made it. */
   peer: Peer | undefined = undefined;
+
+  /** As ws makes it (its server passes null, undefined and its options). */
+  constructor(...args: unknown[]) {
+    super(...(args as ConstructorParameters<typeof WebSocket>));
+    // EventEmitter gave it an empty listener store (~180 bytes, kept for the
+    // connection's life). No one listens here unless someone adds a listener,
+    // and EventEmitter makes the store again at the first one.
+    (this as unknown as EmitterStore)._events = undefined;
+  }
 
   override emit(event: string | symbol, ...args: unknown[]): boolean {
     const peer = this.peer;
