@@ -16,7 +16,6 @@
  */
 import assert from 'node:assert/strict';
 import { readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -25,6 +24,7 @@ import { COMPAT_PATH, encodeDiscover, encodeRelay, encodeRelayDeliver } from '..
 import { adaptClusterCaddyfile, startCaddy, type RunningCaddy } from './helpers/caddy';
 import { nextEvent } from './helpers/client-events';
 import { exportedMetricNames, freeTcpPort, freeTcpUdpPort, get, REPO_ROOT, sleep, tempDir } from './helpers/deploy';
+import { freeConsecutiveTcpPorts } from './helpers/free-ports';
 import { UdpClient } from './helpers/harness';
 import { keysFileJson, makeIdentity } from './helpers/identity';
 import { NATS_SINGLE_CONF, adaptNatsConfig, readShipped, startNats, type RunningNats } from './helpers/nats-deploy';
@@ -50,20 +50,6 @@ after(async () => {
   for (const i of instances) await i.stop(5_000);
   await nats?.stop();
 });
-
-/** A port P with P + 1 free too (the --ops-bind of instances 1 and 2). */
-async function twoFreePorts(): Promise<number> {
-  const canListen = (port: number) => new Promise<boolean>((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-  for (let tries = 0; tries < 20; tries++) {
-    const port = await freeTcpPort();
-    if (port < 65535 && await canListen(port + 1)) return port;
-  }
-  throw new Error('no two consecutive free ports on 127.0.0.1 in 20 tries');
-}
 
 async function metric(port: number, series: string): Promise<number | undefined> {
   const body = (await get(`http://127.0.0.1:${port}`, '/metrics')).body;
@@ -112,7 +98,7 @@ test('NATS, two instances of beacon@.service on one address and Caddy, as shippe
   assert.equal(clusterEnv.BEACON_REUSE_PORT, '1', 'cluster.env shares the address');
   const natsUrl = new URL(clusterEnv.BEACON_CLUSTER!);
   natsUrl.port = String(natsPorts.client);
-  const [bindPort, udpPort, opsBase] = [await freeTcpPort(), await freeTcpUdpPort(), await twoFreePorts()];
+  const [bindPort, udpPort, opsBase] = [await freeTcpPort(), await freeTcpUdpPort(), await freeConsecutiveTcpPorts()];
   const env = {
     PATH: process.env.PATH,
     ...active(join(REPO_ROOT, 'deploy', 'beacon.env')),

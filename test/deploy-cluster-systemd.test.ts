@@ -16,12 +16,11 @@
  */
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import net from 'node:net';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { freeTcpPort, get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
-import { freeUdpPort } from './helpers/wire';
+import { freeConsecutiveTcpPorts, freeUdpPort } from './helpers/free-ports';
 import { keysFileJson, makeIdentity } from './helpers/identity';
 import { FakeNotifySocket } from './helpers/notify-socket';
 import { Child, parseEnvFile, parseUnit, setting, unitCommand, UNIT_PATH, type Unit } from './helpers/systemd';
@@ -153,23 +152,6 @@ test('cluster.env sets only the cluster flags\' variables (each one the CLI read
   assert.equal(vars.BEACON_OPS_BIND, '127.0.0.1:9101', 'the base --ops-bind, on loopback');
 });
 
-/** A port P with P + 1 free too (instances 1 and 2), each checked by binding it. */
-async function twoFreePorts(): Promise<number> {
-  for (let tries = 0; tries < 20; tries++) {
-    const port = await freeTcpPort();
-    if (port < 65535 && await canListen(port + 1)) return port;
-  }
-  throw new Error('no two consecutive free ports on 127.0.0.1 in 20 tries');
-}
-
-function canListen(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
-  });
-}
-
 /** Runs beacon-instance with a script that prints what it was given. */
 async function derive(instance: string, env: Record<string, string>) {
   const dir = tempDir('instance');
@@ -227,7 +209,7 @@ test('the unit\'s ExecStart runs instances 1 and 2 side by side on the one addre
   const dir = tempDir('instances');
   const keys = join(dir, 'keys.json');
   writeFileSync(keys, keysFileJson([makeIdentity(7777)]));
-  const [bindPort, opsBase] = [await freeTcpPort(), await twoFreePorts()];
+  const [bindPort, opsBase] = [await freeTcpPort(), await freeConsecutiveTcpPorts()];
   const shared = {
     PATH: process.env.PATH,
     ...active(parseEnvFile()),

@@ -5,15 +5,7 @@ import net from 'node:net';
 import { test } from 'node:test';
 import { StartError, startBeacon } from '../lib/beacon';
 import { testConfig } from './helpers/harness';
-import { freeUdpPort } from './helpers/wire';
-
-async function freeTcpPort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+import { freeTcpPort, freeUdpPort } from './helpers/free-ports';
 
 /** Resolves once `port` can be bound again on 127.0.0.1 (TCP), i.e. nobody holds it. */
 async function tcpPortIsFree(port: number): Promise<void> {

@@ -10,11 +10,9 @@
  * - Every child process is bounded in time and killed by its own PID.
  */
 import { execFile, spawn, type SpawnOptions } from 'node:child_process';
-import dgram from 'node:dgram';
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, join, resolve } from 'node:path';
 
@@ -87,34 +85,7 @@ export function run(file: string, args: readonly string[], options: { env?: Node
   });
 }
 
-/** A TCP port on `host` that was free a moment ago (listen 0, read, close). */
-export async function freeTcpPort(host = '127.0.0.1'): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((ok, fail) => { server.once('error', fail); server.listen(0, host, ok); });
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((ok) => server.close(() => ok()));
-  return port;
-}
-
-/**
- * A port on `host` that was free for both TCP and UDP a moment ago, for a
- * server that listens on both (Caddy serves HTTP/3 on the UDP port of its
- * HTTPS port). A TCP port alone once came with its UDP twin held by another
- * process's socket, and Caddy exited with "address already in use".
- */
-export async function freeTcpUdpPort(host = '127.0.0.1'): Promise<number> {
-  for (let attempt = 0; attempt < 20; attempt++) {
-    const port = await freeTcpPort(host);
-    const udp = dgram.createSocket('udp4');
-    const bound = await new Promise<boolean>((ok) => {
-      udp.once('error', () => ok(false));
-      udp.bind(port, host, () => ok(true));
-    });
-    await new Promise<void>((ok) => udp.close(() => ok()));
-    if (bound) return port;
-  }
-  throw new Error(`no port free for both TCP and UDP on ${host} in 20 tries`);
-}
+export { freeTcpPort, freeTcpUdpPort } from './free-ports';
 
 export interface HttpAnswer {
   status: number;

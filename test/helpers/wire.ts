@@ -4,7 +4,6 @@
  * and a reader for the Prometheus text.
  */
 import { once } from 'node:events';
-import dgram from 'node:dgram';
 import type { IncomingMessage } from 'node:http';
 import WebSocket from 'ws';
 import { COMPAT_SUBPROTOCOL, authReplyMessage } from '../../lib/protocol';
@@ -88,14 +87,7 @@ export class WsPeer {
   }
 }
 
-/** A UDP port on 127.0.0.1 that was free a moment ago (bind 0, read, close). */
-export async function freeUdpPort(): Promise<number> {
-  const socket = dgram.createSocket('udp4');
-  await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve));
-  const { port } = socket.address();
-  await new Promise<void>((resolve) => socket.close(() => resolve()));
-  return port;
-}
+export { freeUdpPort } from './free-ports';
 
 /**
  * The value of one series in Prometheus text, e.g.
