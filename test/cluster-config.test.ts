@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { makeConfig } from '../lib/config';
 import { Instance, FAST, writeKeys } from './helpers/cluster';
 import { beaconFor } from './helpers/harness';
-import { freeTcpPort } from './helpers/nats';
+import { freeTcpPort } from './helpers/free-ports';
 
 test('without --cluster the beacon loads no NATS code and exposes no cluster series', async (t) => {
   const tb = await beaconFor(t);

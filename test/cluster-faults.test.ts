@@ -12,7 +12,8 @@ import { Kvm } from '@nats-io/kv';
 import { PacketType, decodePacket, encodeRelay, encodeRelayDeliver, encodeSync } from '../lib/protocol';
 import { Instance, FAST, allSee, joinedInstance, relayUntilDelivered, spawnInstance, writeKeys } from './helpers/cluster';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
-import { NatsServer, freeTcpPort } from './helpers/nats';
+import { NatsServer } from './helpers/nats';
+import { freeTcpPort } from './helpers/free-ports';
 import { WsPeer } from './helpers/wire';
 import { withTimeout } from './helpers/harness';
 

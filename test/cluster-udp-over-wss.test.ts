@@ -26,7 +26,8 @@ import { UdpClient } from './helpers/harness';
 import { makeIdentity } from './helpers/identity';
 import { NatsServer } from './helpers/nats';
 import { TcpProxy } from './helpers/tcp-proxy';
-import { WsPeer, freeUdpPort } from './helpers/wire';
+import { WsPeer } from './helpers/wire';
+import { freeUdpPort } from './helpers/free-ports';
 
 const X = makeIdentity(1001); // the target: WebSocket, instance a
 const Y1 = makeIdentity(2002); // WebSocket, instance a

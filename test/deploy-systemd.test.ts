@@ -19,7 +19,8 @@ import http from 'node:http';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { closed, connectPeer } from './helpers/harness';
-import { freeTcpPort, get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
+import { get, REPO_ROOT, requireTool, run, tempDir } from './helpers/deploy';
+import { freeTcpPort } from './helpers/free-ports';
 import { keysFileJson, makeIdentity } from './helpers/identity';
 import { FakeNotifySocket } from './helpers/notify-socket';
 import {

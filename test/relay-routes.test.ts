@@ -16,7 +16,8 @@ import {
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { SUITE_UDP_IO } from './helpers/udp-io';
 import { UdpClient, beaconFor, eventually, udpClientFor, type TestBeacon } from './helpers/harness';
-import { WsPeer, freeUdpPort, promValue } from './helpers/wire';
+import { WsPeer, promValue } from './helpers/wire';
+import { freeUdpPort } from './helpers/free-ports';
 
 const alice = makeIdentity(7777);
 const bob = makeIdentity(8888);

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { encodeDiscover, encodeRelay, encodeRelayDeliver } from '../lib/protocol';
 import { allSee, sharedInstance, writeKeys, type Instance, type SharedAddress } from './helpers/cluster';
-import { freeTcpPort } from './helpers/deploy';
+import { freeTcpPort } from './helpers/free-ports';
 import { UdpClient, withTimeout } from './helpers/harness';
 import { NatsServer } from './helpers/nats';
 

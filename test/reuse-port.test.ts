@@ -18,7 +18,7 @@ import { UdpClient, eventually, withTimeout } from './helpers/harness';
 import { makeIdentity, type TestIdentity } from './helpers/identity';
 import { NatsServer } from './helpers/nats';
 import { WsPeer } from './helpers/wire';
-import { freeTcpPort } from './helpers/deploy';
+import { freeTcpPort } from './helpers/free-ports';
 
 /** WebSocket daemons per round: all on one of two instances has odds 2^-23. */
 const DAEMONS = 24;

@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import WebSocket from 'ws';
 import { COMPAT_SUBPROTOCOL } from '../../lib/protocol';
-import { freeUdpPort } from '../helpers/wire';
+import { freeUdpPort } from '../helpers/free-ports';
 
 interface Options { dist: string; seconds: number; readerBytesPerS: number; flooders: number }
 

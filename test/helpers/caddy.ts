@@ -14,7 +14,8 @@
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT, freeTcpUdpPort, get, requireTool, startTool, tempDir } from './deploy';
+import { REPO_ROOT, get, requireTool, startTool, tempDir } from './deploy';
+import { freeTcpUdpPort } from './free-ports';
 
 export const SHIPPED_CADDYFILE = join(REPO_ROOT, 'Caddyfile');
 

@@ -85,8 +85,6 @@ export function run(file: string, args: readonly string[], options: { env?: Node
   });
 }
 
-export { freeTcpPort, freeTcpUdpPort } from './free-ports';
-
 export interface HttpAnswer {
   status: number;
   headers: http.IncomingHttpHeaders;

@@ -16,7 +16,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
-import { REPO_ROOT, freeTcpPort, get, requireTool, sleep, startTool, tempDir } from './deploy';
+import { REPO_ROOT, get, requireTool, sleep, startTool, tempDir } from './deploy';
+import { freeTcpPort } from './free-ports';
 
 export const NATS_SINGLE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server.conf');
 export const NATS_THREE_CONF = join(REPO_ROOT, 'deploy', 'nats', 'nats-server-3.conf');

@@ -13,8 +13,6 @@ import { join } from 'node:path';
 import { freeTcpPort } from './free-ports';
 import { withTimeout } from './harness';
 
-export { freeTcpPort };
-
 /** Where Debian puts it; PATH otherwise (.ci/install-deps installs it when missing). */
 export const NATS_SERVER = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find((path) => existsSync(path)) ?? 'nats-server';
 

@@ -87,8 +87,6 @@ export class WsPeer {
   }
 }
 
-export { freeUdpPort } from './free-ports';
-
 /**
  * The value of one series in Prometheus text, e.g.
  * `promValue(text, 'beacon_udp_packets_total', { type: 'discover' })`;
