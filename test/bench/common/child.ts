@@ -159,18 +159,20 @@ export class Child {
     return cpuSecondsOf(this.pid);
   }
 
-  /** Resident set size in bytes, read from /proc (works while the child is busy). */
-  rssBytes(): number {
+  /**
+   * The resident set from /proc (works while the child is busy), in bytes:
+   * in all, and its parts, anonymous memory (heap, buffers) and mapped files
+   * (code); NaN for a field the kernel does not give.
+   */
+  rss(): { total: number; anon: number; file: number } {
     const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
-    const match = /VmRSS:\s+(\d+) kB/.exec(status);
-    return match ? Number(match[1]) * 1024 : NaN;
+    const bytes = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) * 1024;
+    return { total: bytes('VmRSS'), anon: bytes('RssAnon'), file: bytes('RssFile') };
   }
 
-  /** The resident set's parts in bytes from /proc: anonymous memory (heap, buffers) and mapped files (code). */
-  rssParts(): { anon: number; file: number } {
-    const status = readFileSync(`/proc/${this.pid}/status`, 'utf8');
-    const kb = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) * 1024;
-    return { anon: kb('RssAnon'), file: kb('RssFile') };
+  /** Resident set size in bytes (see `rss`). */
+  rssBytes(): number {
+    return this.rss().total;
   }
 
   /**

@@ -52,20 +52,20 @@ async function connectTo(server: Server, workers: readonly Child[], from: number
   if (peers !== to) throw new Error(`${server.kind}: server reports ${peers} peers, expected ${to}`);
 }
 
+/** The server's resident set (in all: `total`; and its parts) and its JS heap, in bytes. */
 interface MemoryReading {
-  rss: number;
+  total: number;
   anon: number;
   file: number;
   heapUsed: number;
   external: number;
 }
 
-async function settledRss(server: Server): Promise<MemoryReading> {
+async function settledMemory(server: Server): Promise<MemoryReading> {
   await sleep(SETTLE_MS);
-  const rss = server.child.rssBytes();
-  const parts = server.child.rssParts();
+  const rss = server.child.rss();
   const { memory } = await serverStats(server);
-  return { rss, ...parts, heapUsed: memory.heapUsed, external: memory.external };
+  return { ...rss, heapUsed: memory.heapUsed, external: memory.external };
 }
 
 /** Bytes per added peer of each part, for the run's log line: where the RSS slope is. */
@@ -94,18 +94,18 @@ export async function idleMemory(settings: BenchSettings, plan: IdleMemoryPlan):
       for (const kind of serverOrder(run)) {
         server = await startServer(settings, kind, { maxPeers: largest * 2, maxHandshakes: 8_192, maxPerIp: largest * 2 });
         await warmUp(server, workers);
-        const empty = (await settledRss(server)).rss;
+        const empty = (await settledMemory(server)).total;
         figures.add('empty server RSS (after warm-up)', kind, empty / 2 ** 20);
-        const rss: number[] = [];
         const readings: MemoryReading[] = [];
         let connected = 0;
         for (const count of measureLargest ? [...plan.counts, plan.projectTo] : plan.counts) {
           await connectTo(server, count > 2 * PEERS_PER_LOAD_PROCESS ? workers : workers.slice(0, 2), connected, count);
           connected = count;
-          readings.push(await settledRss(server));
-          rss.push(readings[readings.length - 1]!.rss);
-          if (count !== plan.projectTo) figures.add(`RSS at ${count} peers`, kind, rss[rss.length - 1]! / 2 ** 20);
+          const reading = await settledMemory(server);
+          readings.push(reading);
+          if (count !== plan.projectTo) figures.add(`RSS at ${count} peers`, kind, reading.total / 2 ** 20);
         }
+        const rss = readings.map((r) => r.total);
         const perPeer = (rss[1]! - rss[0]!) / (high - low);
         figures.add(slope, kind, perPeer);
         const last = plan.counts[plan.counts.length - 1]!;
