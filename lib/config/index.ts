@@ -254,15 +254,11 @@ export function validateConfig(config: BeaconConfig): void {
       throw new ConfigError(`${field} must be a positive number, got ${String(value)}`);
     }
   }
-  if (!Number.isInteger(config.helperThreadNice) || config.helperThreadNice < 0 || config.helperThreadNice > MAX_NICE) {
-    throw new ConfigError(`helperThreadNice must be an integer from 0 to ${MAX_NICE}, got ${String(config.helperThreadNice)}`);
-  }
+  requireIntegerIn(config, 'helperThreadNice', 0, MAX_NICE);
   if (!UDP_IO_CHOICES.includes(config.udpIo)) {
     throw new ConfigError(`udpIo must be one of ${UDP_IO_CHOICES.join(', ')}, got ${String(config.udpIo)}`);
   }
-  if (!Number.isInteger(config.ipv6PrefixBits) || config.ipv6PrefixBits < 1 || config.ipv6PrefixBits > 128) {
-    throw new ConfigError(`ipv6PrefixBits must be an integer from 1 to 128, got ${String(config.ipv6PrefixBits)}`);
-  }
+  requireIntegerIn(config, 'ipv6PrefixBits', 1, 128);
   if (config.peerBurstBytes < MAX_MESSAGE_BYTES) {
     throw new ConfigError(`--peer-burst ${config.peerBurstBytes} is smaller than one maximum-size message: use at least 64KiB`);
   }
@@ -275,13 +271,19 @@ export function validateConfig(config: BeaconConfig): void {
   if (config.opsBind && config.opsBind.port !== 0 && config.opsBind.port === config.bind.port && config.opsBind.host === config.bind.host) {
     throw new ConfigError(`--ops-bind ${formatHostPort(config.opsBind)} is --bind's address: give /health and /metrics an address of their own, e.g. 127.0.0.1:9101`);
   }
-  if (!Number.isInteger(config.rebalanceRate) || config.rebalanceRate < 0 || config.rebalanceRate > 10_000) {
-    throw new ConfigError(`rebalanceRate must be an integer from 0 to 10000 peers a second, got ${String(config.rebalanceRate)}`);
-  }
+  requireIntegerIn(config, 'rebalanceRate', 0, 10_000, ' peers a second');
   if (!Number.isFinite(config.rebalanceSlack) || config.rebalanceSlack < 0 || config.rebalanceSlack > 10) {
     throw new ConfigError(`rebalanceSlack must be a fraction from 0 to 10 (0% to 1000%), got ${String(config.rebalanceSlack)}`);
   }
   validateClusterConfig(config);
+}
+
+/** Throws ConfigError unless `config[field]` is an integer from `min` to `max` (`unit` follows the range in the message). */
+function requireIntegerIn(config: BeaconConfig, field: 'helperThreadNice' | 'ipv6PrefixBits' | 'rebalanceRate', min: number, max: number, unit = ''): void {
+  const value = config[field];
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(`${field} must be an integer from ${min} to ${max}${unit}, got ${String(value)}`);
+  }
 }
 
 function validateClusterConfig(config: BeaconConfig): void {
