@@ -1,93 +1,169 @@
 /**
  * Ports for servers a test starts as other processes (nats-server, Caddy,
- * the beacon's CLI), which must be given a number: bind port 0, read it,
- * close, hand the number on.
+ * the beacon's CLI), which must be given a number before they bind it.
  *
- * - The kernel may give the same free number to the next bind of port 0.
- *   A test that asked for two ports in a row once got one number twice (a
- *   nats-server's client and monitoring ports) and the server exited with
- *   "address already in use". So no number is handed out twice in one
- *   test process (each test file runs in its own).
- * - What is left is another process taking the number between our close
- *   and the server's bind: the same as for any port-0 pick, and rare.
+ * Picking by binding port 0 and closing raced with everything else on the
+ * machine: the kernel hands a just-closed number to the next bind of port
+ * 0 (7 repeats in 300 picks here) and to clients' source ports, in this
+ * process or any other (test files run side by side). A nats-server once
+ * got one number for two of its ports and exited with "address already in
+ * use". So:
+ *
+ * - Numbers come from below the kernel's ephemeral range
+ *   (`ip_local_port_range`, 32768-60999 by default): binds of port 0 and
+ *   source ports never get them, in any process.
+ * - Test processes share that range: a number is claimed with a file
+ *   created exclusively under the system's temp directory
+ *   (`beacon-test-ports/PORT`, holding the claimer's PID) and freed when
+ *   the claimer exits. A claim whose process is gone is stale and taken
+ *   over. No number is handed out twice, in one process or across them.
+ * - A claimed number is then checked free (bind, close) for each protocol
+ *   the server needs: something outside the tests may hold it.
  */
 import dgram from 'node:dgram';
+import { mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
-const TRIES = 50;
-const handedOutTcp = new Set<number>();
-const handedOutUdp = new Set<number>();
+export type Protocol = 'tcp' | 'udp';
 
-function bindTcp(port: number, host: string): Promise<number | undefined> {
-  return new Promise((resolve) => {
-    const server = net.createServer();
-    server.once('error', () => resolve(undefined));
-    server.listen(port, host, () => {
-      const bound = (server.address() as net.AddressInfo).port;
-      server.close(() => resolve(bound));
-    });
-  });
+const TRIES = 200;
+/** The lowest number handed out: clear of the well-known and common service ports. */
+const LOWEST = 20_000;
+const EPHEMERAL_DEFAULT = { low: 32_768, high: 60_999 };
+
+export const CLAIMS_DIR = join(tmpdir(), 'beacon-test-ports');
+
+/** The numbers this process claimed (their files go when it exits). */
+const claimed = new Set<number>();
+let exitHookSet = false;
+
+/** The kernel's range for port-0 binds and source ports. */
+export function ephemeralRange(): { low: number; high: number } {
+  try {
+    const [low, high] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (Number.isInteger(low) && Number.isInteger(high)) return { low: low!, high: high! };
+  } catch {
+    // not Linux, or no procfs: the kernel's default
+  }
+  return EPHEMERAL_DEFAULT;
 }
 
-function bindUdp(port: number, host: string): Promise<number | undefined> {
-  return new Promise((resolve) => {
-    const socket = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
-    socket.once('error', () => { socket.close(); resolve(undefined); });
-    socket.bind(port, host, () => {
-      const bound = socket.address().port;
-      socket.close(() => resolve(bound));
-    });
-  });
+/** The numbers to pick from: below the ephemeral range, or above it if too little is left below. */
+export function pickRange(): { low: number; high: number } {
+  const ephemeral = ephemeralRange();
+  if (ephemeral.low - LOWEST >= 2_000) return { low: LOWEST, high: ephemeral.low - 1 };
+  if (65_535 - ephemeral.high >= 2_000) return { low: ephemeral.high + 1, high: 65_535 };
+  throw new Error(`the ephemeral port range ${ephemeral.low}-${ephemeral.high} leaves no room for test ports; narrow net.ipv4.ip_local_port_range`);
 }
 
-/** A port `bind` got for port 0 that `handedOut` does not hold yet (then it does). */
-async function pickNew(bind: typeof bindTcp, handedOut: Set<number>, protocol: string, host: string): Promise<number> {
-  for (let attempt = 0; attempt < TRIES; attempt++) {
-    const port = await bind(0, host);
-    if (port !== undefined && !handedOut.has(port)) {
-      handedOut.add(port);
-      return port;
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // alive, someone else's
+  }
+}
+
+function releaseClaims(): void {
+  for (const port of claimed) {
+    try {
+      unlinkSync(join(CLAIMS_DIR, String(port)));
+    } catch {
+      // already gone
     }
   }
-  throw new Error(`no new free ${protocol} port on ${host} in ${TRIES} tries`);
 }
 
-/** A TCP port on `host` that was free a moment ago and that this process has not handed out before. */
-export function freeTcpPort(host = '127.0.0.1'): Promise<number> {
-  return pickNew(bindTcp, handedOutTcp, 'TCP', host);
+/** Claims `port` for this process, across test processes; false if a live process holds it (this one included). */
+export function claimNumber(port: number): boolean {
+  if (claimed.has(port)) return false;
+  mkdirSync(CLAIMS_DIR, { recursive: true });
+  const file = join(CLAIMS_DIR, String(port));
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx' });
+      claimed.add(port);
+      if (!exitHookSet) {
+        exitHookSet = true;
+        process.on('exit', releaseClaims);
+      }
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
+    let holder = NaN;
+    try {
+      holder = Number(readFileSync(file, 'utf8'));
+    } catch {
+      continue; // its holder just freed it: try again
+    }
+    // A claim being written has no PID yet: treat it as held.
+    if (!Number.isInteger(holder) || holder <= 0 || isAlive(holder)) return false;
+    try {
+      unlinkSync(file); // stale: its process is gone
+    } catch {
+      // someone else took it over first; the exclusive create decides
+    }
+  }
+  return false;
 }
 
-/** A UDP port on `host` that was free a moment ago and that this process has not handed out before. */
-export function freeUdpPort(host = '127.0.0.1'): Promise<number> {
-  return pickNew(bindUdp, handedOutUdp, 'UDP', host);
+function canBind(protocol: Protocol, port: number, host: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    if (protocol === 'tcp') {
+      const server = net.createServer();
+      server.once('error', () => resolve(false));
+      server.listen(port, host, () => server.close(() => resolve(true)));
+      return;
+    }
+    const socket = dgram.createSocket(net.isIPv6(host) ? 'udp6' : 'udp4');
+    socket.once('error', () => { socket.close(); resolve(false); });
+    socket.bind(port, host, () => socket.close(() => resolve(true)));
+  });
+}
+
+/** Whether `port` is free on `host` for every protocol in `needs`. */
+export async function isFree(port: number, needs: readonly Protocol[], host: string): Promise<boolean> {
+  for (const protocol of needs) if (!await canBind(protocol, port, host)) return false;
+  return true;
 }
 
 /**
- * A port on `host` that was free for both TCP and UDP a moment ago, for a
- * server that listens on both (Caddy serves HTTP/3 on the UDP port of its
- * HTTPS port). A TCP port alone once came with its UDP twin held by another
- * process's socket, and Caddy exited with "address already in use".
+ * `count` consecutive numbers from P, each claimed for this process and
+ * free for `needs` on `host`. A number claimed but found taken stays
+ * claimed (nothing else of ours should try it again).
  */
-export async function freeTcpUdpPort(host = '127.0.0.1'): Promise<number> {
+async function pick(count: number, needs: readonly Protocol[], host: string): Promise<number> {
+  const range = pickRange();
+  const span = range.high - range.low + 1 - (count - 1);
   for (let attempt = 0; attempt < TRIES; attempt++) {
-    const port = await freeTcpPort(host);
-    if (!handedOutUdp.has(port) && await bindUdp(port, host) !== undefined) {
-      handedOutUdp.add(port);
-      return port;
-    }
+    const first = range.low + Math.floor(Math.random() * span);
+    let ok = true;
+    for (let i = 0; i < count && ok; i++) ok = claimNumber(first + i) && await isFree(first + i, needs, host);
+    if (ok) return first;
   }
-  throw new Error(`no port free for both TCP and UDP on ${host} in ${TRIES} tries`);
+  throw new Error(`no ${count === 1 ? '' : `${count} consecutive `}free ${needs.join('+').toUpperCase()} port on ${host} in ${TRIES} tries (range ${range.low}-${range.high})`);
+}
+
+/** A TCP port on `host`, free a moment ago, that no test process has been handed. */
+export function freeTcpPort(host = '127.0.0.1'): Promise<number> {
+  return pick(1, ['tcp'], host);
+}
+
+/** A UDP port on `host`, free a moment ago, that no test process has been handed. */
+export function freeUdpPort(host = '127.0.0.1'): Promise<number> {
+  return pick(1, ['udp'], host);
+}
+
+/** A port free for both TCP and UDP, for a server that listens on both (Caddy serves HTTP/3 on its HTTPS port's UDP twin). */
+export function freeTcpUdpPort(host = '127.0.0.1'): Promise<number> {
+  return pick(1, ['tcp', 'udp'], host);
 }
 
 /** A TCP port P on `host` with P + 1 free too (consecutive ports, as instances 1 and 2 take them), both handed out. */
-export async function freeConsecutiveTcpPorts(host = '127.0.0.1'): Promise<number> {
-  for (let attempt = 0; attempt < TRIES; attempt++) {
-    const port = await freeTcpPort(host);
-    const next = port + 1;
-    if (next <= 65535 && !handedOutTcp.has(next) && await bindTcp(next, host) !== undefined) {
-      handedOutTcp.add(next);
-      return port;
-    }
-  }
-  throw new Error(`no two consecutive free TCP ports on ${host} in ${TRIES} tries`);
+export function freeConsecutiveTcpPorts(host = '127.0.0.1'): Promise<number> {
+  return pick(2, ['tcp'], host);
 }
