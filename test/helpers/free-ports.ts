@@ -14,7 +14,7 @@
  *   source ports never get them, in any process.
  * - Test processes share that range: a number is claimed with a file
  *   created exclusively under the system's temp directory
- *   (`beacon-test-ports/PORT`, holding the claimer's PID) and freed when
+ *   (`beacon-test-ports-UID/PORT`, holding the claimer's PID) and freed when
  *   the claimer exits. A claim whose process is gone is stale and taken
  *   over. No number is handed out twice, in one process or across them.
  * - A claimed number is then checked free (bind, close) for each protocol
@@ -33,7 +33,8 @@ const TRIES = 200;
 const LOWEST = 20_000;
 const EPHEMERAL_DEFAULT = { low: 32_768, high: 60_999 };
 
-export const CLAIMS_DIR = join(tmpdir(), 'beacon-test-ports');
+/** One per user: a directory another user made would not be writable. */
+export const CLAIMS_DIR = join(tmpdir(), `beacon-test-ports-${process.getuid?.() ?? 'user'}`);
 
 /** The numbers this process claimed (their files go when it exits). */
 const claimed = new Set<number>();
