@@ -38,7 +38,7 @@ export const CLAIMS_DIR = join(tmpdir(), `beacon-test-ports-${process.getuid?.()
 
 /** The numbers this process claimed (their files go when it exits). */
 const claimed = new Set<number>();
-let exitHookSet = false;
+let claimsReady = false;
 
 /** The kernel's range for port-0 binds and source ports. */
 export function ephemeralRange(): { low: number; high: number } {
@@ -76,6 +76,14 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/** Once per process, before its first claim: the directory, and the release at exit. */
+function prepareClaims(): void {
+  if (claimsReady) return;
+  mkdirSync(CLAIMS_DIR, { recursive: true });
+  process.on('exit', releaseClaims);
+  claimsReady = true;
+}
+
 function releaseClaims(): void {
   for (const port of claimed) {
     try {
@@ -89,16 +97,12 @@ function releaseClaims(): void {
 /** Claims `port` for this process, across test processes; false if a live process holds it (this one included). */
 export function claimNumber(port: number): boolean {
   if (claimed.has(port)) return false;
-  mkdirSync(CLAIMS_DIR, { recursive: true });
+  prepareClaims();
   const file = join(CLAIMS_DIR, String(port));
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
       writeFileSync(file, String(process.pid), { flag: 'wx' });
       claimed.add(port);
-      if (!exitHookSet) {
-        exitHookSet = true;
-        process.on('exit', releaseClaims);
-      }
       return true;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
