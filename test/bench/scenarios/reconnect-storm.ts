@@ -6,11 +6,11 @@
  *   frames/s in all, from one load process.
  * - Quiet: a window of that alone; its p50 and p99 one-way latency.
  * - Storm: the same flows keep running while another load process connects
- *   `stormSize` fresh daemons (node IDs
- *   this server has never seen, a new block every run) with 128 in flight,
- *   each staying attached, as daemons reconnecting after a restart do. The
- *   established peers' latency is taken over the storm (from its first
- *   connection to its last auth_ok), loss over the whole run of the flows.
+ *   `stormSize` fresh daemons (node IDs this server has never seen, a new
+ *   block every run) with 128 in flight, each staying attached, as daemons
+ *   reconnecting after a restart do. The established peers' latency is
+ *   taken over the storm (from its first connection to its last auth_ok),
+ *   loss over the whole run of the flows.
  * - Figures: storm / quiet for p50 and p99 (goal: within 3x), frames lost
  *   (goal: none), and the storm's own handshakes/s. After each run the
  *   storm's daemons leave and the server is back to the 32 established peers.
